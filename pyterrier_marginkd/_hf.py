@@ -1,0 +1,89 @@
+"""Hugging Face plumbing shared by the transformer-based models: tokenising once, pairing, padding, truncation."""
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+def layer_list(model: nn.Module) -> nn.ModuleList:
+    """The encoder's list of transformer layers (BERT, RoBERTa, ELECTRA, DistilBERT, DeBERTa, MiniLM...)."""
+    config = getattr(model, "config", None)
+    expected = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", None)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and (expected is None or len(module) == expected):
+            if name.endswith(("layer", "layers")):
+                return module
+    raise ValueError(f"cannot find the transformer layers of {type(model).__name__}; num_layers= is supported for "
+                     "BERT-like encoders (an nn.ModuleList named 'layer' or 'layers')")
+
+
+def truncate_layers(model: nn.Module, num_layers: int) -> None:
+    """Keep only the first ``num_layers`` transformer layers of ``model`` (in place), updating its config."""
+    layers = layer_list(model)
+    if not 1 <= num_layers <= len(layers):
+        raise ValueError(f"num_layers must be between 1 and {len(layers)} for this model, got {num_layers}")
+    del layers[num_layers:]
+    for attr in ("num_hidden_layers", "n_layers"):
+        if hasattr(model.config, attr):
+            setattr(model.config, attr, num_layers)
+
+
+class TextTokenizer:
+    """Tokenises each distinct text once and assembles model inputs from the cached token ids.
+
+    Wraps the Rust tokenizer behind a Hugging Face fast tokenizer, so special tokens, token types and
+    ``longest_first`` truncation are exactly what ``tokenizer(query, text, truncation=True)`` produces.
+    """
+
+    def __init__(self, tokenizer, max_length: int):
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer; pyterrier-marginkd needs one "
+                             "(a tokenizer.json, or a vocabulary transformers can convert)")
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._backend = copy.deepcopy(backend)
+        self._backend.no_padding()
+        self._backend.enable_truncation(max_length, strategy="longest_first")
+
+    def encode_texts(self, texts: Sequence[str]) -> list:
+        """Encodings (without special tokens) of the texts, each distinct text tokenised once."""
+        unique = list(dict.fromkeys(texts))
+        encoded = dict(zip(unique, self._backend.encode_batch(unique, add_special_tokens=False)))
+        return [encoded[t] for t in texts]
+
+    def pairs(self, queries: Sequence[str], texts: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+        """(input_ids, token_type_ids) of each [CLS] query [SEP] text [SEP] pair, truncated to max_length."""
+        q_enc = self.encode_texts(queries)
+        d_enc = self.encode_texts(texts)
+        out = []
+        for q, d in zip(q_enc, d_enc):
+            enc = self._backend.post_process(q, d)
+            out.append((enc.ids, enc.type_ids))
+        return out
+
+    def singles(self, texts: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+        """(input_ids, token_type_ids) of each text with special tokens, truncated to max_length."""
+        out = []
+        for enc in self.encode_texts(texts):
+            enc = self._backend.post_process(enc)
+            out.append((enc.ids, enc.type_ids))
+        return out
+
+
+def pad(items: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad (input_ids, token_type_ids) pairs to the longest in the batch."""
+    width = max(len(ids) for ids, _ in items)
+    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    token_type_ids = torch.zeros((len(items), width), dtype=torch.long)
+    attention_mask = torch.zeros((len(items), width), dtype=torch.long)
+    for row, (ids, types) in enumerate(items):
+        n = len(ids)
+        input_ids[row, :n] = torch.tensor(ids, dtype=torch.long)
+        token_type_ids[row, :n] = torch.tensor(types, dtype=torch.long)
+        attention_mask[row, :n] = 1
+    return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}

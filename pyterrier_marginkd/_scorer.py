@@ -1,0 +1,161 @@
+"""The base shared by every neural re-ranker: validation, length-sorted batching, inference mode, progress."""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import pyterrier as pt
+import torch
+
+RESULT_COLUMNS = ["qid", "query", "docno"]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The torch device to use: the one asked for, else CUDA when available, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def check_text_column(inp: pd.DataFrame, column: str) -> None:
+    """Raise a ValueError naming the first row whose ``column`` is not a string (NaN, None, bytes, numbers)."""
+    values = inp[column]
+    is_str = values.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool)
+    if not is_str.all():
+        pos = int(np.flatnonzero(~is_str)[0])
+        row = inp.iloc[pos]
+        bad = values.iloc[pos]
+        missing = bad is None or (isinstance(bad, float) and math.isnan(bad))
+        what = "missing (NaN/None)" if missing else type(bad).__name__
+        raise ValueError(
+            f"column {column!r} must hold strings, but row {pos} (qid={row.get('qid')!r}, docno={row.get('docno')!r}) "
+            f"is {what}: {bad!r}. Fill or drop such rows before scoring.")
+
+
+def validate_results(inp: pd.DataFrame, text_field: str, context: pt.Transformer | None = None) -> None:
+    """Check that ``inp`` is a result frame with query and text, naming what is missing and how to add it."""
+    if not isinstance(inp, pd.DataFrame):
+        raise TypeError(f"expected a pandas DataFrame of results, got {type(inp).__name__}")
+    try:
+        pt.validate.result_frame(inp, extra_columns=["query", text_field])
+    except pt.validate.InputValidationError as err:
+        missing = [c for c in RESULT_COLUMNS + [text_field] if c not in inp.columns]
+        hint = ""
+        if text_field in missing:
+            hint = (f" Add the document text first, e.g. `retriever >> pt.text.get_text(dataset, {text_field!r}) >> "
+                    f"reranker` (or pyterrier_marginkd.Collection(...).get_text()).")
+        if "query" in missing:
+            hint += " The query text comes from the topics frame (columns qid, query)."
+        name = repr(context) if context is not None else "input"
+        raise pt.validate.InputValidationError(
+            f"{name} is missing column(s) {missing}; found {list(inp.columns)}.{hint}", err.modes) from None
+
+
+def add_scores(inp: pd.DataFrame, scores: np.ndarray) -> pd.DataFrame:
+    """Return ``inp`` (other columns untouched) with a fresh ``score`` column and PyTerrier ranks."""
+    out = inp.drop(columns=["score", "rank"], errors="ignore").assign(score=np.asarray(scores, dtype=np.float64))
+    if len(out) == 0:
+        return out.assign(rank=pd.Series(dtype="int64"))
+    out["rank"] = 0
+    return pt.model.add_ranks(out)
+
+
+class NeuralScorer(pt.Transformer):
+    """Base of every neural re-ranker: ``qid, query, docno, text`` in, the same rows with ``score`` and ``rank`` out.
+
+    Subclasses turn (query, text) pairs into per-pair items (``_prepare``), collate a batch of items into tensors
+    (``_collate``) and score a batch (``_forward``). This base sorts pairs by length so that each batch pads little,
+    runs under ``torch.inference_mode()``, shows a progress bar when ``verbose`` and keeps row order.
+    """
+
+    schematic_label = "NeuralScorer"
+
+    def __init__(self, *, batch_size: int = 32, text_field: str = "text", verbose: bool = False,
+                 device: str | torch.device | None = None):
+        self.batch_size = batch_size
+        self.text_field = text_field
+        self.verbose = verbose
+        self.device = device
+        self._device = resolve_device(device)
+
+    # --- what subclasses provide -------------------------------------------------------------------
+    model: torch.nn.Module
+
+    def _prepare(self, queries: Sequence[str], texts: Sequence[str]) -> list[Any]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _item_length(item: Any) -> int:
+        raise NotImplementedError
+
+    def _collate(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    # --- PyTerrier -----------------------------------------------------------------------------------
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
+        """Score each (query, text) row; return the rows with ``score`` and ``rank`` (other columns kept)."""
+        validate_results(inp, self.text_field, self)
+        if len(inp) == 0:
+            return add_scores(inp, np.zeros(0))
+        check_text_column(inp, "query")
+        check_text_column(inp, self.text_field)
+        scores = self.score_pairs(inp["query"].tolist(), inp[self.text_field].tolist())
+        return add_scores(inp, scores)
+
+    def schematic(self, *, input_columns=None):
+        return {"label": self.schematic_label, "help_url": None}
+
+    def fuse_rank_cutoff(self, k):
+        return None
+
+    # --- scoring -------------------------------------------------------------------------------------
+    def score_pairs(self, queries: Sequence[str], texts: Sequence[str], *, batch_size: int | None = None,
+                    desc: str | None = None) -> np.ndarray:
+        """Scores of (query, text) pairs as a float64 array in input order, batched by length."""
+        if len(queries) != len(texts):
+            raise ValueError(f"got {len(queries)} queries but {len(texts)} texts; they must pair up one to one")
+        batch_size = batch_size or self.batch_size
+        scores = np.empty(len(queries), dtype=np.float64)
+        if len(queries) == 0:
+            return scores
+        items = self._prepare(queries, texts)
+        order = np.argsort([-self._item_length(it) for it in items], kind="stable")
+        starts = range(0, len(order), batch_size)
+        if self.verbose:
+            starts = pt.tqdm(starts, desc=desc or type(self).__name__, unit="batch")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for start in starts:
+                    idx = order[start:start + batch_size]
+                    batch = self._to_device(self._collate([items[i] for i in idx]))
+                    scores[idx] = self._forward(batch).float().cpu().numpy()
+        finally:
+            self.model.train(was_training)
+        return scores
+
+    def train_scores(self, queries: Sequence[str], texts: Sequence[str]) -> torch.Tensor:
+        """Differentiable scores of (query, text) pairs, shape ``[len(queries)]`` (for training)."""
+        items = self._prepare(queries, texts)
+        return self._forward(self._to_device(self._collate(items)))
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: (v.to(self._device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+                for k, v in batch.items()}
+
+    def to(self, device: str | torch.device) -> NeuralScorer:
+        """Move the model to ``device``; returns self."""
+        self.device = device
+        self._device = torch.device(device)
+        self.model.to(self._device)
+        return self
+
+    def num_parameters(self) -> int:
+        """Number of parameters of the model."""
+        return sum(p.numel() for p in self.model.parameters())

