@@ -17,7 +17,13 @@ FORMAT_VERSION = 1
 #: architecture name (as written in marginkd.json) -> "module:Class" of the model that loads it
 ARCHITECTURES = {
     "cross_encoder": "pyterrier_marginkd.cross_encoder:CrossEncoder",
+    "dot": "pyterrier_marginkd.dot:DotEncoder",
+    "colbert": "pyterrier_marginkd.colbert:ColBERT",
+    "pretts": "pyterrier_marginkd.pretts:PreTT",
+    "tk": "pyterrier_marginkd.tk:TK",
 }
+#: file holding the weights a model adds to its Hugging Face encoder (projections, score heads), or all of TK's
+WEIGHTS_NAME = "marginkd.safetensors"
 
 
 def model_class(architecture: str) -> type:
@@ -58,6 +64,45 @@ def load(path: str | os.PathLike, **kwargs: Any):
 def load_artifact(path: str, **kwargs: Any):
     """Entry point for ``pt.Artifact.load(path)``."""
     return load(path, **kwargs)
+
+
+def resolve_settings(model_name: str | os.PathLike, architecture: str, given: dict[str, Any],
+                     defaults: dict[str, Any], fixed: tuple[str, ...] = ()) -> tuple[dict[str, Any], bool]:
+    """Settings of a model being loaded: each one given (not None), else saved in its folder, else its default.
+
+    Returns the settings and whether ``model_name`` is a folder saved by pyterrier-marginkd. The ``fixed`` settings
+    shape the saved weights: giving one a value other than the saved one is an error.
+    """
+    saved = read_config(model_name) if Path(model_name).is_dir() else None
+    if saved is not None and saved["architecture"] != architecture:
+        raise ValueError(f"{str(model_name)!r} holds a {saved['architecture']!r} model, not a {architecture!r} one; "
+                         "load it with pyterrier_marginkd.load(path)")
+    saved_settings = saved or {}
+    settings = {}
+    for name, default in defaults.items():
+        value = given.get(name)
+        if name in fixed and name in saved_settings and value is not None and value != saved_settings[name]:
+            raise ValueError(f"{str(model_name)!r} was saved with {name}={saved_settings[name]!r}; it cannot be "
+                             f"loaded with {name}={value!r}")
+        settings[name] = value if value is not None else saved_settings.get(name, default)
+    return settings, saved is not None
+
+
+def save_weights(tensors: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write named tensors to the model folder ``path`` as safetensors."""
+    from safetensors.torch import save_file
+
+    save_file({name: t.detach().contiguous().cpu() for name, t in tensors.items()}, str(Path(path) / WEIGHTS_NAME))
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, Any]:
+    """Named tensors saved by ``save_weights`` in the model folder ``path``."""
+    from safetensors.torch import load_file
+
+    file = Path(path) / WEIGHTS_NAME
+    if not file.exists():
+        raise ValueError(f"{file} is missing; the folder is damaged — save the model again")
+    return load_file(str(file))
 
 
 def write_config(path: str | os.PathLike, architecture: str, settings: dict[str, Any]) -> None:

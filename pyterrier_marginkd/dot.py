@@ -1,0 +1,145 @@
+"""BERT-DOT: query and document encoded separately into one vector each, scored by their dot product."""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pyterrier as pt
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from pyterrier_marginkd._hf import pad
+from pyterrier_marginkd._student import EncoderStudent, encode, load_encoder
+
+POOLINGS = ("cls", "mean")
+
+
+class _DotModel(nn.Module):
+    """Encoder(s), pooling and an optional linear projection; ``forward`` scores the pairs of a two-sided batch."""
+
+    def __init__(self, encoder: PreTrainedModel, doc_encoder: PreTrainedModel | None, pooling: str,
+                 dim: int | None):
+        super().__init__()
+        self.encoder = encoder
+        if doc_encoder is not None:
+            self.doc_encoder = doc_encoder
+        self.pooling = pooling
+        self.projection = nn.Linear(encoder.config.hidden_size, dim) if dim else None
+
+    def embed(self, batch: dict[str, torch.Tensor], side: str) -> torch.Tensor:
+        """One vector per distinct ``side`` ('query' or 'doc') sequence of the batch."""
+        encoder = self.doc_encoder if side == "doc" and hasattr(self, "doc_encoder") else self.encoder
+        hidden = encode(encoder, batch, side)
+        if self.pooling == "cls":
+            vectors = hidden[:, 0]
+        else:
+            mask = batch[f"{side}_attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            vectors = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return self.projection(vectors) if self.projection is not None else vectors
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        queries = self.embed(batch, "query")[batch["query_index"]]
+        docs = self.embed(batch, "doc")[batch["doc_index"]]
+        return (queries * docs).sum(-1)
+
+
+class DotEncoder(EncoderStudent):
+    """BERT-DOT re-ranker and dense retriever: ``score = pool(enc(query)) · pool(enc(text))``.
+
+    ``pooling`` is ``"cls"`` (the [CLS] vector) or ``"mean"`` (mean of the token vectors); ``dim`` adds a linear
+    projection to that many dimensions; ``shared_encoder=False`` trains a separate document encoder (a copy of the
+    query encoder at the start). As a PyTerrier transformer it re-ranks ``qid, query, docno, text`` rows. For first-
+    stage retrieval, ``index(docs, path)`` encodes a corpus once into a pyterrier-dr ``FlexIndex`` and
+    ``retriever(index, num_results=k)`` returns the top k documents of each query by dot product;
+    ``query_encoder()``/``doc_encoder()`` add ``query_vec``/``doc_vec`` columns for any pyterrier-dr pipeline.
+    """
+
+    ARCHITECTURE = "dot"
+    DEFAULTS = {"pooling": "cls", "dim": None, "shared_encoder": True}
+    schematic_label = "DotEncoder"
+
+    def __init__(self, model_name: str | os.PathLike, *, pooling: str | None = None, dim: int | None = None,
+                 shared_encoder: bool | None = None, num_layers: int | None = None, max_length: int | None = None,
+                 batch_size: int = 32, text_field: str = "text", verbose: bool = False,
+                 device: str | torch.device | None = None, **model_kwargs: Any):
+        super().__init__(batch_size=batch_size, text_field=text_field, verbose=verbose, device=device)
+        encoder, settings, ours = self._load_encoder(
+            model_name, num_layers=num_layers, max_length=max_length, model_kwargs=model_kwargs,
+            settings={"pooling": pooling, "dim": dim, "shared_encoder": shared_encoder})
+        self.pooling, self.dim, self.shared_encoder = settings["pooling"], settings["dim"], settings["shared_encoder"]
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.dim is not None and self.dim < 1:
+            raise ValueError(f"dim must be a positive number of dimensions (or None for no projection), got {self.dim}")
+        doc_encoder = None
+        if not self.shared_encoder:
+            doc_encoder = load_encoder(Path(model_name) / "doc_encoder", **model_kwargs) if ours \
+                else copy.deepcopy(encoder)
+        self._finish(_DotModel(encoder, doc_encoder, self.pooling, self.dim), ours)
+
+    # --- encoding ---------------------------------------------------------------------------------------
+    def encode_queries(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
+        """Query vectors, float32 ``[len(texts), dim]``."""
+        return self._encode(texts, "query", batch_size)
+
+    def encode_docs(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
+        """Document vectors, float32 ``[len(texts), dim]``."""
+        return self._encode(texts, "doc", batch_size)
+
+    def _encode(self, texts: Sequence[str], side: str, batch_size: int | None) -> np.ndarray:
+        sequences = self._tok.singles([str(t) for t in texts])
+        batch_size = batch_size or self.batch_size
+        width = self.dim or self.model.encoder.config.hidden_size
+        vectors = np.empty((len(sequences), width), dtype=np.float32)
+        order = np.argsort([-len(ids) for ids, _ in sequences], kind="stable")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(order), batch_size):
+                    idx = order[start:start + batch_size]
+                    batch = {f"{side}_{k}": v for k, v in pad([sequences[i] for i in idx], self._tok.pad_id).items()}
+                    vectors[idx] = self.model.embed(self._to_device(batch), side).float().cpu().numpy()
+        finally:
+            self.model.train(was_training)
+        return vectors
+
+    # --- dense retrieval (pyterrier-dr) ------------------------------------------------------------------
+    def query_encoder(self, verbose: bool | None = None, batch_size: int | None = None) -> pt.Transformer:
+        """A transformer that adds ``query_vec`` to a frame with ``query`` (pyterrier-dr's ``BiQueryEncoder``)."""
+        import pyterrier_dr  # imported on use: it takes seconds to import
+
+        return pyterrier_dr.BiQueryEncoder(self, verbose=verbose, batch_size=batch_size)
+
+    def doc_encoder(self, verbose: bool | None = None, batch_size: int | None = None) -> pt.Transformer:
+        """A transformer that adds ``doc_vec`` to a frame with ``text`` (pyterrier-dr's ``BiDocEncoder``)."""
+        import pyterrier_dr
+
+        return pyterrier_dr.BiDocEncoder(self, verbose=verbose, batch_size=batch_size)
+
+    def index(self, docs: Iterable[dict], path: str | os.PathLike, *, overwrite: bool = False):
+        """Encode ``docs`` (dicts with ``docno`` and the text field) once into a pyterrier-dr FlexIndex at ``path``;
+        returns the ``FlexIndex``."""
+        import pyterrier_dr
+
+        index = pyterrier_dr.FlexIndex(str(path), verbose=self.verbose)
+        if index.built() and not overwrite:
+            raise ValueError(f"an index already exists at {str(path)!r}; pass overwrite=True to replace it, or use "
+                             "it with retriever(path)")
+        (self.doc_encoder() >> index.indexer(mode="overwrite" if overwrite else "create")).index(docs)
+        return index
+
+    def retriever(self, index: Any, *, num_results: int = 1000) -> pt.Transformer:
+        """Dense retrieval from a FlexIndex (or its path) built by ``index``: ``qid, query`` in, the top
+        ``num_results`` documents of each query by dot product out (``docno, score, rank``)."""
+        import pyterrier_dr
+
+        if not isinstance(index, pyterrier_dr.FlexIndex):
+            if not (Path(index) / "pt_meta.json").exists():
+                raise ValueError(f"no dense index at {str(index)!r}; build one with DotEncoder.index(docs, path)")
+            index = pyterrier_dr.FlexIndex(str(index), verbose=self.verbose)
+        return self.query_encoder() >> index.np_retriever(num_results=num_results, drop_query_vec=True)

@@ -1,0 +1,88 @@
+"""PreTT(R): the lower layers encode query and document apart (documents pre-computable), the upper ones together."""
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.masking_utils import create_bidirectional_mask
+
+from pyterrier_marginkd._hf import layer_list
+from pyterrier_marginkd._student import EncoderStudent, Tokens
+
+
+class _PreTTModel(nn.Module):
+    """Encoder split at ``num_separate_layers`` and a linear score head on the joint [CLS] vector."""
+
+    def __init__(self, encoder: PreTrainedModel, num_separate_layers: int):
+        super().__init__()
+        self.encoder = encoder
+        self.num_separate_layers = num_separate_layers
+        self.score_head = nn.Linear(encoder.config.hidden_size, 1)
+
+    def _run_layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, layers: Sequence[nn.Module]):
+        mask = create_bidirectional_mask(config=self.encoder.config, inputs_embeds=hidden,
+                                         attention_mask=attention_mask)
+        for layer in layers:
+            hidden = layer(hidden, attention_mask=mask)
+        return hidden
+
+    def separate(self, batch: dict[str, torch.Tensor], side: str) -> torch.Tensor:
+        """Hidden states ``[rows, length, hidden]`` of the ``side`` sequences after the separate layers alone; they
+        depend on nothing but the sequence itself, so document ones can be computed ahead of the queries."""
+        hidden = self.encoder.embeddings(input_ids=batch[f"{side}_input_ids"],
+                                         token_type_ids=batch[f"{side}_token_type_ids"])
+        layers = layer_list(self.encoder)[:self.num_separate_layers]
+        return self._run_layers(hidden, batch[f"{side}_attention_mask"], layers)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        q_index, d_index = batch["query_index"], batch["doc_index"]
+        hidden = torch.cat([self.separate(batch, "query")[q_index], self.separate(batch, "doc")[d_index]], dim=1)
+        mask = torch.cat([batch["query_attention_mask"][q_index], batch["doc_attention_mask"][d_index]], dim=1)
+        hidden = self._run_layers(hidden, mask, layer_list(self.encoder)[self.num_separate_layers:])
+        return self.score_head(hidden[:, 0]).squeeze(-1)
+
+
+class PreTT(EncoderStudent):
+    """PreTT(R) re-ranker (MacAvaney et al., SIGIR 2020): ``[CLS] query [SEP]`` and ``text [SEP]`` pass the first
+    ``num_separate_layers`` transformer layers apart, the remaining layers on their concatenation, and a linear head
+    scores the [CLS] vector.
+
+    The document side (token type 1, positions from 0) never sees the query in the separate layers, so its states
+    can be computed once per document (``model.separate``). ``num_separate_layers`` defaults to half the layers
+    (after ``num_layers`` truncation); with 0 every layer sees query and text together. Needs a BERT-like encoder
+    (embeddings that take token types, an ``nn.ModuleList`` of layers).
+    """
+
+    ARCHITECTURE = "pretts"
+    DEFAULTS = {"num_separate_layers": None}
+    schematic_label = "PreTT"
+
+    def __init__(self, model_name: str | os.PathLike, *, num_separate_layers: int | None = None,
+                 num_layers: int | None = None, max_length: int | None = None, batch_size: int = 32,
+                 text_field: str = "text", verbose: bool = False, device: str | torch.device | None = None,
+                 **model_kwargs: Any):
+        super().__init__(batch_size=batch_size, text_field=text_field, verbose=verbose, device=device)
+        encoder, settings, ours = self._load_encoder(
+            model_name, num_layers=num_layers, max_length=max_length, model_kwargs=model_kwargs,
+            settings={"num_separate_layers": num_separate_layers})
+        embeddings = getattr(encoder, "embeddings", None)
+        if embeddings is None or "token_type_ids" not in inspect.signature(embeddings.forward).parameters:
+            raise ValueError(f"PreTT needs a BERT-like encoder whose embeddings take token types; "
+                             f"{type(encoder).__name__} ({self.model_name!r}) has none")
+        total = len(layer_list(encoder))
+        self.num_separate_layers = settings["num_separate_layers"]
+        if self.num_separate_layers is None:
+            self.num_separate_layers = total // 2
+        if not 0 <= self.num_separate_layers < total:
+            raise ValueError(f"num_separate_layers must be between 0 and {total - 1} (this encoder has {total} "
+                             f"layers and at least one must see query and text together), got "
+                             f"{self.num_separate_layers}")
+        self._finish(_PreTTModel(encoder, self.num_separate_layers), ours)
+
+    def _doc_sequences(self, texts: Sequence[str]) -> list[Tokens]:
+        # drop the document's own [CLS]: the pair reads like [CLS] query [SEP] text [SEP]
+        return [(ids[1:], [1] * (len(ids) - 1)) for ids, _ in self._tok.singles(texts)]

@@ -1,0 +1,132 @@
+"""TK (Transformer-Kernel): a small non-BERT ranker — contextualised word embeddings and RBF kernel pooling."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F  # noqa: N812
+from transformers import AutoModel, AutoTokenizer
+
+from pyterrier_marginkd import io
+from pyterrier_marginkd._hf import TextTokenizer
+from pyterrier_marginkd._student import Tokens, TwoSidedScorer
+
+#: centres of the RBF kernels over cosine similarity (exact match, then soft matches down to -0.9), as in TK/KNRM
+KERNEL_MU = (1.0, 0.9, 0.7, 0.5, 0.3, 0.1, -0.1, -0.3, -0.5, -0.7, -0.9)
+KERNEL_SIGMA = 0.1
+
+
+def positional_features(length: int, dim: int, device: torch.device) -> torch.Tensor:
+    """Sinusoidal position features ``[length, dim]`` (Vaswani et al., 2017)."""
+    position = torch.arange(length, dtype=torch.float32, device=device).unsqueeze(1)
+    frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / dim))
+    features = torch.zeros(length, dim, device=device)
+    features[:, 0::2] = torch.sin(position * frequency)
+    features[:, 1::2] = torch.cos(position * frequency)[:, :dim // 2]
+    return features
+
+
+class _TKModel(nn.Module):
+    """Word embeddings, a small transformer mixed with the raw embeddings, cosine match matrix, kernel pooling."""
+
+    def __init__(self, vocab_size: int, embedding_dim: int, num_layers: int, num_heads: int, ff_dim: int):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embedding_dim)
+        layer = nn.TransformerEncoderLayer(embedding_dim, num_heads, ff_dim, dropout=0.1, batch_first=True)
+        self.contextualizer = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.mixer = nn.Parameter(torch.full([1], 0.5))
+        self.kernel_scale = nn.Parameter(torch.full([1], 0.01))
+        self.register_buffer("mu", torch.tensor(KERNEL_MU), persistent=False)
+        self.score = nn.Linear(len(KERNEL_MU), 1, bias=False)
+        nn.init.uniform_(self.score.weight, -0.014, 0.014)
+
+    def contextualize(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``mixer * embedding + (1 - mixer) * transformer(embedding + position)`` of each token."""
+        embedded = self.embedding(input_ids)
+        positions = positional_features(input_ids.shape[1], embedded.shape[-1], embedded.device)
+        context = self.contextualizer(embedded + positions, src_key_padding_mask=~mask)
+        return self.mixer * embedded + (1 - self.mixer) * context
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        q_mask, d_mask = batch["query_attention_mask"].bool(), batch["doc_attention_mask"].bool()
+        queries = self.contextualize(batch["query_input_ids"], q_mask)[batch["query_index"]]
+        docs = self.contextualize(batch["doc_input_ids"], d_mask)[batch["doc_index"]]
+        q_mask = q_mask[batch["query_index"]].to(queries.dtype)
+        d_mask = d_mask[batch["doc_index"]].to(docs.dtype)
+        cosine = F.normalize(queries, dim=-1) @ F.normalize(docs, dim=-1).transpose(1, 2)  # [pairs, q, d]
+        kernels = torch.exp(-(cosine.unsqueeze(-1) - self.mu) ** 2 / (2 * KERNEL_SIGMA ** 2))
+        soft_tf = (kernels * d_mask[:, None, :, None]).sum(2)  # [pairs, q, kernels]
+        log_tf = torch.log2(soft_tf.clamp(min=1e-10)) * self.kernel_scale * q_mask.unsqueeze(-1)
+        return self.score(log_tf.sum(1)).squeeze(-1)
+
+
+class TK(TwoSidedScorer):
+    """TK re-ranker (Hofstätter et al., ECAI 2020): no BERT — word embeddings, ``num_layers`` small transformer
+    layers whose output is mixed with the raw embeddings by a learned weight, a cosine match matrix between query and
+    document tokens, RBF kernel pooling (per query term the log of each kernel's soft term frequency, summed over the
+    query) and a linear layer over the kernels.
+
+    ``TK.from_pretrained(name)`` starts from any Hugging Face model: its tokenizer and its input embeddings (trained
+    further with the rest); a folder saved by ``save_pretrained`` loads as it was. Texts longer than ``max_length``
+    and queries longer than ``max_query_length`` tokens are truncated.
+    """
+
+    ARCHITECTURE = "tk"
+    DEFAULTS = {"num_layers": 2, "num_heads": 4, "ff_dim": 100, "max_query_length": 32}
+    schematic_label = "TK"
+
+    def __init__(self, model_name: str | os.PathLike, *, num_layers: int | None = None, num_heads: int | None = None,
+                 ff_dim: int | None = None, max_query_length: int | None = None, max_length: int | None = None,
+                 batch_size: int = 32, text_field: str = "text", verbose: bool = False,
+                 device: str | torch.device | None = None, **model_kwargs: Any):
+        super().__init__(batch_size=batch_size, text_field=text_field, verbose=verbose, device=device)
+        self.model_name = str(model_name)
+        given = {"num_layers": num_layers, "num_heads": num_heads, "ff_dim": ff_dim,
+                 "max_query_length": max_query_length, "max_length": max_length}
+        settings, ours = io.resolve_settings(model_name, self.ARCHITECTURE, given, {**self.DEFAULTS, "max_length": 256},
+                                             fixed=("num_layers", "num_heads", "ff_dim"))
+        self.num_layers, self.num_heads, self.ff_dim = settings["num_layers"], settings["num_heads"], settings["ff_dim"]
+        self.max_query_length, self.max_length = settings["max_query_length"], settings["max_length"]
+        self.tokenizer = AutoTokenizer.from_pretrained(model_name, **model_kwargs)
+        self._tok = TextTokenizer(self.tokenizer, self.max_length)
+        self._query_tok = TextTokenizer(self.tokenizer, self.max_query_length)
+        self._empty_id = self.tokenizer.unk_token_id if self.tokenizer.unk_token_id is not None else self._tok.pad_id
+        if ours:
+            saved = io.read_config(model_name)
+            embeddings = torch.empty(saved["vocab_size"], saved["embedding_dim"])
+        else:
+            embeddings = AutoModel.from_pretrained(model_name, **model_kwargs).get_input_embeddings().weight.detach()
+        if self.num_layers < 1:
+            raise ValueError(f"num_layers must be at least 1 (TK uses 1-3), got {self.num_layers}")
+        if embeddings.shape[1] % self.num_heads:
+            raise ValueError(f"num_heads={self.num_heads} must divide the embedding size {embeddings.shape[1]} of "
+                             f"{self.model_name!r}")
+        model = _TKModel(embeddings.shape[0], embeddings.shape[1], self.num_layers, self.num_heads, self.ff_dim)
+        if ours:
+            model.load_state_dict(io.load_weights(model_name))
+        else:
+            model.embedding.weight.data.copy_(embeddings)
+        self.model = model.to(self._device).eval()
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write the tokenizer, the weights (safetensors) and our config (atomically: all or nothing)."""
+        vocab_size, embedding_dim = self.model.embedding.weight.shape
+        with io.atomic_dir(path) as tmp:
+            self.tokenizer.save_pretrained(tmp)
+            io.save_weights(self.model.state_dict(), tmp)
+            io.write_config(Path(tmp), self.ARCHITECTURE, {**self._settings(), "max_length": self.max_length,
+                                                           "vocab_size": vocab_size, "embedding_dim": embedding_dim})
+
+    def _words(self, tokenizer: TextTokenizer, texts: Sequence[str]) -> list[Tokens]:
+        # a text without tokens becomes one unknown token, so that attention always has something to attend to
+        return [(enc.ids or [self._empty_id], [0] * max(len(enc.ids), 1)) for enc in tokenizer.encode_texts(texts)]
+
+    def _query_sequences(self, queries: Sequence[str]) -> list[Tokens]:
+        return self._words(self._query_tok, queries)
+
+    def _doc_sequences(self, texts: Sequence[str]) -> list[Tokens]:
+        return self._words(self._tok, texts)

@@ -1,0 +1,271 @@
+"""The students of the Margin-MSE paper (DotEncoder, ColBERT, PreTT, TK): one suite over every architecture, then
+what each one promises of its own."""
+from __future__ import annotations
+
+import functools
+import tempfile
+
+import numpy as np
+import pandas as pd
+import pyterrier as pt
+import pytest
+import torch
+
+import pyterrier_marginkd as mkd
+
+#: tiny configurations of every architecture (and of the settings that change their code paths)
+BUILDERS = {
+    "dot": lambda path: mkd.DotEncoder(path, max_length=64, batch_size=4),
+    "dot-mean-dim-separate": lambda path: mkd.DotEncoder(path, pooling="mean", dim=8, shared_encoder=False,
+                                                         max_length=64, batch_size=4),
+    "colbert": lambda path: mkd.ColBERT(path, dim=16, query_length=8, max_length=64, batch_size=4),
+    "colbert-plain": lambda path: mkd.ColBERT(path, dim=16, query_length=0, mask_punctuation=True, normalize=False,
+                                              max_length=64, batch_size=4),
+    "pretts": lambda path: mkd.PreTT(path, max_length=64, batch_size=4),
+    "tk": lambda path: mkd.TK(path, num_layers=1, num_heads=2, ff_dim=16, max_length=64, batch_size=4),
+}
+
+
+def build(name: str, path) -> mkd.DotEncoder | mkd.ColBERT | mkd.PreTT | mkd.TK:
+    torch.manual_seed(0)
+    return BUILDERS[name](path)
+
+
+@pytest.fixture(params=list(BUILDERS))
+def student(request, tiny_bert_dir):
+    return build(request.param, tiny_bert_dir)
+
+
+def scores_by_pair(frame: pd.DataFrame) -> pd.Series:
+    return frame.set_index(["qid", "docno"])["score"]
+
+
+# --- every architecture ------------------------------------------------------------------------------------------
+def test_transform_adds_score_and_rank_keeps_columns(student, small_results):
+    out = student(small_results.assign(score=100.0, rank=7))
+    assert len(out) == len(small_results)
+    assert {"qid", "query", "docno", "text", "extra", "score", "rank"} <= set(out.columns)
+    assert np.isfinite(out["score"]).all() and (out["score"] != 100.0).all()
+    for _, group in out.groupby("qid"):
+        assert sorted(group["rank"]) == list(range(len(group)))
+        assert group.sort_values("rank")["score"].is_monotonic_decreasing
+    merged = out.merge(small_results, on=["qid", "docno"], suffixes=("", "_in"))
+    assert (merged["extra"] == merged["extra_in"]).all() and (merged["text"] == merged["text_in"]).all()
+
+
+def test_empty_input_gives_empty_output_with_columns(student, small_results):
+    out = student(small_results.iloc[:0])
+    assert len(out) == 0
+    assert {"score", "rank", "extra"} <= set(out.columns)
+
+
+def test_missing_text_is_named(student, small_results):
+    with pytest.raises(KeyError, match="get_text"):
+        student(small_results.drop(columns=["text"]))
+
+
+def test_scores_do_not_depend_on_batch_size_or_row_order(student, small_results):
+    base = None
+    for batch_size in (1, 2, 5, 64):
+        student.batch_size = batch_size
+        scores = scores_by_pair(student(small_results))
+        base = scores if base is None else base
+        np.testing.assert_allclose(scores.loc[base.index], base, rtol=1e-4, atol=1e-5)
+    shuffled = scores_by_pair(student(small_results.sample(frac=1.0, random_state=3)))
+    np.testing.assert_allclose(shuffled.loc[base.index], base, rtol=1e-4, atol=1e-5)
+
+
+def test_train_scores_are_differentiable_and_match_inference(student, small_results):
+    queries, texts = small_results["query"].tolist(), small_results["text"].tolist()
+    inference = student.score_pairs(queries, texts)
+    student.model.eval()
+    train = student.train_scores(queries, texts)
+    assert train.shape == (len(queries),) and train.requires_grad
+    np.testing.assert_allclose(train.detach().numpy(), inference, rtol=1e-4, atol=1e-5)
+    train.sum().backward()
+    with_grad = [name for name, p in student.model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+    assert any("embed" in name for name in with_grad)
+    assert len(with_grad) > len(list(student.model.parameters())) // 2
+
+
+def test_save_load_round_trip_identical(student, small_results, tmp_path):
+    before = student(small_results)["score"].to_numpy()
+    student.save_pretrained(tmp_path / "m")
+    files = {p.name for p in (tmp_path / "m").rglob("*")}
+    assert {"marginkd.json", "pt_meta.json", "marginkd.safetensors"} <= files
+    assert not any(name.endswith((".bin", ".pt", ".pkl", ".pth")) for name in files)
+    loaded_all = (type(student).from_pretrained(tmp_path / "m"), mkd.load(tmp_path / "m"),
+                  pt.Artifact.load(str(tmp_path / "m")))
+    for loaded in loaded_all:
+        assert type(loaded) is type(student) and loaded._settings() == student._settings()
+        assert loaded.max_length == student.max_length
+        np.testing.assert_allclose(loaded(small_results)["score"].to_numpy(), before, rtol=1e-5, atol=1e-6)
+    assert repr(loaded_all[0]) == repr(student).replace(repr(student.model_name), repr(str(tmp_path / "m")))
+    assert not list(tmp_path.glob(".m.tmp-*"))
+
+
+def test_saved_folder_refuses_other_architectures_and_settings(student, tmp_path):
+    student.save_pretrained(tmp_path / "m")
+    other = mkd.TK if not isinstance(student, mkd.TK) else mkd.DotEncoder
+    with pytest.raises(ValueError, match=f"holds a '{student.ARCHITECTURE}' model"):
+        other.from_pretrained(tmp_path / "m")
+    name, value = {"dot": ("dim", 4), "colbert": ("dim", 4), "pretts": ("num_separate_layers", 0),
+                   "tk": ("num_heads", 1)}[student.ARCHITECTURE]
+    with pytest.raises(ValueError, match=f"saved with {name}="):
+        type(student).from_pretrained(tmp_path / "m", **{name: value})
+
+
+def test_repr_and_schematic_are_short(student):
+    assert repr(student).startswith(f"{type(student).__name__}(")
+    assert len(student.schematic()["label"]) <= 20
+
+
+def _tiny_dir() -> str:
+    return _tiny_bert_once()
+
+
+@functools.lru_cache(maxsize=None)
+def _tiny_bert_once() -> str:
+    from conftest import minilm_path
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path = tempfile.mkdtemp()
+    tokenizer = BertTokenizerFast.from_pretrained(minilm_path())
+    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+TestDotEncoderIsATransformer = pt.testing.transformer_test_class(lambda: build("dot", _tiny_dir()))
+TestColBERTIsATransformer = pt.testing.transformer_test_class(lambda: build("colbert", _tiny_dir()))
+TestPreTTIsATransformer = pt.testing.transformer_test_class(lambda: build("pretts", _tiny_dir()))
+TestTKIsATransformer = pt.testing.transformer_test_class(lambda: build("tk", _tiny_dir()))
+
+
+@pytest.mark.parametrize("name", ["dot", "colbert", "pretts", "tk"])
+def test_student_in_bm25_get_text_pipeline(name, tiny_bert_dir, cranfield, cranfield_bm25):
+    topics = cranfield.topics("test").head(2)
+    pipe = cranfield_bm25 % 5 >> cranfield.get_text() >> build(name, tiny_bert_dir)
+    out = pipe(topics)
+    assert len(out) == 10 and set(out["rank"]) == set(range(5))
+    first_stage = (cranfield_bm25 % 5)(topics)
+    assert set(zip(out.qid, out.docno)) == set(zip(first_stage.qid, first_stage.docno))
+
+
+# --- DotEncoder ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["dot", "dot-mean-dim-separate"])
+def test_dense_retrieval_equals_brute_force_scoring(name, tiny_bert_dir, cranfield, tmp_path):
+    dot = build(name, tiny_bert_dir)
+    docs = [doc for _, doc in zip(range(40), cranfield.docs_iter())]
+    index = dot.index(docs, tmp_path / "flex")
+    assert len(index) == 40
+    topics = cranfield.topics("test").head(3)
+    retrieved = dot.retriever(tmp_path / "flex", num_results=5)(topics)
+    assert list(retrieved.columns[:3]) == ["qid", "query", "docno"] and "query_vec" not in retrieved.columns
+    corpus = pd.DataFrame({"docno": [d["docno"] for d in docs], "text": [d["text"] for d in docs]})
+    brute = dot(topics.merge(corpus, how="cross"))
+    for qid, group in retrieved.groupby("qid"):
+        group = group.sort_values("rank")
+        brute_q = brute[brute.qid == qid].set_index("docno")["score"]
+        # the retrieved documents score as brute force scores them, and those are the top scores of the corpus
+        # (comparing scores, not docnos, keeps near-ties of a random model from flipping the test)
+        np.testing.assert_allclose(group["score"], brute_q.loc[group["docno"]], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(group["score"], brute_q.nlargest(5), rtol=1e-5, atol=1e-5)
+    assert len(dot.retriever(index, num_results=5)(topics.iloc[:0])) == 0
+
+
+def test_dense_index_errors_are_clear(tiny_bert_dir, tmp_path):
+    dot = build("dot", tiny_bert_dir)
+    docs = [{"docno": "d1", "text": "wing flutter"}, {"docno": "d2", "text": "heat transfer"}]
+    dot.index(docs, tmp_path / "flex")
+    with pytest.raises(ValueError, match="overwrite=True"):
+        dot.index(docs, tmp_path / "flex")
+    assert len(dot.index(docs + [{"docno": "d3", "text": "a"}], tmp_path / "flex", overwrite=True)) == 3
+    with pytest.raises(ValueError, match="no dense index"):
+        dot.retriever(tmp_path / "nothing")
+
+
+def test_dot_encoder_vectors_and_settings(tiny_bert_dir, small_results, tmp_path):
+    dot = build("dot-mean-dim-separate", tiny_bert_dir)
+    queries, texts = small_results["query"].tolist(), small_results["text"].tolist()
+    products = (dot.encode_queries(queries) * dot.encode_docs(texts)).sum(1)
+    np.testing.assert_allclose(products, dot.score_pairs(queries, texts), rtol=1e-4, atol=1e-5)
+    assert dot.encode_docs([]).shape == (0, 8)
+    shared = build("dot", tiny_bert_dir)
+    assert dot.num_parameters() > shared.num_parameters()
+    dot.save_pretrained(tmp_path / "dot")
+    assert (tmp_path / "dot" / "doc_encoder" / "model.safetensors").exists()
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        mkd.DotEncoder(tiny_bert_dir, pooling="max")
+
+
+# --- ColBERT ---------------------------------------------------------------------------------------------------
+def test_colbert_is_sum_of_max_similarities_with_mask_augmented_queries(tiny_bert_dir):
+    colbert = build("colbert", tiny_bert_dir)
+    (query, doc), = colbert._prepare(["wing flutter"], ["flutter, of a wing."])
+    mask_id = colbert.tokenizer.mask_token_id
+    assert len(query[0]) == 8 and query[0][-1] == mask_id and query[0].count(mask_id) == 4
+    batch = colbert._collate([(query, doc)])
+    with torch.inference_mode():
+        q = colbert.model.embed(batch, "query")[0]
+        d = colbert.model.embed(batch, "doc")[0]
+        expected = (q @ d.T).max(1).values.sum()
+        np.testing.assert_allclose(torch.linalg.norm(q, dim=-1), 1.0, rtol=1e-5)
+    assert colbert.score_pairs(["wing flutter"], ["flutter, of a wing."])[0] == pytest.approx(float(expected), 1e-5)
+
+
+def test_colbert_punctuation_is_not_matched(tiny_bert_dir):
+    colbert = build("colbert-plain", tiny_bert_dir)
+    batch = colbert._collate(colbert._prepare(["wing"], ["flutter, of a wing."]))
+    tokens = colbert.tokenizer.convert_ids_to_tokens(batch["doc_input_ids"][0])
+    match = dict(zip(tokens, batch["doc_match_mask"][0].tolist()))
+    assert match[","] == 0 and match["."] == 0 and match["flutter"] == 1 and match["[SEP]"] == 1
+
+
+# --- PreTT -------------------------------------------------------------------------------------------------------
+def test_pretts_document_states_do_not_depend_on_the_query(tiny_bert_dir):
+    pretts = build("pretts", tiny_bert_dir)
+    assert pretts.num_separate_layers == 1
+    text = "flutter of a swept wing"
+
+    def doc_states(queries, texts):
+        batch = pretts._collate(pretts._prepare(queries, texts))
+        with torch.inference_mode():
+            states = pretts.model.separate(batch, "doc")
+        return states[batch["doc_index"][texts.index(text)], :len(pretts._doc_sequences([text])[0][0])]
+
+    alone = doc_states(["wing"], [text])
+    with_others = doc_states(["a much longer query about heat transfer", "x"], ["short", text])
+    torch.testing.assert_close(alone, with_others, rtol=1e-5, atol=1e-5)
+
+
+def test_pretts_split_must_leave_a_joint_layer(tiny_bert_dir):
+    with pytest.raises(ValueError, match="num_separate_layers must be between 0 and 1"):
+        mkd.PreTT(tiny_bert_dir, num_separate_layers=2)
+    assert mkd.PreTT(tiny_bert_dir, num_separate_layers=0).num_separate_layers == 0
+
+
+# --- TK ------------------------------------------------------------------------------------------------------------
+def test_tk_starts_from_pretrained_embeddings_and_is_small(tiny_bert_dir):
+    from transformers import AutoModel
+
+    tk = build("tk", tiny_bert_dir)
+    pretrained = AutoModel.from_pretrained(tiny_bert_dir).get_input_embeddings().weight
+    torch.testing.assert_close(tk.model.embedding.weight, pretrained)
+    bert = mkd.DotEncoder(tiny_bert_dir)
+    assert tk.num_parameters() < bert.num_parameters()
+    scores = tk.score_pairs(["wing", "..."], ["", "flutter"])
+    assert np.isfinite(scores).all()
+    with pytest.raises(ValueError, match="num_heads=3 must divide"):
+        mkd.TK(tiny_bert_dir, num_heads=3)
+
+
+def test_tk_kernels_reward_exact_matches(tiny_bert_dir):
+    tk = build("tk", tiny_bert_dir)
+    with torch.no_grad():
+        tk.model.mixer.fill_(1.0)  # raw embeddings only: an exact match has cosine 1
+        tk.model.score.weight.zero_()
+        tk.model.score.weight[0, 0] = 1.0  # the exact-match kernel alone
+    match, miss = tk.score_pairs(["flutter"] * 2, ["wing flutter", "heat transfer"])
+    assert match > miss
