@@ -1,7 +1,9 @@
 """pyterrier-marginkd: distilled neural re-ranking for PyTerrier (Margin-MSE knowledge distillation)."""
+from pyterrier_marginkd import losses
 from pyterrier_marginkd.colbert import ColBERT
 from pyterrier_marginkd.collection import Collection, clean_query, shared_data_dir
 from pyterrier_marginkd.cross_encoder import CrossEncoder
+from pyterrier_marginkd.distill import Distiller
 from pyterrier_marginkd.dot import DotEncoder
 from pyterrier_marginkd.io import load
 from pyterrier_marginkd.pretts import PreTT
@@ -9,5 +11,5 @@ from pyterrier_marginkd.tk import TK
 
 __version__ = "0.1.0"
 
-__all__ = ["TK", "ColBERT", "Collection", "CrossEncoder", "DotEncoder", "PreTT", "clean_query", "load",
-           "shared_data_dir"]
+__all__ = ["TK", "ColBERT", "Collection", "CrossEncoder", "Distiller", "DotEncoder", "PreTT", "clean_query", "load",
+           "losses", "shared_data_dir"]

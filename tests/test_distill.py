@@ -1,0 +1,190 @@
+"""Distiller on real Cranfield candidates with tiny models: learning, teacher cache, resume, bad input."""
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pandas as pd
+import pyterrier as pt
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import pyterrier_marginkd as mkd
+from pyterrier_marginkd import losses
+
+
+def overlap_score(row) -> float:
+    """A cheap deterministic teacher: query-term overlap, scaled like a cross-encoder logit."""
+    q = set(row["query"].split())
+    return 4.0 * len(q & set(row["text"].split())) / max(len(q), 1) - 2.0
+
+
+class CountingTeacher(pt.Transformer):
+    """Wraps a teacher and counts the (query, document) pairs it is asked to score."""
+
+    def __init__(self, fn=overlap_score):
+        self.fn = fn
+        self.pairs = 0
+
+    def transform(self, inp):
+        self.pairs += len(inp)
+        return inp.assign(score=[float(self.fn(r)) for _, r in inp.iterrows()])
+
+    def __repr__(self):
+        return "CountingTeacher()"
+
+
+@pytest.fixture(scope="module")
+def train_data(cranfield, cranfield_bm25):
+    topics = cranfield.topics("train").head(12)
+    res = (cranfield_bm25 % 10 >> cranfield.get_text())(topics)
+    return res, cranfield.qrels("train")
+
+
+@pytest.fixture()
+def student_dir(tiny_bert_dir, tmp_path):
+    """A tiny cross-encoder with a fixed head, so every load starts from the same weights."""
+    torch.manual_seed(0)
+    mkd.CrossEncoder.from_pretrained(tiny_bert_dir, max_length=64).save_pretrained(tmp_path / "student0")
+    return tmp_path / "student0"
+
+
+def make(student_dir, teacher, tmp_path, name="run", **kw):
+    settings = dict(epochs=2, batch_size=4, lr=2e-3, seed=1, output_dir=tmp_path / name)
+    settings.update(kw)
+    return mkd.Distiller(mkd.CrossEncoder.from_pretrained(student_dir), teacher, **settings)
+
+
+def test_fit_lowers_the_loss_and_reports(train_data, student_dir, tmp_path):
+    res, qrels = train_data
+    distiller = make(student_dir, CountingTeacher(), tmp_path, epochs=8, lr=1e-2)
+    before = distiller.evaluate_loss(res, qrels)
+    distiller.fit(res, qrels)
+    after = distiller.evaluate_loss(res, qrels)
+    assert after < 0.7 * before
+    assert distiller.report["queries"] == 12 and distiller.report["queries_used"] >= 8
+    assert distiller.report["queries"] == distiller.report["queries_used"] + distiller.report["skipped_no_positive"] \
+        + distiller.report["skipped_no_negative"]
+    assert len(distiller.history) == distiller.report["total_steps"]
+    reloaded = mkd.load(tmp_path / "run" / "student")
+    np.testing.assert_allclose(reloaded(res)["score"], distiller(res)["score"], rtol=1e-5, atol=1e-5)
+
+
+def test_second_fit_runs_zero_teacher_calls(train_data, student_dir, tmp_path):
+    res, qrels = train_data
+    teacher = CountingTeacher()
+    make(student_dir, teacher, tmp_path).fit(res, qrels)
+    first = teacher.pairs
+    assert first > 0
+    make(student_dir, teacher, tmp_path, resume=False).fit(res, qrels)
+    assert teacher.pairs == first
+    # a different output folder with the same cache folder also reuses the scores
+    make(student_dir, teacher, tmp_path, name="other", cache_dir=tmp_path / "run" / "teacher_cache").fit(res, qrels)
+    assert teacher.pairs == first
+
+
+def test_resume_after_interruption_equals_uninterrupted(train_data, student_dir, tmp_path, monkeypatch):
+    res, qrels = train_data
+    full = make(student_dir, CountingTeacher(), tmp_path, name="full", save_steps=2)
+    full.fit(res, qrels)
+    expected = load_file(str(tmp_path / "full" / "checkpoint" / "model.safetensors"))
+
+    original = mkd.Distiller._step
+    calls = {"n": 0}
+
+    def dying_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("killed")
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(mkd.Distiller, "_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        make(student_dir, CountingTeacher(), tmp_path, name="killed", save_steps=2).fit(res, qrels)
+    monkeypatch.setattr(mkd.Distiller, "_step", original)
+    resumed = make(student_dir, CountingTeacher(), tmp_path, name="killed", save_steps=2)
+    resumed.fit(res, qrels)
+    assert resumed.report["resumed_from"] == 2
+    got = load_file(str(tmp_path / "killed" / "checkpoint" / "model.safetensors"))
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, rtol=0, atol=0)
+
+
+def test_resume_refuses_a_different_run(train_data, student_dir, tmp_path):
+    res, qrels = train_data
+    make(student_dir, CountingTeacher(), tmp_path).fit(res, qrels)
+    with pytest.raises(ValueError, match="different run"):
+        make(student_dir, CountingTeacher(), tmp_path, lr=1e-4).fit(res, qrels)
+
+
+def test_pipeline_fit_then_transform_uses_the_student(cranfield, cranfield_bm25, student_dir, tmp_path):
+    distiller = make(student_dir, CountingTeacher(), tmp_path, epochs=1)
+    pipe = cranfield_bm25 % 10 >> cranfield.get_text() >> distiller
+    train, valid = cranfield.topics("train").head(8), cranfield.topics("train").iloc[8:12]
+    pipe.fit(train, cranfield.qrels("train"), valid, cranfield.qrels("train"))
+    assert distiller.validation and "best_ndcg@10" in distiller.report
+    out = pipe(cranfield.topics("test").head(2))
+    direct = distiller.student((cranfield_bm25 % 10 >> cranfield.get_text())(cranfield.topics("test").head(2)))
+    np.testing.assert_allclose(out.sort_values(["qid", "docno"])["score"],
+                               direct.sort_values(["qid", "docno"])["score"])
+    assert list(distiller.subtransformers()) == ["student"]
+
+
+def test_label_only_baseline(train_data, student_dir, tmp_path):
+    res, qrels = train_data
+    distiller = make(student_dir, None, tmp_path, loss=losses.RankNet(), epochs=8, lr=1e-2)
+    before = distiller.evaluate_loss(res, qrels)
+    distiller.fit(res, qrels)
+    assert distiller.evaluate_loss(res, qrels) < before
+    with pytest.raises(ValueError, match="teacher=None"):
+        mkd.Distiller(distiller.student, None, loss=losses.MarginMSE())
+
+
+def test_bad_inputs_are_named(train_data, student_dir, tmp_path):
+    res, qrels = train_data
+    distiller = make(student_dir, CountingTeacher(), tmp_path)
+    with pytest.raises(KeyError, match="text"):
+        distiller.fit(res.drop(columns=["text"]), qrels)
+    with pytest.raises(KeyError, match="label"):
+        distiller.fit(res, qrels.drop(columns=["label"]))
+    with pytest.raises(ValueError, match="queries not in the results"):
+        distiller.fit(res, qrels.assign(qid="elsewhere-" + qrels["qid"]))
+    with pytest.raises(ValueError, match="no training query has a positive"):
+        distiller.fit(res, qrels.assign(label=0))
+    with pytest.raises(ValueError, match="empty"):
+        distiller.fit(res.iloc[:0], qrels)
+    with pytest.raises(ValueError, match="both va_res and va_qrels"):
+        distiller.fit(res, qrels, res, None)
+
+
+def test_bad_teachers_are_named_and_nothing_is_cached(train_data, student_dir, tmp_path):
+    res, qrels = train_data
+    nan_teacher = CountingTeacher(lambda r: float("nan") if "flow" in r["text"] else 1.0)
+    with pytest.raises(ValueError, match="non-finite score"):
+        make(student_dir, nan_teacher, tmp_path, name="nan").fit(res, qrels)
+    for db in (tmp_path / "nan" / "teacher_cache").rglob("db.sqlite3"):
+        with sqlite3.connect(db) as conn:
+            values = [v for (v,) in conn.execute("SELECT value FROM cache")]
+        assert all(np.isfinite(values))
+    no_score = pt.apply.generic(lambda df: df.assign(relevance=1.0))
+    with pytest.raises(ValueError, match="must add a 'score' column"):
+        make(student_dir, no_score, tmp_path, name="noscore").fit(res, qrels)
+    dropping = pt.apply.generic(lambda df: df.iloc[1:].assign(score=1.0))
+    with pytest.raises(ValueError, match="dropped"):
+        make(student_dir, dropping, tmp_path, name="drop").fit(res, qrels)
+
+
+def test_max_steps_and_max_time_stop_training(train_data, student_dir, tmp_path):
+    res, qrels = train_data
+    distiller = make(student_dir, CountingTeacher(), tmp_path, name="steps", max_steps=3)
+    distiller.fit(res, qrels)
+    assert len(distiller.history) == 3
+    timed = make(student_dir, CountingTeacher(), tmp_path, name="time", max_time=0.0, epochs=5)
+    timed.fit(res, qrels)
+    assert len(timed.history) == 1 and timed.report["stopped_by_max_time"]
+
+
+def test_duplicate_candidates_are_dropped(train_data, student_dir, tmp_path):
+    res, qrels = train_data
+    examples = make(student_dir, CountingTeacher(), tmp_path).examples(pd.concat([res, res.head(5)]), qrels)
+    assert examples.report["duplicate_rows_dropped"] == 5
