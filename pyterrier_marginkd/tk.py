@@ -109,7 +109,10 @@ class TK(TwoSidedScorer):
         if ours:
             model.load_state_dict(io.load_weights(model_name))
         else:
-            model.embedding.weight.data.copy_(embeddings)
+            # rescaled so that words are about as long as the position features, as GloVe vectors were in TK: else
+            # positions drown the words (BERT input embeddings are ~13x shorter); cosine matches are unchanged
+            model.embedding.weight.data.copy_(embeddings * (math.sqrt(embeddings.shape[1] / 2) /
+                                                            embeddings.norm(dim=1).mean()))
         self.model = model.to(self._device).eval()
 
     def save_pretrained(self, path: str | os.PathLike) -> None:

@@ -251,8 +251,11 @@ def test_tk_starts_from_pretrained_embeddings_and_is_small(tiny_bert_dir):
     from transformers import AutoModel
 
     tk = build("tk", tiny_bert_dir)
-    pretrained = AutoModel.from_pretrained(tiny_bert_dir).get_input_embeddings().weight
-    torch.testing.assert_close(tk.model.embedding.weight, pretrained)
+    pretrained = AutoModel.from_pretrained(tiny_bert_dir).get_input_embeddings().weight.detach()
+    ours = tk.model.embedding.weight.detach()
+    # the same vectors, rescaled to the length of the position features: sqrt(32 / 2)
+    torch.testing.assert_close(torch.nn.functional.normalize(ours), torch.nn.functional.normalize(pretrained))
+    assert float(ours.norm(dim=1).mean()) == pytest.approx(4.0, rel=1e-4)
     bert = mkd.DotEncoder(tiny_bert_dir)
     assert tk.num_parameters() < bert.num_parameters()
     scores = tk.score_pairs(["wing", "..."], ["", "flutter"])
@@ -269,3 +272,37 @@ def test_tk_kernels_reward_exact_matches(tiny_bert_dir):
         tk.model.score.weight[0, 0] = 1.0  # the exact-match kernel alone
     match, miss = tk.score_pairs(["flutter"] * 2, ["wing flutter", "heat transfer"])
     assert match > miss
+
+
+# --- training -------------------------------------------------------------------------------------------------------
+class OverlapTeacher(pt.Transformer):
+    """A cheap deterministic teacher: query-term overlap, scaled like a cross-encoder logit."""
+
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
+        pairs = zip(inp["query"], inp["text"])
+        overlap = [len(set(q.split()) & set(t.split())) / max(len(q.split()), 1) for q, t in pairs]
+        return inp.assign(score=[4.0 * o - 2.0 for o in overlap])
+
+    def __repr__(self) -> str:
+        return "OverlapTeacher()"
+
+
+@pytest.fixture(scope="module")
+def train_data(cranfield, cranfield_bm25):
+    topics = cranfield.topics("train").head(12)
+    return (cranfield_bm25 % 10 >> cranfield.get_text())(topics), cranfield.qrels("train")
+
+
+@pytest.mark.parametrize("name", ["dot-mean-dim-separate", "colbert", "pretts", "tk"])
+def test_short_margin_mse_fit_lowers_the_loss(name, tiny_bert_dir, train_data, tmp_path):
+    # (a random tiny BERT gives nearly the same [CLS] vector to every text, so the DotEncoder learns with mean pooling)
+    res, qrels = train_data
+    student = build(name, tiny_bert_dir)
+    distiller = mkd.Distiller(student, OverlapTeacher(), loss=mkd.losses.MarginMSE(), epochs=4, batch_size=4, lr=5e-3,
+                              seed=1, output_dir=tmp_path / "run")
+    before = distiller.evaluate_loss(res, qrels)
+    distiller.fit(res, qrels)
+    assert distiller.evaluate_loss(res, qrels) < 0.7 * before
+    reloaded = mkd.load(tmp_path / "run" / "student")
+    assert type(reloaded) is type(student)
+    np.testing.assert_allclose(reloaded(res)["score"], student(res)["score"], rtol=1e-5, atol=1e-5)
