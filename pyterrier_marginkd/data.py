@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import Iterable, Protocol
 
 import numpy as np
 import pandas as pd
@@ -14,13 +15,27 @@ NEGATIVE_SAMPLING = ("random", "top")
 
 @dataclass
 class Group:
-    """One training example: a query, its positive passage first, then negatives; labels graded from qrels."""
+    """One training example: a query, its positive passage first, then negatives; labels graded from qrels
+    (None when unknown) and teacher scores (None until the teacher has scored the group)."""
 
     qid: str
     query: str
     docnos: list[str]
     texts: list[str]
-    labels: list[float]
+    labels: list[float] | None
+    teacher: list[float] | None = None
+
+
+class GroupSource(Protocol):
+    """Where the Distiller's training groups come from: candidates + qrels, teacher-score files, docpairs..."""
+
+    report: dict
+
+    def groups(self, epoch: int) -> Iterable[Group]:
+        """The epoch's groups in training order (deterministic for a seed and epoch; may be streamed)."""
+
+    def num_groups(self) -> int:
+        """Number of groups per epoch."""
 
 
 @dataclass
@@ -145,5 +160,6 @@ class TrainingExamples:
         order = rng.permutation(len(out))
         return [out[i] for i in order]
 
-    def __len__(self) -> int:
-        return len(self.groups(0))
+    def num_groups(self) -> int:
+        """Number of groups per epoch (one per positive that has at least one negative)."""
+        return sum(1 for q in self.queries for p in q.positives if len(self._negative_pool(q, p)))

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import ir_measures
 import numpy as np
@@ -20,7 +21,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from pyterrier_marginkd import io
 from pyterrier_marginkd._scorer import NeuralScorer
-from pyterrier_marginkd.data import Group, TrainingExamples, validate_qrels
+from pyterrier_marginkd.data import Group, GroupSource, TrainingExamples, validate_qrels
 from pyterrier_marginkd.losses import MarginMSE, RankingLoss
 from pyterrier_marginkd.teacher import TeacherScores
 
@@ -124,13 +125,20 @@ class Distiller(pt.Estimator):
         self.train_examples(examples, va_res, va_qrels)
         return self
 
-    def train_examples(self, examples: TrainingExamples, va_res: pd.DataFrame | None = None,
+    def train_examples(self, source: GroupSource, va_res: pd.DataFrame | None = None,
                        va_qrels: pd.DataFrame | None = None) -> None:
-        """The training loop over ``examples`` (epochs of groups), with checkpoints, resume and validation."""
+        """The training loop over a source of groups (epochs of them), with checkpoints, resume and validation.
+
+        ``source`` has ``groups(epoch)`` (an iterable of :class:`Group`, possibly streamed) and ``num_groups()``;
+        groups without teacher scores get them from the (cached) teacher in chunks.
+        """
         out = self.out_path
         out.mkdir(parents=True, exist_ok=True)
-        groups_per_epoch = len(examples.groups(0))
-        steps_per_epoch = math.ceil(groups_per_epoch / (self.batch_size * self.grad_accum_steps))
+        per_step = self.batch_size * self.grad_accum_steps
+        groups_per_epoch = source.num_groups()
+        if groups_per_epoch == 0:
+            raise ValueError("there are no training groups to learn from")
+        steps_per_epoch = math.ceil(groups_per_epoch / per_step)
         total_steps = steps_per_epoch * self.epochs
         if self.max_steps is not None:
             total_steps = min(total_steps, self.max_steps)
@@ -142,7 +150,7 @@ class Distiller(pt.Estimator):
         teacher = None
         if self.teacher is not None and self.loss.needs_teacher:
             teacher = self._teacher_cache()
-        fingerprint = self._fingerprint(examples, total_steps)
+        fingerprint = self._fingerprint(source, total_steps)
         state = {"step": 0, "best": None, "history": [], "validation": []}
         checkpoint = out / "checkpoint"
         if self.resume and (checkpoint / STATE_FILE).exists():
@@ -155,14 +163,12 @@ class Distiller(pt.Estimator):
         bar = pt.tqdm(total=total_steps, initial=step, desc="distil", unit="step", disable=not self.verbose)
         stopped_early = False
         try:
-            while step < total_steps:
+            while step < total_steps and not stopped_early:
                 epoch, step_in_epoch = divmod(step, steps_per_epoch)
-                groups = examples.groups(epoch)
-                teacher_scores = self._teacher_scores(teacher, groups) if teacher is not None else None
-                per_step = self.batch_size * self.grad_accum_steps
-                for s in range(step_in_epoch, steps_per_epoch):
-                    batch_groups = groups[s * per_step:(s + 1) * per_step]
-                    loss_value = self._step(batch_groups, teacher_scores, optimizer, scheduler)
+                batches = self._batches(source.groups(epoch), teacher, skip=step_in_epoch * per_step)
+                step_before = step
+                for s, batch_groups in enumerate(batches, start=step_in_epoch):
+                    loss_value = self._step(batch_groups, optimizer, scheduler)
                     step += 1
                     self.history.append({"step": step, "epoch": epoch, "loss": loss_value,
                                          "lr": scheduler.get_last_lr()[0]})
@@ -177,11 +183,12 @@ class Distiller(pt.Estimator):
                     out_of_time = self.max_time is not None and elapsed >= self.max_time
                     if step % self.save_steps == 0 or end_of_epoch or step == total_steps or out_of_time:
                         self._save_checkpoint(checkpoint, optimizer, scheduler, step, state["best"], fingerprint)
-                    if step >= total_steps or out_of_time:
+                    if step >= total_steps or out_of_time or end_of_epoch:
                         stopped_early = out_of_time and step < total_steps
                         break
-                if stopped_early:
-                    break
+                if step == step_before:
+                    raise ValueError(f"epoch {epoch} of the training data yielded fewer groups than the "
+                                     f"{groups_per_epoch} announced")
         finally:
             bar.close()
             if teacher is not None:
@@ -195,6 +202,20 @@ class Distiller(pt.Estimator):
         self.student.save_pretrained(out / "student")
         if self.verbose:
             print(f"Distiller: {json.dumps(self.report)}")
+
+    def _batches(self, groups: Iterable[Group], teacher: TeacherScores | None, *, skip: int = 0,
+                 prefetch_steps: int = 16) -> Iterator[list[Group]]:
+        """Optimizer-step batches of groups, skipping ``skip`` groups (resume) and adding teacher scores in chunks."""
+        per_step = self.batch_size * self.grad_accum_steps
+        groups = itertools.islice(iter(groups), skip, None)
+        while True:
+            chunk = list(itertools.islice(groups, per_step * prefetch_steps))
+            if not chunk:
+                return
+            if teacher is not None:
+                self._add_teacher_scores(teacher, chunk)
+            for start in range(0, len(chunk), per_step):
+                yield chunk[start:start + per_step]
 
     def _teacher_cache(self) -> TeacherScores:
         cache_dir = Path(self.cache_dir) if self.cache_dir is not None else self.out_path / "teacher_cache"
@@ -210,11 +231,10 @@ class Distiller(pt.Estimator):
     def evaluate_loss(self, tr_res: pd.DataFrame, tr_qrels: pd.DataFrame, *, epoch: int = 0) -> float:
         """Mean loss of the current student over one epoch of training groups (no gradient, no update)."""
         groups = self.examples(tr_res, tr_qrels).groups(epoch)
-        teacher_scores = None
         if self.teacher is not None and self.loss.needs_teacher:
             cache = self._teacher_cache()
             try:
-                teacher_scores = self._teacher_scores(cache, groups)
+                self._add_teacher_scores(cache, groups)
             finally:
                 cache.close()
         values = []
@@ -224,13 +244,13 @@ class Distiller(pt.Estimator):
             with torch.no_grad():
                 for start in range(0, len(groups), self.batch_size):
                     part = groups[start:start + self.batch_size]
-                    student, teacher, labels = self._batch_tensors(part, teacher_scores)
+                    student, teacher, labels = self._batch_tensors(part)
                     values.append(float(self.loss(student, teacher, labels)) * len(part))
         finally:
             self.student.model.train(was_training)
         return sum(values) / len(groups)
 
-    def _batch_tensors(self, part: list[Group], teacher_scores: dict | None):
+    def _batch_tensors(self, part: list[Group]):
         size = len(part[0].docnos)
         queries = [g.query for g in part for _ in g.docnos]
         texts = [t for g in part for t in g.texts]
@@ -238,20 +258,20 @@ class Distiller(pt.Estimator):
         use_amp = self.amp and device.type == "cuda"
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
             student = self.student.train_scores(queries, texts).float().view(len(part), size)
-        teacher = None
-        if teacher_scores is not None:
-            teacher = torch.tensor([[teacher_scores[g.qid, d] for d in g.docnos] for g in part],
-                                   dtype=torch.float32, device=device)
-        labels = torch.tensor([g.labels for g in part], dtype=torch.float32, device=device)
+        teacher = labels = None
+        if all(g.teacher is not None for g in part):
+            teacher = torch.tensor([g.teacher for g in part], dtype=torch.float32, device=device)
+        if all(g.labels is not None for g in part):
+            labels = torch.tensor([g.labels for g in part], dtype=torch.float32, device=device)
         return student, teacher, labels
 
-    def _step(self, groups: list[Group], teacher_scores: dict | None, optimizer, scheduler) -> float:
+    def _step(self, groups: list[Group], optimizer, scheduler) -> float:
         model = self.student.model
         model.train()
         total = 0.0
         micro = [groups[i:i + self.batch_size] for i in range(0, len(groups), self.batch_size)]
         for part in micro:
-            student, teacher, labels = self._batch_tensors(part, teacher_scores)
+            student, teacher, labels = self._batch_tensors(part)
             loss = self.loss(student, teacher, labels) * (len(part) / len(groups))
             loss.backward()
             total += float(loss.detach())
@@ -262,10 +282,16 @@ class Distiller(pt.Estimator):
         optimizer.zero_grad(set_to_none=True)
         return total
 
-    def _teacher_scores(self, teacher: TeacherScores, groups: list[Group]) -> dict[tuple[str, str], float]:
-        pairs = pd.DataFrame([(g.qid, g.query, d, t) for g in groups for d, t in zip(g.docnos, g.texts)],
+    def _add_teacher_scores(self, teacher: TeacherScores, groups: list[Group]) -> None:
+        """Fill ``group.teacher`` of the groups lacking it, scoring each (query, docno) once through the cache."""
+        todo = [g for g in groups if g.teacher is None]
+        if not todo:
+            return
+        pairs = pd.DataFrame([(g.qid, g.query, d, t) for g in todo for d, t in zip(g.docnos, g.texts)],
                              columns=["qid", "query", "docno", self.student.text_field])
-        return teacher.scores(pairs)
+        scores = teacher.scores(pairs)
+        for g in todo:
+            g.teacher = [scores[g.qid, d] for d in g.docnos]
 
     def _validate(self, va_res: pd.DataFrame, va_qrels: pd.DataFrame, step: int, best: dict | None) -> dict | None:
         run = self.student.transform(va_res)
@@ -283,12 +309,12 @@ class Distiller(pt.Estimator):
         np.random.seed(self.seed)
         torch.manual_seed(self.seed)
 
-    def _fingerprint(self, examples: TrainingExamples, total_steps: int) -> str:
-        groups = examples.groups(0)
+    def _fingerprint(self, source: GroupSource, total_steps: int) -> str:
+        groups = list(itertools.islice(iter(source.groups(0)), 50))
         desc = json.dumps({"student": repr(self.student), "loss": repr(self.loss), "lr": self.lr, "seed": self.seed,
                            "batch_size": self.batch_size, "accum": self.grad_accum_steps, "total_steps": total_steps,
-                           "epochs": self.epochs, "data": [(g.qid, g.docnos) for g in groups[:50]],
-                           "groups": len(groups)})
+                           "epochs": self.epochs, "data": [(g.qid, g.docnos) for g in groups],
+                           "groups": source.num_groups()})
         return hashlib.sha256(desc.encode()).hexdigest()
 
     def _save_checkpoint(self, path: Path, optimizer, scheduler, step: int, best, fingerprint: str) -> None:
