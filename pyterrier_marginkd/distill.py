@@ -46,7 +46,7 @@ class Distiller(pt.Estimator):
                  seed: int = 0, output_dir: str | Path | None = None, cache_dir: str | Path | None = None,
                  teacher_id: str | None = None, unjudged: str = "skip", pseudo_positives: int = 1,
                  pseudo_negative_start: int | None = None, teacher_scale: float | str | None = "auto",
-                 resume: bool = True, verbose: bool = False):
+                 select_best: bool = True, resume: bool = True, verbose: bool = False):
         if not isinstance(student, NeuralScorer):
             raise TypeError(f"student must be a pyterrier_marginkd re-ranker (CrossEncoder, ...), got "
                             f"{type(student).__name__}")
@@ -88,7 +88,9 @@ class Distiller(pt.Estimator):
         self.pseudo_negative_start = pseudo_negative_start
         self.teacher_scale = teacher_scale
         self._teacher_factor = 1.0
+        self.select_best = select_best
         self.resume = resume
+        self._train_seconds = 0.0
         self.verbose = verbose
         self.history: list[dict[str, Any]] = []
         self.validation: list[dict[str, Any]] = []
@@ -174,6 +176,7 @@ class Distiller(pt.Estimator):
 
         step = state["step"]
         started = time.time()
+        validation_seconds = 0.0
         bar = pt.tqdm(total=total_steps, initial=step, desc="distil", unit="step", disable=not self.verbose)
         stopped_early = False
         try:
@@ -187,13 +190,16 @@ class Distiller(pt.Estimator):
                     self.history.append({"step": step, "epoch": epoch, "loss": loss_value,
                                          "lr": scheduler.get_last_lr()[0]})
                     elapsed = time.time() - started
+                    self._train_seconds = elapsed - validation_seconds
                     bar.update(1)
                     bar.set_postfix(loss=f"{np.mean([h['loss'] for h in self.history[-20:]]):.4f}",
                                     ex_s=f"{(step - state['step']) * per_step / max(elapsed, 1e-9):.1f}")
                     end_of_epoch = s == steps_per_epoch - 1
                     if va_res is not None and ((self.eval_steps and step % self.eval_steps == 0) or end_of_epoch
                                                or step == total_steps):
+                        validation_started = time.time()
                         state["best"] = self._validate(va_res, va_qrels, step, state["best"])
+                        validation_seconds += time.time() - validation_started
                     out_of_time = self.max_time is not None and elapsed >= self.max_time
                     if step % self.save_steps == 0 or end_of_epoch or step == total_steps or out_of_time:
                         self._save_checkpoint(checkpoint, optimizer, scheduler, step, state["best"], fingerprint)
@@ -209,7 +215,7 @@ class Distiller(pt.Estimator):
                 self.report["teacher_pairs_scored"] = teacher.teacher.pairs_scored
                 teacher.close()
         self.report["stopped_by_max_time"] = stopped_early
-        if state["best"] is not None and (out / "best" / "model.safetensors").exists():
+        if self.select_best and state["best"] is not None and (out / "best" / "model.safetensors").exists():
             load_model(self.student.model, str(out / "best" / "model.safetensors"))
             self.report["best_step"], self.report["best_ndcg@10"] = state["best"]["step"], state["best"]["value"]
         self.student.model.eval()
@@ -360,7 +366,7 @@ class Distiller(pt.Estimator):
     def _validate(self, va_res: pd.DataFrame, va_qrels: pd.DataFrame, step: int, best: dict | None) -> dict | None:
         run = self.student.transform(va_res)
         value = evaluate_ndcg10(run, va_qrels)
-        self.validation.append({"step": step, "ndcg@10": value})
+        self.validation.append({"step": step, "ndcg@10": value, "train_seconds": self._train_seconds})
         if best is None or value > best["value"]:
             best = {"step": step, "value": value}
             with io.atomic_dir(self.out_path / "best") as tmp:
