@@ -5,7 +5,18 @@ from pyterrier_marginkd.collection import Collection, clean_query, shared_data_d
 from pyterrier_marginkd.cross_encoder import CrossEncoder
 from pyterrier_marginkd.distill import Distiller
 from pyterrier_marginkd.io import load
+from pyterrier_marginkd.pseudo import pseudo_queries
 
 __version__ = "0.1.0"
 
-__all__ = ["Cascade", "Collection", "CrossEncoder", "Distiller", "losses", "clean_query", "load", "shared_data_dir"]
+__all__ = [
+    "Cascade",
+    "Collection",
+    "CrossEncoder",
+    "Distiller",
+    "clean_query",
+    "load",
+    "losses",
+    "pseudo_queries",
+    "shared_data_dir",
+]

@@ -9,6 +9,7 @@ import pandas as pd
 import pyterrier as pt
 import pytest
 import torch
+from conftest import overlap_score
 
 import pyterrier_marginkd as mkd
 from pyterrier_marginkd import losses
@@ -135,11 +136,6 @@ def test_cascade_is_a_pyterrier_transformer():
     return mkd.Cascade(Counting(first_passages), Counting(hits), k=2, passage_length=8, stride=4)
 
 
-def overlap(row) -> float:
-    q = set(row["query"].split())
-    return 4.0 * len(q & set(row["text"].split())) / max(len(q), 1) - 2.0
-
-
 def groups_loss(selector, groups, loss) -> float:
     batch = groups.groups(0)
     scores = selector.score_pairs([g.query for g in batch for _ in g.docnos], [t for g in batch for t in g.texts])
@@ -151,7 +147,7 @@ def test_selector_distils_from_the_scorer(cranfield, cranfield_bm25, tiny_bert_d
     results = (cranfield_bm25 % 4 >> cranfield.get_text())(cranfield.topics("train").head(6))
     torch.manual_seed(0)
     selector = mkd.CrossEncoder.from_pretrained(tiny_bert_dir, max_length=48)
-    scorer = Counting(overlap)
+    scorer = Counting(overlap_score)
     cascade = mkd.Cascade(selector, scorer, k=2, passage_length=24, stride=12)
     groups = cascade.selector_groups(results, group_size=4)
     assert groups.report["documents_used"] > 10 and len(scorer.seen) == groups.report["passages_scored"]
@@ -159,7 +155,7 @@ def test_selector_distils_from_the_scorer(cranfield, cranfield_bm25, tiny_bert_d
     assert len(first.docnos) == 4 and first.labels is None and first.teacher[0] == max(first.teacher)
     loss = losses.MarginMSE()
     before = groups_loss(selector, groups, loss)
-    distiller = mkd.Distiller(selector, scorer, loss=loss, epochs=8, batch_size=4, lr=1e-2, seed=1,
+    distiller = mkd.Distiller(selector, scorer, loss=loss, epochs=8, batch_size=4, lr=1e-2, seed=1, teacher_scale=None,
                               output_dir=tmp_path / "selector")
     distiller.train_examples(groups)
     assert len(scorer.seen) == groups.report["passages_scored"]     # teacher scores came with the groups
