@@ -54,12 +54,6 @@ def test_attention_maps_are_compared_per_head_or_head_averaged():
 
 
 @pytest.fixture(scope="module")
-def train_data(cranfield, cranfield_bm25):
-    topics = cranfield.topics("train").head(8)
-    return (cranfield_bm25 % 8 >> cranfield.get_text())(topics), cranfield.qrels("train")
-
-
-@pytest.fixture(scope="module")
 def wide_teacher_dir(tmp_path_factory, tiny_bert_dir):
     """A 4-layer, hidden-48 random cross-encoder with the tiny student's vocabulary."""
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
@@ -75,14 +69,14 @@ def wide_teacher_dir(tmp_path_factory, tiny_bert_dir):
 
 
 @pytest.mark.parametrize("attention", [False, True], ids=["hidden", "hidden+attention"])
-def test_fit_lowers_the_layer_loss_and_trains_the_projections(train_data, tiny_bert_dir, wide_teacher_dir, tmp_path,
-                                                              attention):
-    res, qrels = train_data
+def test_fit_lowers_the_layer_loss_and_trains_the_projections(cranfield_train, tiny_bert_dir, wide_teacher_dir,
+                                                              tmp_path, attention):
+    res, qrels = cranfield_train
     torch.manual_seed(0)
     student = mkd.CrossEncoder.from_pretrained(tiny_bert_dir, max_length=64)
     teacher = mkd.CrossEncoder.from_pretrained(wide_teacher_dir, max_length=64)
     intermediate = losses.HiddenStateMSE(attention=attention)
-    distiller = mkd.Distiller(student, teacher, intermediate=intermediate, epochs=4, batch_size=4, lr=5e-3, seed=1,
+    distiller = mkd.Distiller(student, teacher, intermediate=intermediate, epochs=3, batch_size=4, lr=5e-3, seed=1,
                               output_dir=tmp_path / "run")
     assert intermediate.pairs == [(1, 2), (2, 4)]
     projection = intermediate.projections["1"].weight.detach().clone()

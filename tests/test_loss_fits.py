@@ -10,12 +10,6 @@ from pyterrier_marginkd import losses
 
 
 @pytest.fixture(scope="module")
-def train_data(cranfield, cranfield_bm25):
-    topics = cranfield.topics("train").head(10)
-    return (cranfield_bm25 % 10 >> cranfield.get_text())(topics), cranfield.qrels("train")
-
-
-@pytest.fixture(scope="module")
 def fit_student_dir(tiny_bert_dir, tmp_path_factory):
     path = tmp_path_factory.mktemp("fits") / "student0"
     torch.manual_seed(0)
@@ -24,8 +18,8 @@ def fit_student_dir(tiny_bert_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", sorted(losses.LOSSES) + ["margin-mse+ranknet", "margin-mse+hinge"])
-def test_short_fit_lowers_the_loss(name, train_data, fit_student_dir, tmp_path):
-    res, qrels = train_data
+def test_short_fit_lowers_the_loss(name, cranfield_train, fit_student_dir, tmp_path):
+    res, qrels = cranfield_train
     loss = losses.by_name(name)
     teacher = CountingTeacher() if loss.needs_teacher else None
     distiller = mkd.Distiller(mkd.CrossEncoder.from_pretrained(fit_student_dir), teacher, loss=loss, epochs=4,
