@@ -1,5 +1,6 @@
 """pyterrier-marginkd: distilled neural re-ranking for PyTerrier (Margin-MSE knowledge distillation)."""
 from pyterrier_marginkd import losses
+from pyterrier_marginkd.cascade import Cascade
 from pyterrier_marginkd.colbert import ColBERT
 from pyterrier_marginkd.collection import Collection, clean_query, shared_data_dir
 from pyterrier_marginkd.cross_encoder import CrossEncoder
@@ -7,9 +8,23 @@ from pyterrier_marginkd.distill import Distiller
 from pyterrier_marginkd.dot import DotEncoder
 from pyterrier_marginkd.io import load
 from pyterrier_marginkd.pretts import PreTT
+from pyterrier_marginkd.pseudo import pseudo_queries
 from pyterrier_marginkd.tk import TK
 
 __version__ = "0.1.0"
 
-__all__ = ["TK", "ColBERT", "Collection", "CrossEncoder", "Distiller", "DotEncoder", "PreTT", "clean_query", "load",
-           "losses", "shared_data_dir"]
+__all__ = [
+    "TK",
+    "Cascade",
+    "ColBERT",
+    "Collection",
+    "CrossEncoder",
+    "Distiller",
+    "DotEncoder",
+    "PreTT",
+    "clean_query",
+    "load",
+    "losses",
+    "pseudo_queries",
+    "shared_data_dir",
+]

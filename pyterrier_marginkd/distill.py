@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import ir_measures
 import numpy as np
@@ -19,8 +20,9 @@ from safetensors.torch import load_model, save_model
 from transformers import get_linear_schedule_with_warmup
 
 from pyterrier_marginkd import io
-from pyterrier_marginkd._scorer import NeuralScorer
-from pyterrier_marginkd.data import Group, TrainingExamples, validate_qrels
+from pyterrier_marginkd._scorer import NeuralScorer, check_text_column, validate_results
+from pyterrier_marginkd.data import Group, GroupSource, TeacherRankedExamples, TrainingExamples, validate_qrels
+from pyterrier_marginkd.intermediate import HiddenStateMSE, check_models, scores_with_layer_loss
 from pyterrier_marginkd.losses import MarginMSE, RankingLoss
 from pyterrier_marginkd.teacher import TeacherScores
 
@@ -33,7 +35,8 @@ class Distiller(pt.Estimator):
     ``(first_stage >> get_text >> distiller).fit(tr_topics, tr_qrels, va_topics, va_qrels)`` makes PyTerrier run the
     first stage and call ``distiller.fit(results, qrels, va_results, va_qrels)``; afterwards ``distiller`` (and so the
     pipeline) re-ranks with the trained student. With ``teacher=None`` and a label loss (``RankNet``) it trains from
-    labels alone — the no-distillation baseline.
+    labels alone — the no-distillation baseline. ``intermediate=losses.HiddenStateMSE()`` adds intermediate-layer
+    distillation (CrossEncoder teacher and student only; its projections train with the student).
     """
 
     def __init__(self, student: NeuralScorer, teacher: pt.Transformer | None = None, *,
@@ -43,7 +46,10 @@ class Distiller(pt.Estimator):
                  max_grad_norm: float = 1.0, max_steps: int | None = None, max_time: float | None = None,
                  amp: bool = False, eval_steps: int | None = None, save_steps: int = 200,
                  seed: int = 0, output_dir: str | Path | None = None, cache_dir: str | Path | None = None,
-                 teacher_id: str | None = None, resume: bool = True, verbose: bool = False):
+                 teacher_id: str | None = None, unjudged: str = "skip", pseudo_positives: int = 1,
+                 pseudo_negative_start: int | None = None, teacher_scale: float | str | None = "auto",
+                 select_best: bool = True, resume: bool = True, verbose: bool = False,
+                 intermediate: HiddenStateMSE | None = None):
         if not isinstance(student, NeuralScorer):
             raise TypeError(f"student must be a pyterrier_marginkd re-ranker (CrossEncoder, ...), got "
                             f"{type(student).__name__}")
@@ -54,8 +60,17 @@ class Distiller(pt.Estimator):
         for name, value in (("epochs", epochs), ("batch_size", batch_size), ("grad_accum_steps", grad_accum_steps)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if unjudged not in ("skip", "teacher"):
+            raise ValueError(f"unjudged must be 'skip' or 'teacher', got {unjudged!r}")
+        if not (teacher_scale is None or teacher_scale == "auto" or isinstance(teacher_scale, (int, float))):
+            raise ValueError(f"teacher_scale must be 'auto', a number or None, got {teacher_scale!r}")
+        if intermediate is not None:
+            check_models(student, teacher, attention=intermediate.attention)
+            intermediate.configure(student.model.config, teacher.model.config)
         self.student = student
         self.teacher = teacher
+        self.intermediate = intermediate
+        self._layer_loss: torch.Tensor | None = None
         self.loss = loss
         self.epochs = epochs
         self.batch_size = batch_size
@@ -76,7 +91,14 @@ class Distiller(pt.Estimator):
         self.output_dir = output_dir
         self.cache_dir = cache_dir
         self.teacher_id = teacher_id
+        self.unjudged = unjudged
+        self.pseudo_positives = pseudo_positives
+        self.pseudo_negative_start = pseudo_negative_start
+        self.teacher_scale = teacher_scale
+        self._teacher_factor = 1.0
+        self.select_best = select_best
         self.resume = resume
+        self._train_seconds = 0.0
         self.verbose = verbose
         self.history: list[dict[str, Any]] = []
         self.validation: list[dict[str, Any]] = []
@@ -98,7 +120,8 @@ class Distiller(pt.Estimator):
         return None
 
     def __repr__(self) -> str:
-        return f"Distiller(student={self.student!r}, teacher={self.teacher!r}, loss={self.loss!r})"
+        extra = f", intermediate={self.intermediate!r}" if self.intermediate is not None else ""
+        return f"Distiller(student={self.student!r}, teacher={self.teacher!r}, loss={self.loss!r}{extra})"
 
     # --- training ------------------------------------------------------------------------------------------
     @property
@@ -110,11 +133,13 @@ class Distiller(pt.Estimator):
             return Path(self._tmpdir.name)
         return Path(self.output_dir)
 
-    def fit(self, tr_res: pd.DataFrame, tr_qrels: pd.DataFrame, va_res: pd.DataFrame | None = None,
+    def fit(self, tr_res: pd.DataFrame, tr_qrels: pd.DataFrame | None = None, va_res: pd.DataFrame | None = None,
             va_qrels: pd.DataFrame | None = None) -> Distiller:
-        """Train the student on first-stage results (with text) and their qrels; validate on va_res/va_qrels."""
-        if tr_qrels is None:
-            raise ValueError("fit needs training qrels (label > 0 marks positives)")
+        """Train the student on first-stage results (with text) and their qrels; validate on va_res/va_qrels.
+
+        With ``tr_qrels=None`` (or ``unjudged="teacher"`` for the queries without qrels) the teacher's own ranking
+        of the candidates picks positives and negatives: label-free distillation.
+        """
         examples = self.examples(tr_res, tr_qrels)
         self.report = dict(examples.report)
         if (va_res is None) != (va_qrels is None):
@@ -124,25 +149,36 @@ class Distiller(pt.Estimator):
         self.train_examples(examples, va_res, va_qrels)
         return self
 
-    def train_examples(self, examples: TrainingExamples, va_res: pd.DataFrame | None = None,
+    def train_examples(self, source: GroupSource, va_res: pd.DataFrame | None = None,
                        va_qrels: pd.DataFrame | None = None) -> None:
-        """The training loop over ``examples`` (epochs of groups), with checkpoints, resume and validation."""
+        """The training loop over a source of groups (epochs of them), with checkpoints, resume and validation.
+
+        ``source`` has ``groups(epoch)`` (an iterable of :class:`Group`, possibly streamed) and ``num_groups()``;
+        groups without teacher scores get them from the (cached) teacher in chunks.
+        """
         out = self.out_path
         out.mkdir(parents=True, exist_ok=True)
-        groups_per_epoch = len(examples.groups(0))
-        steps_per_epoch = math.ceil(groups_per_epoch / (self.batch_size * self.grad_accum_steps))
+        per_step = self.batch_size * self.grad_accum_steps
+        groups_per_epoch = source.num_groups()
+        if groups_per_epoch == 0:
+            raise ValueError("there are no training groups to learn from")
+        steps_per_epoch = math.ceil(groups_per_epoch / per_step)
         total_steps = steps_per_epoch * self.epochs
         if self.max_steps is not None:
             total_steps = min(total_steps, self.max_steps)
         self._seed_everything()
         model = self.student.model
         model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        params = list(model.parameters())
+        if self.intermediate is not None:
+            params += list(self.intermediate.to(self.student._device).parameters())
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(self.warmup_ratio * total_steps), total_steps)
         teacher = None
         if self.teacher is not None and self.loss.needs_teacher:
             teacher = self._teacher_cache()
-        fingerprint = self._fingerprint(examples, total_steps)
+        self._teacher_factor = self._teacher_scale_factor(source, teacher)
+        fingerprint = self._fingerprint(source, total_steps)
         state = {"step": 0, "best": None, "history": [], "validation": []}
         checkpoint = out / "checkpoint"
         if self.resume and (checkpoint / STATE_FILE).exists():
@@ -152,43 +188,46 @@ class Distiller(pt.Estimator):
 
         step = state["step"]
         started = time.time()
+        validation_seconds = 0.0
         bar = pt.tqdm(total=total_steps, initial=step, desc="distil", unit="step", disable=not self.verbose)
         stopped_early = False
         try:
-            while step < total_steps:
+            while step < total_steps and not stopped_early:
                 epoch, step_in_epoch = divmod(step, steps_per_epoch)
-                groups = examples.groups(epoch)
-                teacher_scores = self._teacher_scores(teacher, groups) if teacher is not None else None
-                per_step = self.batch_size * self.grad_accum_steps
-                for s in range(step_in_epoch, steps_per_epoch):
-                    batch_groups = groups[s * per_step:(s + 1) * per_step]
-                    loss_value = self._step(batch_groups, teacher_scores, optimizer, scheduler)
+                batches = self._batches(source.groups(epoch), teacher, skip=step_in_epoch * per_step)
+                step_before = step
+                for s, batch_groups in enumerate(batches, start=step_in_epoch):
+                    loss_value = self._step(batch_groups, optimizer, scheduler)
                     step += 1
                     self.history.append({"step": step, "epoch": epoch, "loss": loss_value,
                                          "lr": scheduler.get_last_lr()[0]})
                     elapsed = time.time() - started
+                    self._train_seconds = elapsed - validation_seconds
                     bar.update(1)
                     bar.set_postfix(loss=f"{np.mean([h['loss'] for h in self.history[-20:]]):.4f}",
                                     ex_s=f"{(step - state['step']) * per_step / max(elapsed, 1e-9):.1f}")
                     end_of_epoch = s == steps_per_epoch - 1
                     if va_res is not None and ((self.eval_steps and step % self.eval_steps == 0) or end_of_epoch
                                                or step == total_steps):
+                        validation_started = time.time()
                         state["best"] = self._validate(va_res, va_qrels, step, state["best"])
+                        validation_seconds += time.time() - validation_started
                     out_of_time = self.max_time is not None and elapsed >= self.max_time
                     if step % self.save_steps == 0 or end_of_epoch or step == total_steps or out_of_time:
                         self._save_checkpoint(checkpoint, optimizer, scheduler, step, state["best"], fingerprint)
-                    if step >= total_steps or out_of_time:
+                    if step >= total_steps or out_of_time or end_of_epoch:
                         stopped_early = out_of_time and step < total_steps
                         break
-                if stopped_early:
-                    break
+                if step == step_before:
+                    raise ValueError(f"epoch {epoch} of the training data yielded fewer groups than the "
+                                     f"{groups_per_epoch} announced")
         finally:
             bar.close()
             if teacher is not None:
                 self.report["teacher_pairs_scored"] = teacher.teacher.pairs_scored
                 teacher.close()
         self.report["stopped_by_max_time"] = stopped_early
-        if state["best"] is not None and (out / "best" / "model.safetensors").exists():
+        if self.select_best and state["best"] is not None and (out / "best" / "model.safetensors").exists():
             load_model(self.student.model, str(out / "best" / "model.safetensors"))
             self.report["best_step"], self.report["best_ndcg@10"] = state["best"]["step"], state["best"]["value"]
         self.student.model.eval()
@@ -196,26 +235,71 @@ class Distiller(pt.Estimator):
         if self.verbose:
             print(f"Distiller: {json.dumps(self.report)}")
 
+    def _batches(self, groups: Iterable[Group], teacher: TeacherScores | None, *, skip: int = 0,
+                 prefetch_steps: int = 16) -> Iterator[list[Group]]:
+        """Optimizer-step batches of groups, skipping ``skip`` groups (resume) and adding teacher scores in chunks."""
+        per_step = self.batch_size * self.grad_accum_steps
+        groups = itertools.islice(iter(groups), skip, None)
+        while True:
+            chunk = list(itertools.islice(groups, per_step * prefetch_steps))
+            if not chunk:
+                return
+            if teacher is not None:
+                self._add_teacher_scores(teacher, chunk)
+            for start in range(0, len(chunk), per_step):
+                yield chunk[start:start + per_step]
+
     def _teacher_cache(self) -> TeacherScores:
         cache_dir = Path(self.cache_dir) if self.cache_dir is not None else self.out_path / "teacher_cache"
         return TeacherScores(self.teacher, cache_dir, teacher_id=self.teacher_id, text_field=self.student.text_field,
                              verbose=self.verbose)
 
-    def examples(self, tr_res: pd.DataFrame, tr_qrels: pd.DataFrame) -> TrainingExamples:
-        """The training examples ``fit`` would build from these results and qrels."""
-        return TrainingExamples(tr_res, tr_qrels, num_negatives=self.num_negatives,
-                                negative_sampling=self.negative_sampling, graded=self.graded,
-                                text_field=self.student.text_field, seed=self.seed)
+    def examples(self, tr_res: pd.DataFrame, tr_qrels: pd.DataFrame | None) -> GroupSource:
+        """The training examples ``fit`` would build from these results and qrels (None: label-free)."""
+        text_field = self.student.text_field
+        if tr_qrels is not None and self.unjudged == "skip":
+            return TrainingExamples(tr_res, tr_qrels, num_negatives=self.num_negatives,
+                                    negative_sampling=self.negative_sampling, graded=self.graded,
+                                    text_field=text_field, seed=self.seed)
+        if self.teacher is None:
+            raise ValueError("label-free training (qrels=None or unjudged='teacher') needs a teacher to rank the "
+                             "candidates; pass teacher=...")
+        validate_results(tr_res, text_field)
+        if len(tr_res) == 0:
+            raise ValueError("the training results are empty: the first stage returned no candidates")
+        check_text_column(tr_res, text_field)
+        check_text_column(tr_res, "query")
+        tr_res = tr_res.assign(qid=tr_res["qid"].astype(str), docno=tr_res["docno"].astype(str))
+        judged, judged_qids = None, set()
+        if tr_qrels is not None:
+            tr_qrels = validate_qrels(tr_qrels)
+            judged_qids = set(tr_qrels["qid"]) & set(tr_res["qid"])
+            if judged_qids:
+                judged = TrainingExamples(tr_res[tr_res["qid"].isin(judged_qids)], tr_qrels,
+                                          num_negatives=self.num_negatives, negative_sampling=self.negative_sampling,
+                                          graded=self.graded, text_field=text_field, seed=self.seed,
+                                          allow_empty=True)
+        unjudged = tr_res[~tr_res["qid"].isin(judged_qids)]
+        cache = self._teacher_cache()
+        try:
+            scores = cache.scores(unjudged[["qid", "query", "docno", text_field]])
+        finally:
+            cache.close()
+        return TeacherRankedExamples(unjudged, scores, num_positives=self.pseudo_positives,
+                                     negative_start=self.pseudo_negative_start, num_negatives=self.num_negatives,
+                                     judged=judged, text_field=text_field, seed=self.seed)
 
     def evaluate_loss(self, tr_res: pd.DataFrame, tr_qrels: pd.DataFrame, *, epoch: int = 0) -> float:
         """Mean loss of the current student over one epoch of training groups (no gradient, no update)."""
-        groups = self.examples(tr_res, tr_qrels).groups(epoch)
-        teacher_scores = None
-        if self.teacher is not None and self.loss.needs_teacher:
-            cache = self._teacher_cache()
-            try:
-                teacher_scores = self._teacher_scores(cache, groups)
-            finally:
+        source = self.examples(tr_res, tr_qrels)
+        groups = source.groups(epoch)
+        cache = self._teacher_cache() if self.teacher is not None and self.loss.needs_teacher else None
+        try:
+            if cache is not None:
+                self._add_teacher_scores(cache, groups)
+            self._teacher_factor = self._teacher_scale_factor(source, cache)
+        finally:
+            if cache is not None:
                 cache.close()
         values = []
         was_training = self.student.model.training
@@ -224,35 +308,47 @@ class Distiller(pt.Estimator):
             with torch.no_grad():
                 for start in range(0, len(groups), self.batch_size):
                     part = groups[start:start + self.batch_size]
-                    student, teacher, labels = self._batch_tensors(part, teacher_scores)
+                    student, teacher, labels = self._batch_tensors(part)
                     values.append(float(self.loss(student, teacher, labels)) * len(part))
         finally:
             self.student.model.train(was_training)
         return sum(values) / len(groups)
 
-    def _batch_tensors(self, part: list[Group], teacher_scores: dict | None):
+    def _batch_tensors(self, part: list[Group]):
         size = len(part[0].docnos)
         queries = [g.query for g in part for _ in g.docnos]
         texts = [t for g in part for t in g.texts]
         device = self.student._device
         use_amp = self.amp and device.type == "cuda"
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-            student = self.student.train_scores(queries, texts).float().view(len(part), size)
-        teacher = None
-        if teacher_scores is not None:
-            teacher = torch.tensor([[teacher_scores[g.qid, d] for d in g.docnos] for g in part],
-                                   dtype=torch.float32, device=device)
-        labels = torch.tensor([g.labels for g in part], dtype=torch.float32, device=device)
+            student = self._student_scores(queries, texts).float().view(len(part), size)
+        teacher = labels = None
+        if all(g.teacher is not None for g in part):
+            teacher = torch.tensor([g.teacher for g in part], dtype=torch.float32, device=device) * self._teacher_factor
+        if all(g.labels is not None for g in part):
+            labels = torch.tensor([g.labels for g in part], dtype=torch.float32, device=device)
         return student, teacher, labels
 
-    def _step(self, groups: list[Group], teacher_scores: dict | None, optimizer, scheduler) -> float:
+    def _student_scores(self, queries: list[str], texts: list[str]) -> torch.Tensor:
+        """Differentiable student scores; with ``intermediate`` (and gradients on) also the layer loss of the same
+        forward pass, kept for ``_step`` to add to the ranking loss."""
+        if self.intermediate is None or not torch.is_grad_enabled():
+            return self.student.train_scores(queries, texts)
+        scores, self._layer_loss = scores_with_layer_loss(self.intermediate, self.student, self.teacher, queries,
+                                                          texts)
+        return scores
+
+    def _step(self, groups: list[Group], optimizer, scheduler) -> float:
         model = self.student.model
         model.train()
         total = 0.0
         micro = [groups[i:i + self.batch_size] for i in range(0, len(groups), self.batch_size)]
         for part in micro:
-            student, teacher, labels = self._batch_tensors(part, teacher_scores)
-            loss = self.loss(student, teacher, labels) * (len(part) / len(groups))
+            student, teacher, labels = self._batch_tensors(part)
+            loss = self.loss(student, teacher, labels)
+            if self._layer_loss is not None:
+                loss, self._layer_loss = loss + self._layer_loss, None
+            loss = loss * (len(part) / len(groups))
             loss.backward()
             total += float(loss.detach())
         if self.max_grad_norm:
@@ -262,15 +358,39 @@ class Distiller(pt.Estimator):
         optimizer.zero_grad(set_to_none=True)
         return total
 
-    def _teacher_scores(self, teacher: TeacherScores, groups: list[Group]) -> dict[tuple[str, str], float]:
-        pairs = pd.DataFrame([(g.qid, g.query, d, t) for g in groups for d, t in zip(g.docnos, g.texts)],
+    def _teacher_scale_factor(self, source: GroupSource, teacher: TeacherScores | None, sample: int = 256) -> float:
+        """Factor applied to teacher scores: ``teacher_scale``, or with "auto", one that gives teacher margins unit
+        standard deviation when they live on a small scale (std < 0.5: cosine similarities, probabilities)."""
+        if self.teacher_scale is None:
+            return 1.0
+        if not isinstance(self.teacher_scale, str):
+            return float(self.teacher_scale)
+        groups = list(itertools.islice(iter(source.groups(0)), sample))
+        if teacher is not None:
+            self._add_teacher_scores(teacher, groups)
+        margins = [g.teacher[0] - t for g in groups if g.teacher is not None for t in g.teacher[1:]]
+        if len(margins) < 2:
+            return 1.0
+        std = float(np.std(margins))
+        factor = 1.0 / std if 0 < std < 0.5 else 1.0
+        self.report["teacher_margin_std"], self.report["teacher_scale_factor"] = std, factor
+        return factor
+
+    def _add_teacher_scores(self, teacher: TeacherScores, groups: list[Group]) -> None:
+        """Fill ``group.teacher`` of the groups lacking it, scoring each (query, docno) once through the cache."""
+        todo = [g for g in groups if g.teacher is None]
+        if not todo:
+            return
+        pairs = pd.DataFrame([(g.qid, g.query, d, t) for g in todo for d, t in zip(g.docnos, g.texts)],
                              columns=["qid", "query", "docno", self.student.text_field])
-        return teacher.scores(pairs)
+        scores = teacher.scores(pairs)
+        for g in todo:
+            g.teacher = [scores[g.qid, d] for d in g.docnos]
 
     def _validate(self, va_res: pd.DataFrame, va_qrels: pd.DataFrame, step: int, best: dict | None) -> dict | None:
         run = self.student.transform(va_res)
         value = evaluate_ndcg10(run, va_qrels)
-        self.validation.append({"step": step, "ndcg@10": value})
+        self.validation.append({"step": step, "ndcg@10": value, "train_seconds": self._train_seconds})
         if best is None or value > best["value"]:
             best = {"step": step, "value": value}
             with io.atomic_dir(self.out_path / "best") as tmp:
@@ -283,12 +403,13 @@ class Distiller(pt.Estimator):
         np.random.seed(self.seed)
         torch.manual_seed(self.seed)
 
-    def _fingerprint(self, examples: TrainingExamples, total_steps: int) -> str:
-        groups = examples.groups(0)
-        desc = json.dumps({"student": repr(self.student), "loss": repr(self.loss), "lr": self.lr, "seed": self.seed,
+    def _fingerprint(self, source: GroupSource, total_steps: int) -> str:
+        groups = list(itertools.islice(iter(source.groups(0)), 50))
+        loss = repr(self.loss) + (f" + {self.intermediate!r}" if self.intermediate is not None else "")
+        desc = json.dumps({"student": repr(self.student), "loss": loss, "lr": self.lr, "seed": self.seed,
                            "batch_size": self.batch_size, "accum": self.grad_accum_steps, "total_steps": total_steps,
-                           "epochs": self.epochs, "data": [(g.qid, g.docnos) for g in groups[:50]],
-                           "groups": len(groups)})
+                           "epochs": self.epochs, "data": [(g.qid, g.docnos) for g in groups],
+                           "groups": source.num_groups()})
         return hashlib.sha256(desc.encode()).hexdigest()
 
     def _save_checkpoint(self, path: Path, optimizer, scheduler, step: int, best, fingerprint: str) -> None:
@@ -297,7 +418,9 @@ class Distiller(pt.Estimator):
             torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "rng": torch.get_rng_state(), "step": step, "fingerprint": fingerprint,
                         "best": json.dumps(best), "history": json.dumps(self.history),
-                        "validation": json.dumps(self.validation)}, tmp / STATE_FILE)
+                        "validation": json.dumps(self.validation),
+                        "intermediate": self.intermediate.state_dict() if self.intermediate is not None else {}},
+                       tmp / STATE_FILE)
 
     def _load_checkpoint(self, path: Path, optimizer, scheduler, fingerprint: str) -> dict:
         saved = torch.load(path / STATE_FILE, weights_only=True)
@@ -305,6 +428,8 @@ class Distiller(pt.Estimator):
             raise ValueError(f"the checkpoint in {path} belongs to a different run (other data, student or settings); "
                              "use another output_dir, delete the checkpoint, or pass resume=False")
         load_model(self.student.model, str(path / "model.safetensors"))
+        if self.intermediate is not None:
+            self.intermediate.load_state_dict(saved["intermediate"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["rng"])
