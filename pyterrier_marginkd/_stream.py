@@ -103,4 +103,6 @@ class DocTexts:
         return out
 
     def __repr__(self) -> str:
-        return f"DocTexts({type(self.docs).__name__})"
+        if isinstance(self.docs, Mapping):
+            return f"the {len(self.docs)} documents given"
+        return repr(self.docs) if hasattr(self.docs, "text") else f"the docstore {type(self.docs).__name__}"
