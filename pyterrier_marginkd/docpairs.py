@@ -47,7 +47,6 @@ class DocPairs:
             if count is None:
                 count = sum(1 for _ in self.pairs())
             self._count = count if self.max_pairs is None else min(count, self.max_pairs)
-            self.report["groups"] = self._count
         return self._count
 
     def groups(self, epoch: int = 0) -> Iterator[Group]:

@@ -145,7 +145,6 @@ class ScoreFile:
         version = (stat.st_size, stat.st_mtime)
         if self._count is None or self._count[0] != version:
             self._count = (version, count_lines(self.path))
-            self.report["groups"] = self._count[1]
         return self._count[1]
 
     def triples(self) -> Iterator[ScoredTriple]:
