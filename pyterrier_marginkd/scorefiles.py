@@ -19,6 +19,7 @@ import pyterrier as pt
 
 from pyterrier_marginkd._stream import DocTexts, chunked, query_texts, shuffled
 from pyterrier_marginkd.data import Group, TrainingExamples
+from pyterrier_marginkd.docpairs import DocPairs
 from pyterrier_marginkd.teacher import CheckedTeacher
 
 FORMATS = ("ids", "text")
@@ -228,6 +229,19 @@ def write_score_file(path: str | os.PathLike, triples: Iterable[tuple[str, str, 
         raise ValueError(f"{path} already holds {done} lines but the triples to score number only {seen}; it was "
                          "written from other data: use another output file or delete it")
     return report
+
+
+def score_teacher(path: str | os.PathLike, teacher: pt.Transformer, source: TrainingExamples | DocPairs, *,
+                  fmt: str = "ids", epoch: int = 0, chunk_size: int = 256, verbose: bool = False) -> dict[str, int]:
+    """Write (or complete) the teacher-score file of training examples (one line per positive and sampled negative)
+    or of ir_datasets docpairs, scored by ``teacher`` (e.g. an :class:`~pyterrier_marginkd.Ensemble`)."""
+    if isinstance(source, DocPairs):
+        triples, queries, docs, total = source.pairs(), source.queries, source.docs, source.num_groups()
+    else:
+        triples, queries, docs = examples_triples(source, epoch)
+        total = len(triples)
+    return write_score_file(path, triples, teacher, queries, docs, fmt=fmt, chunk_size=chunk_size, total=total,
+                            verbose=verbose)
 
 
 def examples_triples(examples: TrainingExamples, epoch: int = 0) -> tuple[list[tuple[str, str, str]],

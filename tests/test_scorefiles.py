@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from test_distill import CountingTeacher, overlap_score
 
 import pyterrier_marginkd as mkd
@@ -154,3 +155,21 @@ def test_fit_file_runs_zero_teacher_calls(triples, student, tmp_path, cranfield)
     labelled = mkd.Distiller(student, None, loss=losses.RankNet(), batch_size=4, output_dir=tmp_path / "labels")
     with pytest.raises(ValueError, match="needs relevance labels"):
         labelled.fit_file(tmp_path / "t.tsv")
+
+
+def test_cli_scores_resumes_and_trains_from_the_file(tiny_bert_dir, tmp_path, cranfield, capsys):
+    from pyterrier_marginkd import cli
+
+    torch.manual_seed(0)
+    mkd.CrossEncoder.from_pretrained(tiny_bert_dir, max_length=64).save_pretrained(tmp_path / "teacher")
+    common = ["--data", str(cranfield.path), "--num-queries", "6", "--k", "10", "--index", str(tmp_path / "pisa")]
+    args = ["score-teacher", *common, "--teacher", str(tmp_path / "teacher"), str(tmp_path / "teacher"),
+            "--output", str(tmp_path / "scores.tsv"), "--max-length", "64"]
+    cli.main(args)
+    lines = count_lines(tmp_path / "scores.tsv")
+    assert lines > 0 and f"0 lines were there, {lines} written" in capsys.readouterr().out
+    cli.main(args)
+    assert f"{lines} lines were there, 0 written" in capsys.readouterr().out
+    cli.main(["train", *common, "--scores", str(tmp_path / "scores.tsv"), "--student", str(tiny_bert_dir),
+              "--max-length", "64", "--batch-size", "4", "--output", str(tmp_path / "run")])
+    assert mkd.load(tmp_path / "run" / "student").model is not None
