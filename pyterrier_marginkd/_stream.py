@@ -8,6 +8,8 @@ from typing import Any, Iterable, Iterator, Sequence, TypeVar
 
 import pandas as pd
 
+from pyterrier_marginkd.collection import Collection
+
 T = TypeVar("T")
 
 
@@ -77,7 +79,10 @@ class DocTexts:
     or dataset id, whose ``docs_store()`` is used); only the documents asked for are read."""
 
     def __init__(self, docs: Any, text_field: str = "text"):
-        docs = load_irds(docs.docs if isinstance(docs, DocTexts) else docs)
+        docs = docs.docs if isinstance(docs, DocTexts) else docs
+        if isinstance(docs, Collection) and docs.data.startswith("irds:"):
+            docs = docs.data  # its docstore reads only the documents asked for
+        docs = load_irds(docs)
         if hasattr(docs, "docs_store") and not hasattr(docs, "get_many"):
             docs = docs.docs_store()
         if not (isinstance(docs, Mapping) or hasattr(docs, "get_many") or hasattr(docs, "text")):

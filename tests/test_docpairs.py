@@ -11,6 +11,7 @@ from test_distill import CountingTeacher
 
 import pyterrier_marginkd as mkd
 from pyterrier_marginkd import losses
+from pyterrier_marginkd._stream import DocTexts
 
 
 def one_line(text: str) -> str:
@@ -50,6 +51,8 @@ def test_docpairs_stream_query_and_document_texts(local_dataset, cranfield):
         assert g.texts == [one_line(cranfield.text(d)) for d in g.docnos]
     assert mkd.DocPairs("marginkd-test/cranfield-pairs", max_pairs=7).num_groups() == 7
     assert [p for p in mkd.DocPairs(dataset, max_pairs=3).pairs()] == [tuple(p) for p in pairs[:3]]
+    docs = DocTexts(mkd.Collection("irds:marginkd-test/cranfield-pairs"))
+    assert docs.texts(["3", "no-such-doc"]) == {"3": one_line(cranfield.text("3"))}
 
 
 def test_unknown_ids_and_datasets_without_docpairs_are_named(local_dataset):
