@@ -71,6 +71,8 @@ class NeuralScorer(pt.Transformer):
     """
 
     schematic_label = "NeuralScorer"
+    #: pairs tokenised and length-sorted together; bounds memory when scoring millions of pairs
+    chunk_size = 16384
 
     def __init__(self, *, batch_size: int = 32, text_field: str = "text", verbose: bool = False,
                  device: str | torch.device | None = None):
@@ -116,28 +118,34 @@ class NeuralScorer(pt.Transformer):
     # --- scoring -------------------------------------------------------------------------------------
     def score_pairs(self, queries: Sequence[str], texts: Sequence[str], *, batch_size: int | None = None,
                     desc: str | None = None) -> np.ndarray:
-        """Scores of (query, text) pairs as a float64 array in input order, batched by length."""
+        """Scores of (query, text) pairs as a float64 array in input order, batched by length.
+
+        Pairs are tokenised and sorted by length in chunks of ``chunk_size`` pairs, so memory stays bounded however
+        many pairs are scored.
+        """
         if len(queries) != len(texts):
             raise ValueError(f"got {len(queries)} queries but {len(texts)} texts; they must pair up one to one")
         batch_size = batch_size or self.batch_size
         scores = np.empty(len(queries), dtype=np.float64)
         if len(queries) == 0:
             return scores
-        items = self._prepare(queries, texts)
-        order = np.argsort([-self._item_length(it) for it in items], kind="stable")
-        starts = range(0, len(order), batch_size)
-        if self.verbose:
-            starts = pt.tqdm(starts, desc=desc or type(self).__name__, unit="batch")
+        bar = pt.tqdm(total=len(queries), desc=desc or type(self).__name__, unit="pair", disable=not self.verbose)
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.inference_mode():
-                for start in starts:
-                    idx = order[start:start + batch_size]
-                    batch = self._to_device(self._collate([items[i] for i in idx]))
-                    scores[idx] = self._forward(batch).float().cpu().numpy()
+                for chunk_start in range(0, len(queries), self.chunk_size):
+                    chunk_end = min(chunk_start + self.chunk_size, len(queries))
+                    items = self._prepare(queries[chunk_start:chunk_end], texts[chunk_start:chunk_end])
+                    order = np.argsort([-self._item_length(it) for it in items], kind="stable")
+                    for start in range(0, len(order), batch_size):
+                        idx = order[start:start + batch_size]
+                        batch = self._to_device(self._collate([items[i] for i in idx]))
+                        scores[chunk_start + idx] = self._forward(batch).float().cpu().numpy()
+                        bar.update(len(idx))
         finally:
             self.model.train(was_training)
+            bar.close()
         return scores
 
     def train_scores(self, queries: Sequence[str], texts: Sequence[str]) -> torch.Tensor:

@@ -74,7 +74,8 @@ class TrainingExamples:
     """
 
     def __init__(self, results: pd.DataFrame, qrels: pd.DataFrame, *, num_negatives: int = 1,
-                 negative_sampling: str = "random", graded: bool = False, text_field: str = "text", seed: int = 0):
+                 negative_sampling: str = "random", graded: bool = False, text_field: str = "text", seed: int = 0,
+                 allow_empty: bool = False):
         if num_negatives < 1:
             raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
         if negative_sampling not in NEGATIVE_SAMPLING:
@@ -124,12 +125,12 @@ class TrainingExamples:
             "duplicate_rows_dropped": duplicates, "qrels_queries_without_results": len(qrels_qids - result_qids),
             "positives": int(sum(len(q.positives) for q in self.queries)),
         }
-        if not self.queries:
+        if not self.queries and not allow_empty:
             raise ValueError(f"no training query has a positive (qrels label > 0) and a negative among its "
                              f"{len(merged)} candidates ({len(no_positive)} queries without positives, "
                              f"{len(no_negative)} without negatives); retrieve more candidates or check the qrels")
         skipped = len(no_positive) + len(no_negative)
-        if skipped:
+        if skipped and not allow_empty:
             warnings.warn(f"{skipped} of {len(result_qids)} training queries skipped: {len(no_positive)} have no "
                           f"relevant document among the candidates (e.g. {no_positive[:3]}), {len(no_negative)} no "
                           "non-relevant one", stacklevel=2)
@@ -163,3 +164,72 @@ class TrainingExamples:
     def num_groups(self) -> int:
         """Number of groups per epoch (one per positive that has at least one negative)."""
         return sum(1 for q in self.queries for p in q.positives if len(self._negative_pool(q, p)))
+
+
+class TeacherRankedExamples:
+    """Label-free training groups: the teacher's own ranking of each query's candidates picks the pairs.
+
+    For each query, its ``num_positives`` top candidates by teacher score are positives, and negatives are drawn
+    from the candidates ranked ``negative_start`` or lower (default: just below the positives). Queries that have
+    qrels can keep them (``judged``: a :class:`TrainingExamples` over those queries), so judged queries and
+    pseudo-queries mix in one fit. Groups carry the teacher scores, and labels 1 (positive) / 0 (negatives).
+    """
+
+    def __init__(self, results: pd.DataFrame, teacher_scores: dict[tuple[str, str], float], *,
+                 num_positives: int = 1, negative_start: int | None = None, num_negatives: int = 1,
+                 judged: TrainingExamples | None = None, text_field: str = "text", seed: int = 0):
+        if num_positives < 1 or num_negatives < 1:
+            raise ValueError(f"num_positives and num_negatives must be >= 1, got {num_positives}, {num_negatives}")
+        self.num_positives = num_positives
+        self.negative_start = num_positives if negative_start is None else negative_start
+        if self.negative_start < 1:
+            raise ValueError(f"negative_start must be >= 1 (rank 0 is the teacher's top), got {negative_start}")
+        self.num_negatives = num_negatives
+        self.judged = judged
+        self.seed = seed
+        judged_qids = {q.qid for q in judged.queries} if judged is not None else set()
+        results = results.assign(qid=results["qid"].astype(str), docno=results["docno"].astype(str))
+        results = results.drop_duplicates(["qid", "docno"])
+        self.queries: list[_Query] = []
+        too_short = 0
+        for qid, group in results.groupby("qid", sort=False):
+            if qid in judged_qids:
+                continue
+            scores = np.array([teacher_scores[qid, d] for d in group["docno"]], dtype=float)
+            order = np.argsort(-scores, kind="stable")
+            if len(order) <= self.negative_start:
+                too_short += 1
+                continue
+            self.queries.append(_Query(qid, group["query"].iloc[0], group["docno"].to_numpy()[order].tolist(),
+                                       group[text_field].to_numpy()[order].tolist(), scores[order],
+                                       np.arange(min(num_positives, len(order) - 1))))
+        self.report = {"teacher_ranked_queries": len(self.queries), "judged_queries": len(judged_qids),
+                       "skipped_too_few_candidates": too_short}
+        if judged is not None:
+            self.report.update({f"judged_{k}": v for k, v in judged.report.items()})
+        if not self.queries and judged is None:
+            raise ValueError(f"no query has more than {self.negative_start} candidates: label-free training needs "
+                             "candidates below the teacher's positives to use as negatives")
+
+    def _pool(self, query: _Query, positive: int) -> np.ndarray:
+        return np.arange(max(self.negative_start, positive + 1), len(query.docnos))
+
+    def groups(self, epoch: int = 0) -> list[Group]:
+        """The epoch's groups (teacher-ranked and judged) in training order."""
+        rng = np.random.default_rng([self.seed, epoch, 1])
+        out = list(self.judged.groups(epoch)) if self.judged is not None else []
+        for query in self.queries:
+            for pos in query.positives:
+                pool = self._pool(query, int(pos))
+                negs = rng.choice(pool, size=self.num_negatives, replace=len(pool) < self.num_negatives)
+                idx = [int(pos)] + [int(n) for n in negs]
+                out.append(Group(query.qid, query.query, [query.docnos[i] for i in idx],
+                                 [query.texts[i] for i in idx], [1.0] + [0.0] * len(negs),
+                                 [float(query.labels[i]) for i in idx]))
+        order = rng.permutation(len(out))
+        return [out[i] for i in order]
+
+    def num_groups(self) -> int:
+        """Number of groups per epoch."""
+        own = sum(len(q.positives) for q in self.queries)
+        return own + (self.judged.num_groups() if self.judged is not None else 0)

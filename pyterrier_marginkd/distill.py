@@ -20,8 +20,8 @@ from safetensors.torch import load_model, save_model
 from transformers import get_linear_schedule_with_warmup
 
 from pyterrier_marginkd import _distributed, io
-from pyterrier_marginkd._scorer import NeuralScorer
-from pyterrier_marginkd.data import Group, GroupSource, TrainingExamples, validate_qrels
+from pyterrier_marginkd._scorer import NeuralScorer, check_text_column, validate_results
+from pyterrier_marginkd.data import Group, GroupSource, TeacherRankedExamples, TrainingExamples, validate_qrels
 from pyterrier_marginkd.docpairs import DocPairs
 from pyterrier_marginkd.losses import MarginMSE, RankingLoss
 from pyterrier_marginkd.scorefiles import ScoreFile
@@ -46,7 +46,9 @@ class Distiller(pt.Estimator):
                  max_grad_norm: float = 1.0, max_steps: int | None = None, max_time: float | None = None,
                  amp: bool = False, eval_steps: int | None = None, save_steps: int = 200,
                  seed: int = 0, output_dir: str | Path | None = None, cache_dir: str | Path | None = None,
-                 teacher_id: str | None = None, resume: bool = True, verbose: bool = False,
+                 teacher_id: str | None = None, unjudged: str = "skip", pseudo_positives: int = 1,
+                 pseudo_negative_start: int | None = None, teacher_scale: float | str | None = "auto",
+                 select_best: bool = True, resume: bool = True, verbose: bool = False,
                  scores_from_data: bool = False):
         if not isinstance(student, NeuralScorer):
             raise TypeError(f"student must be a pyterrier_marginkd re-ranker (CrossEncoder, ...), got "
@@ -59,6 +61,10 @@ class Distiller(pt.Estimator):
         for name, value in (("epochs", epochs), ("batch_size", batch_size), ("grad_accum_steps", grad_accum_steps)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if unjudged not in ("skip", "teacher"):
+            raise ValueError(f"unjudged must be 'skip' or 'teacher', got {unjudged!r}")
+        if not (teacher_scale is None or teacher_scale == "auto" or isinstance(teacher_scale, (int, float))):
+            raise ValueError(f"teacher_scale must be 'auto', a number or None, got {teacher_scale!r}")
         self.student = student
         self.teacher = teacher
         self.loss = loss
@@ -81,7 +87,14 @@ class Distiller(pt.Estimator):
         self.output_dir = output_dir
         self.cache_dir = cache_dir
         self.teacher_id = teacher_id
+        self.unjudged = unjudged
+        self.pseudo_positives = pseudo_positives
+        self.pseudo_negative_start = pseudo_negative_start
+        self.teacher_scale = teacher_scale
+        self._teacher_factor = 1.0
+        self.select_best = select_best
         self.resume = resume
+        self._train_seconds = 0.0
         self.verbose = verbose
         self.scores_from_data = scores_from_data
         self.history: list[dict[str, Any]] = []
@@ -116,11 +129,13 @@ class Distiller(pt.Estimator):
             return Path(self._tmpdir.name)
         return Path(self.output_dir)
 
-    def fit(self, tr_res: pd.DataFrame, tr_qrels: pd.DataFrame, va_res: pd.DataFrame | None = None,
+    def fit(self, tr_res: pd.DataFrame, tr_qrels: pd.DataFrame | None = None, va_res: pd.DataFrame | None = None,
             va_qrels: pd.DataFrame | None = None) -> Distiller:
-        """Train the student on first-stage results (with text) and their qrels; validate on va_res/va_qrels."""
-        if tr_qrels is None:
-            raise ValueError("fit needs training qrels (label > 0 marks positives)")
+        """Train the student on first-stage results (with text) and their qrels; validate on va_res/va_qrels.
+
+        With ``tr_qrels=None`` (or ``unjudged="teacher"`` for the queries without qrels) the teacher's own ranking
+        of the candidates picks positives and negatives: label-free distillation.
+        """
         examples = self.examples(tr_res, tr_qrels)
         self.report = dict(examples.report)
         if (va_res is None) != (va_qrels is None):
@@ -188,6 +203,7 @@ class Distiller(pt.Estimator):
         teacher = None
         if self.teacher is not None and self.loss.needs_teacher:
             teacher = self._teacher_cache()
+        self._teacher_factor = self._teacher_scale_factor(source, teacher)
         fingerprint = self._fingerprint(source, total_steps)
         state = {"step": 0, "best": None, "history": [], "validation": []}
         checkpoint = out / "checkpoint"
@@ -198,6 +214,7 @@ class Distiller(pt.Estimator):
 
         step = state["step"]
         started = time.time()
+        validation_seconds = 0.0
         bar = pt.tqdm(total=total_steps, initial=step, desc="distil", unit="step",
                       disable=not (self.verbose and dist.is_main))
         stopped_early = False
@@ -212,13 +229,16 @@ class Distiller(pt.Estimator):
                     self.history.append({"step": step, "epoch": epoch, "loss": loss_value,
                                          "lr": scheduler.get_last_lr()[0]})
                     elapsed = time.time() - started
+                    self._train_seconds = elapsed - validation_seconds
                     bar.update(1)
                     bar.set_postfix(loss=f"{np.mean([h['loss'] for h in self.history[-20:]]):.4f}",
                                     ex_s=f"{(step - state['step']) * per_step / max(elapsed, 1e-9):.1f}")
                     end_of_epoch = s == steps_per_epoch - 1
                     if va_res is not None and ((self.eval_steps and step % self.eval_steps == 0) or end_of_epoch
                                                or step == total_steps):
+                        validation_started = time.time()
                         state["best"] = dist.on_main(lambda: self._validate(va_res, va_qrels, step, state["best"]))
+                        validation_seconds += time.time() - validation_started
                     out_of_time = self.max_time is not None and elapsed >= self.max_time
                     if step % self.save_steps == 0 or end_of_epoch or step == total_steps or out_of_time:
                         self._save_checkpoint(checkpoint, optimizer, scheduler, step, state["best"], fingerprint)
@@ -236,7 +256,7 @@ class Distiller(pt.Estimator):
         if teacher is not None:
             dist.merge_teacher_caches(teacher.shared_path)
         self.report["stopped_by_max_time"] = stopped_early
-        if state["best"] is not None and (out / "best" / "model.safetensors").exists():
+        if self.select_best and state["best"] is not None and (out / "best" / "model.safetensors").exists():
             load_model(self.student.model, str(out / "best" / "model.safetensors"))
             self.report["best_step"], self.report["best_ndcg@10"] = state["best"]["step"], state["best"]["value"]
         self.student.model.eval()
@@ -266,20 +286,52 @@ class Distiller(pt.Estimator):
         return TeacherScores(self.teacher, cache_dir, teacher_id=self.teacher_id, text_field=self.student.text_field,
                              verbose=self.verbose, shard=_distributed.current().shard_name)
 
-    def examples(self, tr_res: pd.DataFrame, tr_qrels: pd.DataFrame) -> TrainingExamples:
-        """The training examples ``fit`` would build from these results and qrels."""
-        return TrainingExamples(tr_res, tr_qrels, num_negatives=self.num_negatives,
-                                negative_sampling=self.negative_sampling, graded=self.graded,
-                                text_field=self.student.text_field, seed=self.seed)
+    def examples(self, tr_res: pd.DataFrame, tr_qrels: pd.DataFrame | None) -> GroupSource:
+        """The training examples ``fit`` would build from these results and qrels (None: label-free)."""
+        text_field = self.student.text_field
+        if tr_qrels is not None and self.unjudged == "skip":
+            return TrainingExamples(tr_res, tr_qrels, num_negatives=self.num_negatives,
+                                    negative_sampling=self.negative_sampling, graded=self.graded,
+                                    text_field=text_field, seed=self.seed)
+        if self.teacher is None:
+            raise ValueError("label-free training (qrels=None or unjudged='teacher') needs a teacher to rank the "
+                             "candidates; pass teacher=...")
+        validate_results(tr_res, text_field)
+        if len(tr_res) == 0:
+            raise ValueError("the training results are empty: the first stage returned no candidates")
+        check_text_column(tr_res, text_field)
+        check_text_column(tr_res, "query")
+        tr_res = tr_res.assign(qid=tr_res["qid"].astype(str), docno=tr_res["docno"].astype(str))
+        judged, judged_qids = None, set()
+        if tr_qrels is not None:
+            tr_qrels = validate_qrels(tr_qrels)
+            judged_qids = set(tr_qrels["qid"]) & set(tr_res["qid"])
+            if judged_qids:
+                judged = TrainingExamples(tr_res[tr_res["qid"].isin(judged_qids)], tr_qrels,
+                                          num_negatives=self.num_negatives, negative_sampling=self.negative_sampling,
+                                          graded=self.graded, text_field=text_field, seed=self.seed,
+                                          allow_empty=True)
+        unjudged = tr_res[~tr_res["qid"].isin(judged_qids)]
+        cache = self._teacher_cache()
+        try:
+            scores = cache.scores(unjudged[["qid", "query", "docno", text_field]])
+        finally:
+            cache.close()
+        return TeacherRankedExamples(unjudged, scores, num_positives=self.pseudo_positives,
+                                     negative_start=self.pseudo_negative_start, num_negatives=self.num_negatives,
+                                     judged=judged, text_field=text_field, seed=self.seed)
 
     def evaluate_loss(self, tr_res: pd.DataFrame, tr_qrels: pd.DataFrame, *, epoch: int = 0) -> float:
         """Mean loss of the current student over one epoch of training groups (no gradient, no update)."""
-        groups = self.examples(tr_res, tr_qrels).groups(epoch)
-        if self.teacher is not None and self.loss.needs_teacher:
-            cache = self._teacher_cache()
-            try:
+        source = self.examples(tr_res, tr_qrels)
+        groups = source.groups(epoch)
+        cache = self._teacher_cache() if self.teacher is not None and self.loss.needs_teacher else None
+        try:
+            if cache is not None:
                 self._add_teacher_scores(cache, groups)
-            finally:
+            self._teacher_factor = self._teacher_scale_factor(source, cache)
+        finally:
+            if cache is not None:
                 cache.close()
         values = []
         was_training = self.student.model.training
@@ -304,7 +356,7 @@ class Distiller(pt.Estimator):
             student = self.student.train_scores(queries, texts).float().view(len(part), size)
         teacher = labels = None
         if all(g.teacher is not None for g in part):
-            teacher = torch.tensor([g.teacher for g in part], dtype=torch.float32, device=device)
+            teacher = torch.tensor([g.teacher for g in part], dtype=torch.float32, device=device) * self._teacher_factor
         if all(g.labels is not None for g in part):
             labels = torch.tensor([g.labels for g in part], dtype=torch.float32, device=device)
         return student, teacher, labels
@@ -327,6 +379,24 @@ class Distiller(pt.Estimator):
         optimizer.zero_grad(set_to_none=True)
         return total
 
+    def _teacher_scale_factor(self, source: GroupSource, teacher: TeacherScores | None, sample: int = 256) -> float:
+        """Factor applied to teacher scores: ``teacher_scale``, or with "auto", one that gives teacher margins unit
+        standard deviation when they live on a small scale (std < 0.5: cosine similarities, probabilities)."""
+        if self.teacher_scale is None:
+            return 1.0
+        if not isinstance(self.teacher_scale, str):
+            return float(self.teacher_scale)
+        groups = list(itertools.islice(iter(source.groups(0)), sample))
+        if teacher is not None:
+            self._add_teacher_scores(teacher, groups)
+        margins = [g.teacher[0] - t for g in groups if g.teacher is not None for t in g.teacher[1:]]
+        if len(margins) < 2:
+            return 1.0
+        std = float(np.std(margins))
+        factor = 1.0 / std if 0 < std < 0.5 else 1.0
+        self.report["teacher_margin_std"], self.report["teacher_scale_factor"] = std, factor
+        return factor
+
     def _add_teacher_scores(self, teacher: TeacherScores, groups: list[Group]) -> None:
         """Fill ``group.teacher`` of the groups lacking it, scoring each (query, docno) once through the cache."""
         todo = [g for g in groups if g.teacher is None]
@@ -341,7 +411,7 @@ class Distiller(pt.Estimator):
     def _validate(self, va_res: pd.DataFrame, va_qrels: pd.DataFrame, step: int, best: dict | None) -> dict | None:
         run = self.student.transform(va_res)
         value = evaluate_ndcg10(run, va_qrels)
-        self.validation.append({"step": step, "ndcg@10": value})
+        self.validation.append({"step": step, "ndcg@10": value, "train_seconds": self._train_seconds})
         if best is None or value > best["value"]:
             best = {"step": step, "value": value}
             with io.atomic_dir(self.out_path / "best") as tmp:

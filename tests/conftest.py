@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pandas as pd
+import pyterrier as pt
 import pytest
 import torch
 
@@ -93,3 +94,38 @@ def small_results() -> pd.DataFrame:
                  "boundary layer transition on a flat plate " * 20, "a"],
         "extra": [1, 2, 3, 4, 5, 6],
     })
+
+
+def overlap_score(row) -> float:
+    """A cheap deterministic teacher: query-term overlap, scaled like a cross-encoder logit."""
+    q = set(row["query"].split())
+    return 4.0 * len(q & set(row["text"].split())) / max(len(q), 1) - 2.0
+
+
+class CountingTeacher(pt.Transformer):
+    """Wraps a teacher and counts the (query, document) pairs it is asked to score."""
+
+    def __init__(self, fn=overlap_score):
+        self.fn = fn
+        self.pairs = 0
+
+    def transform(self, inp):
+        self.pairs += len(inp)
+        return inp.assign(score=[float(self.fn(r)) for _, r in inp.iterrows()])
+
+    def __repr__(self):
+        return "CountingTeacher()"
+
+
+@pytest.fixture()
+def student_dir(tiny_bert_dir, tmp_path):
+    """A tiny cross-encoder with a fixed head, so every load starts from the same weights."""
+    torch.manual_seed(0)
+    mkd.CrossEncoder.from_pretrained(tiny_bert_dir, max_length=64).save_pretrained(tmp_path / "student0")
+    return tmp_path / "student0"
+
+
+def make(student_dir, teacher, tmp_path, name="run", **kw):
+    settings = dict(epochs=2, batch_size=4, lr=2e-3, seed=1, output_dir=tmp_path / name)
+    settings.update(kw)
+    return mkd.Distiller(mkd.CrossEncoder.from_pretrained(student_dir), teacher, **settings)

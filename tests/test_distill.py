@@ -8,31 +8,11 @@ import pandas as pd
 import pyterrier as pt
 import pytest
 import torch
+from conftest import CountingTeacher, make
 from safetensors.torch import load_file
 
 import pyterrier_marginkd as mkd
 from pyterrier_marginkd import losses
-
-
-def overlap_score(row) -> float:
-    """A cheap deterministic teacher: query-term overlap, scaled like a cross-encoder logit."""
-    q = set(row["query"].split())
-    return 4.0 * len(q & set(row["text"].split())) / max(len(q), 1) - 2.0
-
-
-class CountingTeacher(pt.Transformer):
-    """Wraps a teacher and counts the (query, document) pairs it is asked to score."""
-
-    def __init__(self, fn=overlap_score):
-        self.fn = fn
-        self.pairs = 0
-
-    def transform(self, inp):
-        self.pairs += len(inp)
-        return inp.assign(score=[float(self.fn(r)) for _, r in inp.iterrows()])
-
-    def __repr__(self):
-        return "CountingTeacher()"
 
 
 @pytest.fixture(scope="module")
@@ -40,20 +20,6 @@ def train_data(cranfield, cranfield_bm25):
     topics = cranfield.topics("train").head(12)
     res = (cranfield_bm25 % 10 >> cranfield.get_text())(topics)
     return res, cranfield.qrels("train")
-
-
-@pytest.fixture()
-def student_dir(tiny_bert_dir, tmp_path):
-    """A tiny cross-encoder with a fixed head, so every load starts from the same weights."""
-    torch.manual_seed(0)
-    mkd.CrossEncoder.from_pretrained(tiny_bert_dir, max_length=64).save_pretrained(tmp_path / "student0")
-    return tmp_path / "student0"
-
-
-def make(student_dir, teacher, tmp_path, name="run", **kw):
-    settings = dict(epochs=2, batch_size=4, lr=2e-3, seed=1, output_dir=tmp_path / name)
-    settings.update(kw)
-    return mkd.Distiller(mkd.CrossEncoder.from_pretrained(student_dir), teacher, **settings)
 
 
 def test_fit_lowers_the_loss_and_reports(train_data, student_dir, tmp_path):
@@ -188,3 +154,18 @@ def test_duplicate_candidates_are_dropped(train_data, student_dir, tmp_path):
     res, qrels = train_data
     examples = make(student_dir, CountingTeacher(), tmp_path).examples(pd.concat([res, res.head(5)]), qrels)
     assert examples.report["duplicate_rows_dropped"] == 5
+
+
+@pt.testing.transformer_test_class
+def test_distiller_is_a_pyterrier_transformer():
+    import tempfile
+
+    from conftest import minilm_path
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path = tempfile.mkdtemp()
+    tok = BertTokenizerFast.from_pretrained(minilm_path())
+    BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return mkd.Distiller(mkd.CrossEncoder.from_pretrained(path), CountingTeacher())

@@ -4,10 +4,10 @@ from __future__ import annotations
 import ir_datasets
 import numpy as np
 import pytest
+from conftest import CountingTeacher
 from ir_datasets.datasets.base import Dataset
 from ir_datasets.formats import TsvDocPairs, TsvDocs, TsvQueries
 from ir_datasets.util import LocalDownload
-from test_distill import CountingTeacher
 
 import pyterrier_marginkd as mkd
 from pyterrier_marginkd import losses

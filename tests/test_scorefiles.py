@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_distill import CountingTeacher, overlap_score
+from conftest import CountingTeacher, overlap_score
 
 import pyterrier_marginkd as mkd
 from pyterrier_marginkd import losses
