@@ -6,7 +6,7 @@ import contextlib
 import functools
 import os
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -60,18 +60,18 @@ class Distributed:
         """This rank's share of one optimizer step's items: every world_size-th, starting at the rank."""
         return list(items[self.rank::self.world_size]) if self.enabled else list(items)
 
-    def broadcast_model(self, model: torch.nn.Module) -> None:
-        """Give every rank rank 0's parameters and buffers (e.g. a freshly initialised score head)."""
+    def broadcast(self, tensors: Iterable[torch.Tensor]) -> None:
+        """Give every rank rank 0's values of these tensors (e.g. parameters, with a freshly initialised head)."""
         if self.enabled:
-            for tensor in list(model.parameters()) + list(model.buffers()):
+            for tensor in tensors:
                 dist.broadcast(tensor.data, src=0)
 
-    def sync_gradients(self, model: torch.nn.Module, num_local: int, local_loss: float) -> float:
+    def sync_gradients(self, optimizer: torch.optim.Optimizer, num_local: int, local_loss: float) -> float:
         """Turn each rank's gradient of its mean loss over ``num_local`` groups into the gradient of the mean over all
-        ranks' groups (one all-reduce); returns that global mean loss."""
+        ranks' groups, for every parameter the optimizer updates (one all-reduce); returns that global mean loss."""
         if not self.enabled:
             return local_loss
-        params = [p for p in model.parameters() if p.requires_grad]
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
         device = params[0].device
         parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
         stats = torch.tensor([local_loss, 1.0], dtype=parts[0].dtype, device=device)

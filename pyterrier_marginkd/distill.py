@@ -23,6 +23,7 @@ from pyterrier_marginkd import _distributed, io
 from pyterrier_marginkd._scorer import NeuralScorer, check_text_column, validate_results
 from pyterrier_marginkd.data import Group, GroupSource, TeacherRankedExamples, TrainingExamples, validate_qrels
 from pyterrier_marginkd.docpairs import DocPairs
+from pyterrier_marginkd.intermediate import HiddenStateMSE, check_models, scores_with_layer_loss
 from pyterrier_marginkd.losses import MarginMSE, RankingLoss
 from pyterrier_marginkd.scorefiles import ScoreFile
 from pyterrier_marginkd.teacher import TeacherScores
@@ -36,7 +37,8 @@ class Distiller(pt.Estimator):
     ``(first_stage >> get_text >> distiller).fit(tr_topics, tr_qrels, va_topics, va_qrels)`` makes PyTerrier run the
     first stage and call ``distiller.fit(results, qrels, va_results, va_qrels)``; afterwards ``distiller`` (and so the
     pipeline) re-ranks with the trained student. With ``teacher=None`` and a label loss (``RankNet``) it trains from
-    labels alone — the no-distillation baseline.
+    labels alone — the no-distillation baseline. ``intermediate=losses.HiddenStateMSE()`` adds intermediate-layer
+    distillation (CrossEncoder teacher and student only; its projections train with the student).
     """
 
     def __init__(self, student: NeuralScorer, teacher: pt.Transformer | None = None, *,
@@ -49,7 +51,7 @@ class Distiller(pt.Estimator):
                  teacher_id: str | None = None, unjudged: str = "skip", pseudo_positives: int = 1,
                  pseudo_negative_start: int | None = None, teacher_scale: float | str | None = "auto",
                  select_best: bool = True, resume: bool = True, verbose: bool = False,
-                 scores_from_data: bool = False):
+                 intermediate: HiddenStateMSE | None = None, scores_from_data: bool = False):
         if not isinstance(student, NeuralScorer):
             raise TypeError(f"student must be a pyterrier_marginkd re-ranker (CrossEncoder, ...), got "
                             f"{type(student).__name__}")
@@ -65,8 +67,13 @@ class Distiller(pt.Estimator):
             raise ValueError(f"unjudged must be 'skip' or 'teacher', got {unjudged!r}")
         if not (teacher_scale is None or teacher_scale == "auto" or isinstance(teacher_scale, (int, float))):
             raise ValueError(f"teacher_scale must be 'auto', a number or None, got {teacher_scale!r}")
+        if intermediate is not None:
+            check_models(student, teacher, attention=intermediate.attention)
+            intermediate.configure(student.model.config, teacher.model.config)
         self.student = student
         self.teacher = teacher
+        self.intermediate = intermediate
+        self._layer_loss: torch.Tensor | None = None
         self.loss = loss
         self.epochs = epochs
         self.batch_size = batch_size
@@ -117,7 +124,8 @@ class Distiller(pt.Estimator):
         return None
 
     def __repr__(self) -> str:
-        return f"Distiller(student={self.student!r}, teacher={self.teacher!r}, loss={self.loss!r})"
+        extra = f", intermediate={self.intermediate!r}" if self.intermediate is not None else ""
+        return f"Distiller(student={self.student!r}, teacher={self.teacher!r}, loss={self.loss!r}{extra})"
 
     # --- training ------------------------------------------------------------------------------------------
     @property
@@ -197,8 +205,11 @@ class Distiller(pt.Estimator):
         self._seed_everything()
         model = self.student.model
         model.train()
-        dist.broadcast_model(model)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        params = list(model.parameters())
+        if self.intermediate is not None:
+            params += list(self.intermediate.to(self.student._device).parameters())
+        dist.broadcast(params)
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(self.warmup_ratio * total_steps), total_steps)
         teacher = None
         if self.teacher is not None and self.loss.needs_teacher:
@@ -353,13 +364,22 @@ class Distiller(pt.Estimator):
         device = self.student._device
         use_amp = self.amp and device.type == "cuda"
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-            student = self.student.train_scores(queries, texts).float().view(len(part), size)
+            student = self._student_scores(queries, texts).float().view(len(part), size)
         teacher = labels = None
         if all(g.teacher is not None for g in part):
             teacher = torch.tensor([g.teacher for g in part], dtype=torch.float32, device=device) * self._teacher_factor
         if all(g.labels is not None for g in part):
             labels = torch.tensor([g.labels for g in part], dtype=torch.float32, device=device)
         return student, teacher, labels
+
+    def _student_scores(self, queries: list[str], texts: list[str]) -> torch.Tensor:
+        """Differentiable student scores; with ``intermediate`` (and gradients on) also the layer loss of the same
+        forward pass, kept for ``_step`` to add to the ranking loss."""
+        if self.intermediate is None or not torch.is_grad_enabled():
+            return self.student.train_scores(queries, texts)
+        scores, self._layer_loss = scores_with_layer_loss(self.intermediate, self.student, self.teacher, queries,
+                                                          texts)
+        return scores
 
     def _step(self, groups: list[Group], optimizer, scheduler) -> float:
         model = self.student.model
@@ -368,10 +388,13 @@ class Distiller(pt.Estimator):
         micro = [groups[i:i + self.batch_size] for i in range(0, len(groups), self.batch_size)]
         for part in micro:
             student, teacher, labels = self._batch_tensors(part)
-            loss = self.loss(student, teacher, labels) * (len(part) / len(groups))
+            loss = self.loss(student, teacher, labels)
+            if self._layer_loss is not None:
+                loss, self._layer_loss = loss + self._layer_loss, None
+            loss = loss * (len(part) / len(groups))
             loss.backward()
             total += float(loss.detach())
-        total = _distributed.current().sync_gradients(model, len(groups), total)
+        total = _distributed.current().sync_gradients(optimizer, len(groups), total)
         if self.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(model.parameters(), self.max_grad_norm)
         optimizer.step()
@@ -426,7 +449,8 @@ class Distiller(pt.Estimator):
 
     def _fingerprint(self, source: GroupSource, total_steps: int) -> str:
         groups = list(itertools.islice(iter(source.groups(0)), 50))
-        desc = json.dumps({"student": repr(self.student), "loss": repr(self.loss), "lr": self.lr, "seed": self.seed,
+        loss = repr(self.loss) + (f" + {self.intermediate!r}" if self.intermediate is not None else "")
+        desc = json.dumps({"student": repr(self.student), "loss": loss, "lr": self.lr, "seed": self.seed,
                            "batch_size": self.batch_size, "accum": self.grad_accum_steps, "total_steps": total_steps,
                            "epochs": self.epochs, "data": [(g.qid, g.docnos) for g in groups],
                            "groups": source.num_groups()})
@@ -440,7 +464,9 @@ class Distiller(pt.Estimator):
             torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "rng": torch.get_rng_state(), "step": step, "fingerprint": fingerprint,
                         "best": json.dumps(best), "history": json.dumps(self.history),
-                        "validation": json.dumps(self.validation)}, tmp / STATE_FILE)
+                        "validation": json.dumps(self.validation),
+                        "intermediate": self.intermediate.state_dict() if self.intermediate is not None else {}},
+                       tmp / STATE_FILE)
 
     def _load_checkpoint(self, path: Path, optimizer, scheduler, fingerprint: str) -> dict:
         saved = torch.load(path / STATE_FILE, weights_only=True)
@@ -448,6 +474,8 @@ class Distiller(pt.Estimator):
             raise ValueError(f"the checkpoint in {path} belongs to a different run (other data, student or settings); "
                              "use another output_dir, delete the checkpoint, or pass resume=False")
         load_model(self.student.model, str(path / "model.safetensors"))
+        if self.intermediate is not None:
+            self.intermediate.load_state_dict(saved["intermediate"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["rng"])

@@ -102,7 +102,7 @@ def test_sharding_and_gradient_averaging_without_a_launcher(tiny_ce):
     assert alone.shard([1, 2, 3]) == [1, 2, 3] and alone.on_main(lambda: 7) == 7
     assert Distributed(1, 3).shard(list(range(7))) == [1, 4] and Distributed(1, 3).shard_name == "rank1-of-3"
     before = [p.detach().clone() for p in tiny_ce.model.parameters()]
-    assert alone.sync_gradients(tiny_ce.model, 4, 0.5) == 0.5
-    alone.broadcast_model(tiny_ce.model)
+    assert alone.sync_gradients(torch.optim.SGD(tiny_ce.model.parameters()), 4, 0.5) == 0.5
+    alone.broadcast(tiny_ce.model.parameters())
     assert all(torch.equal(a, p) for a, p in zip(before, tiny_ce.model.parameters()))
 
