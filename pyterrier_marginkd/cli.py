@@ -74,7 +74,7 @@ def _distiller(args: argparse.Namespace, output: Path) -> Distiller:
     return Distiller(student, teacher, loss=losses.by_name(args.loss), epochs=args.epochs,
                      batch_size=args.batch_size, lr=args.lr, num_negatives=args.num_negatives,
                      max_steps=args.max_steps, max_time=args.max_time, seed=args.seed, output_dir=output,
-                     verbose=True, scores_from_data=args.scores is not None)
+                     verbose=True)
 
 
 def _train_from_stream(args: argparse.Namespace, collection: Collection, output: Path) -> None:

@@ -51,15 +51,11 @@ class Distiller(pt.Estimator):
                  teacher_id: str | None = None, unjudged: str = "skip", pseudo_positives: int = 1,
                  pseudo_negative_start: int | None = None, teacher_scale: float | str | None = "auto",
                  select_best: bool = True, resume: bool = True, verbose: bool = False,
-                 intermediate: HiddenStateMSE | None = None, scores_from_data: bool = False):
+                 intermediate: HiddenStateMSE | None = None):
         if not isinstance(student, NeuralScorer):
             raise TypeError(f"student must be a pyterrier_marginkd re-ranker (CrossEncoder, ...), got "
                             f"{type(student).__name__}")
         loss = loss if loss is not None else MarginMSE()
-        if loss.needs_teacher and teacher is None and not scores_from_data:
-            raise ValueError(f"{loss!r} distils from a teacher, but teacher=None; pass a teacher, use a label loss "
-                             "such as losses.RankNet() for the label-only baseline, or pass scores_from_data=True "
-                             "to train from teacher-score files (fit_file)")
         for name, value in (("epochs", epochs), ("batch_size", batch_size), ("grad_accum_steps", grad_accum_steps)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -103,7 +99,6 @@ class Distiller(pt.Estimator):
         self.resume = resume
         self._train_seconds = 0.0
         self.verbose = verbose
-        self.scores_from_data = scores_from_data
         self.history: list[dict[str, Any]] = []
         self.validation: list[dict[str, Any]] = []
         self.report: dict[str, Any] = {}
@@ -214,6 +209,7 @@ class Distiller(pt.Estimator):
         teacher = None
         if self.teacher is not None and self.loss.needs_teacher:
             teacher = self._teacher_cache()
+        self._require_teacher_scores(source, teacher)
         self._teacher_factor = self._teacher_scale_factor(source, teacher)
         fingerprint = self._fingerprint(source, total_steps)
         state = {"step": 0, "best": None, "history": [], "validation": []}
@@ -401,6 +397,16 @@ class Distiller(pt.Estimator):
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         return total
+
+    def _require_teacher_scores(self, source: GroupSource, teacher: TeacherScores | None) -> None:
+        """Fail early when the loss distils from a teacher but neither a teacher nor the data provides scores."""
+        if not self.loss.needs_teacher or teacher is not None:
+            return
+        first = next(iter(source.groups(0)), None)
+        if first is not None and first.teacher is None:
+            raise ValueError(f"{self.loss!r} distils from a teacher, but teacher=None and the training data carries "
+                             "no teacher scores; pass a teacher, train from a teacher-score file (fit_file), or use "
+                             "a label loss such as losses.RankNet() for the label-only baseline")
 
     def _teacher_scale_factor(self, source: GroupSource, teacher: TeacherScores | None, sample: int = 256) -> float:
         """Factor applied to teacher scores: ``teacher_scale``, or with "auto", one that gives teacher margins unit

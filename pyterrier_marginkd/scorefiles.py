@@ -161,7 +161,7 @@ class ScoreFile:
     def _resolve(self, chunk: list[ScoredTriple]) -> list[Group]:
         if self.docs is None:
             return [Group(_short_hash(t.query), t.query, [_short_hash(t.pos), _short_hash(t.neg)], [t.pos, t.neg],
-                          None, [t.score_pos, t.score_neg]) for t in chunk]
+                          [1.0, 0.0], [t.score_pos, t.score_neg]) for t in chunk]
         texts = self.docs.texts([d for t in chunk for d in (t.pos, t.neg)])
         groups = []
         for t in chunk:
@@ -172,7 +172,7 @@ class ScoreFile:
                 if docno not in texts:
                     raise ValueError(f"{self.path}, line {t.line}: unknown document id {docno!r} (not in {self.docs})")
             groups.append(Group(t.query, self.queries[t.query], [t.pos, t.neg], [texts[t.pos], texts[t.neg]],
-                                None, [t.score_pos, t.score_neg]))
+                                [1.0, 0.0], [t.score_pos, t.score_neg]))
         return groups
 
     def __repr__(self) -> str:

@@ -89,7 +89,7 @@ def test_score_file_from_docpairs(local_dataset, tiny_bert_dir, tmp_path):
     read = list(mkd.read_score_file(tmp_path / "s.tsv"))
     assert [[t.query, t.pos, t.neg] for t in read] == pairs
     student = mkd.CrossEncoder.from_pretrained(tiny_bert_dir, max_length=64)
-    trained = mkd.Distiller(student, None, scores_from_data=True, batch_size=16, max_steps=2,
+    trained = mkd.Distiller(student, None, batch_size=16, max_steps=2,
                             output_dir=tmp_path / "run")
     trained.fit_file(tmp_path / "s.tsv", dataset, dataset)
     assert len(trained.history) == 2

@@ -129,7 +129,7 @@ def test_the_file_is_streamed_and_shuffled_per_epoch(triples, tmp_path):
     assert [g.docnos for g in first] != [list(t[1:]) for t in ids]
     assert [g.docnos for g in source.groups(0)] == [g.docnos for g in first]
     assert [g.docnos for g in source.groups(1)] != [g.docnos for g in first]
-    assert all(g.labels is None and g.teacher is not None and g.query == queries[g.qid] for g in first)
+    assert all(g.labels == [1.0, 0.0] and g.teacher is not None and g.query == queries[g.qid] for g in first)
     assert first[0].texts == [docs[d] for d in first[0].docnos]
     with pytest.raises(ValueError, match="both queries and docs"):
         mkd.ScoreFile(tmp_path / "s.tsv", queries)
@@ -147,14 +147,15 @@ def test_fit_file_runs_zero_teacher_calls(triples, student, tmp_path, cranfield)
     assert len(distiller.history) == distiller.report["total_steps"] == 2 * -(-len(ids) // 4)
     assert distiller.report["format"] == "ids"
     mkd.load(tmp_path / "run" / "student")
-    # no teacher at all, the text version, a loss that also reads labels is refused by name
+    # no teacher at all, the text version; file triples are (positive, negative) so label losses train too
     mkd.write_score_file(tmp_path / "t.tsv", ids, CountingTeacher(), queries, docs, fmt="text")
-    no_teacher = mkd.Distiller(student, None, scores_from_data=True, batch_size=4, output_dir=tmp_path / "text")
+    no_teacher = mkd.Distiller(student, None, batch_size=4, output_dir=tmp_path / "text")
     no_teacher.fit_file(tmp_path / "t.tsv")
     assert no_teacher.report["format"] == "text" and len(no_teacher.history) == -(-len(ids) // 4)
-    labelled = mkd.Distiller(student, None, loss=losses.RankNet(), batch_size=4, output_dir=tmp_path / "labels")
-    with pytest.raises(ValueError, match="needs relevance labels"):
-        labelled.fit_file(tmp_path / "t.tsv")
+    combined = mkd.Distiller(student, None, loss=losses.MarginMSE() + losses.RankNet(), batch_size=4,
+                             output_dir=tmp_path / "labels")
+    combined.fit_file(tmp_path / "t.tsv")
+    assert len(combined.history) == -(-len(ids) // 4)
 
 
 def test_cli_scores_resumes_and_trains_from_the_file(tiny_bert_dir, tmp_path, cranfield, capsys):
