@@ -5,10 +5,13 @@ from pyterrier_marginkd.colbert import ColBERT
 from pyterrier_marginkd.collection import Collection, clean_query, shared_data_dir
 from pyterrier_marginkd.cross_encoder import CrossEncoder
 from pyterrier_marginkd.distill import Distiller
+from pyterrier_marginkd.docpairs import DocPairs
 from pyterrier_marginkd.dot import DotEncoder
+from pyterrier_marginkd.ensemble import Ensemble
 from pyterrier_marginkd.io import load
 from pyterrier_marginkd.pretts import PreTT
 from pyterrier_marginkd.pseudo import pseudo_queries
+from pyterrier_marginkd.scorefiles import ScoreFile, read_score_file, write_score_file
 from pyterrier_marginkd.tk import TK
 
 __version__ = "0.1.0"
@@ -20,11 +23,16 @@ __all__ = [
     "Collection",
     "CrossEncoder",
     "Distiller",
+    "DocPairs",
     "DotEncoder",
+    "Ensemble",
     "PreTT",
+    "ScoreFile",
     "clean_query",
     "load",
     "losses",
     "pseudo_queries",
+    "read_score_file",
     "shared_data_dir",
+    "write_score_file",
 ]
