@@ -34,6 +34,20 @@ def check_text_column(inp: pd.DataFrame, column: str) -> None:
             f"is {what}: {bad!r}. Fill or drop such rows before scoring.")
 
 
+def check_id_columns(inp: pd.DataFrame, columns: Sequence[str] = ("qid", "docno")) -> None:
+    """Raise a ValueError naming the first row whose identifier (``qid``, ``docno``) is missing (None/NaN).
+
+    Identifiers of any type (str, int, bytes...) are kept as they are; ranks are computed per distinct ``qid`` value.
+    """
+    for column in columns:
+        missing = inp[column].isna().to_numpy(dtype=bool)
+        if missing.any():
+            pos = int(np.flatnonzero(missing)[0])
+            row = inp.iloc[pos]
+            raise ValueError(f"column {column!r} is missing (None/NaN) in {int(missing.sum())} row(s), e.g. row {pos} "
+                             f"(qid={row.get('qid')!r}, docno={row.get('docno')!r}); every row needs a qid and a docno")
+
+
 def validate_results(inp: pd.DataFrame, text_field: str, context: pt.Transformer | None = None) -> None:
     """Check that ``inp`` is a result frame with query and text, naming what is missing and how to add it."""
     if not isinstance(inp, pd.DataFrame):
@@ -104,6 +118,7 @@ class NeuralScorer(pt.Transformer):
         validate_results(inp, self.text_field, self)
         if len(inp) == 0:
             return add_scores(inp, np.zeros(0))
+        check_id_columns(inp)
         check_text_column(inp, "query")
         check_text_column(inp, self.text_field)
         scores = self.score_pairs(inp["query"].tolist(), inp[self.text_field].tolist())

@@ -20,7 +20,7 @@ from safetensors.torch import load_model, save_model
 from transformers import get_linear_schedule_with_warmup
 
 from pyterrier_marginkd import io
-from pyterrier_marginkd._scorer import NeuralScorer, check_text_column, validate_results
+from pyterrier_marginkd._scorer import NeuralScorer, check_id_columns, check_text_column, validate_results
 from pyterrier_marginkd.data import Group, GroupSource, TeacherRankedExamples, TrainingExamples, validate_qrels
 from pyterrier_marginkd.losses import MarginMSE, RankingLoss
 from pyterrier_marginkd.teacher import TeacherScores
@@ -249,6 +249,7 @@ class Distiller(pt.Estimator):
         validate_results(tr_res, text_field)
         if len(tr_res) == 0:
             raise ValueError("the training results are empty: the first stage returned no candidates")
+        check_id_columns(tr_res)
         check_text_column(tr_res, text_field)
         check_text_column(tr_res, "query")
         tr_res = tr_res.assign(qid=tr_res["qid"].astype(str), docno=tr_res["docno"].astype(str))
