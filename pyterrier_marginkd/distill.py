@@ -167,6 +167,8 @@ class Distiller(pt.Estimator):
         fingerprint = self._fingerprint(source, total_steps)
         state = {"step": 0, "best": None, "history": [], "validation": []}
         checkpoint = out / "checkpoint"
+        for folder in (checkpoint, out / "best"):
+            io.recover_dir(folder)  # what a killed run left half-written
         if self.resume and (checkpoint / STATE_FILE).exists():
             state = self._load_checkpoint(checkpoint, optimizer, scheduler, fingerprint)
         self.history, self.validation = state["history"], state["validation"]
