@@ -393,7 +393,12 @@ class Distiller(pt.Estimator):
                         "validation": json.dumps(self.validation)}, tmp / STATE_FILE)
 
     def _load_checkpoint(self, path: Path, optimizer, scheduler, fingerprint: str) -> dict:
-        saved = torch.load(path / STATE_FILE, weights_only=True)
+        io.check_files(path, ["model.safetensors", STATE_FILE])
+        try:  # weights_only: tensors and plain containers, never arbitrary pickled objects
+            saved = torch.load(path / STATE_FILE, weights_only=True)
+        except Exception as err:  # UnpicklingError for a forbidden object, RuntimeError/EOFError for a damaged file
+            raise ValueError(f"{path / STATE_FILE} cannot be loaded safely ({type(err).__name__}: {err}); delete "
+                             f"{path} to start over, or pass resume=False") from None
         if saved["fingerprint"] != fingerprint:
             raise ValueError(f"the checkpoint in {path} belongs to a different run (other data, student or settings); "
                              "use another output_dir, delete the checkpoint, or pass resume=False")
