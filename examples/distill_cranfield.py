@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--teacher-epochs", type=int, default=2)
-    parser.add_argument("--num-negatives", type=int, default=3)
+    parser.add_argument("--num-negatives", type=int, default=1)
     parser.add_argument("--lr", type=float, default=4e-5)
     parser.add_argument("--student-lr", type=float, default=1e-4)
     parser.add_argument("--num-queries", type=int, default=None, help="train/test on the first N queries only")
@@ -63,7 +63,7 @@ def main() -> None:
         train_topics, test_topics = train_topics.head(args.num_queries), test_topics.head(args.num_queries)
     train_res = (bm25 % args.k_train >> data.get_text())(train_topics)
     fit_args = (train_res, data.qrels("train"))
-    common = dict(epochs=args.epochs, batch_size=8, num_negatives=args.num_negatives, seed=0)
+    common = dict(epochs=args.epochs, batch_size=8, num_negatives=args.num_negatives, seed=0, save_steps=20)
 
     torch.manual_seed(0)
     teacher = train("teacher", output, mkd.CrossEncoder.from_pretrained(args.model, max_length=args.max_length),

@@ -1,5 +1,6 @@
 """pyterrier-marginkd: distilled neural re-ranking for PyTerrier (Margin-MSE knowledge distillation)."""
 from pyterrier_marginkd import losses
+from pyterrier_marginkd.cascade import Cascade
 from pyterrier_marginkd.collection import Collection, clean_query, shared_data_dir
 from pyterrier_marginkd.cross_encoder import CrossEncoder
 from pyterrier_marginkd.distill import Distiller
@@ -9,6 +10,7 @@ from pyterrier_marginkd.pseudo import pseudo_queries
 __version__ = "0.1.0"
 
 __all__ = [
+    "Cascade",
     "Collection",
     "CrossEncoder",
     "Distiller",

@@ -80,9 +80,13 @@ class CrossEncoder(NeuralScorer):
         return pad(items, self._tok.pad_id)
 
     def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model_outputs(batch).logits[:, 0]
+
+    def model_outputs(self, batch: dict[str, torch.Tensor], **kwargs: Any) -> Any:
+        """The Hugging Face model's output for a collated batch (``output_hidden_states=True`` etc. pass through)."""
         if not self._use_token_types:
             batch = {k: v for k, v in batch.items() if k != "token_type_ids"}
-        return self.model(**batch).logits[:, 0]
+        return self.model(**batch, **kwargs)
 
     def __repr__(self) -> str:
         extra = f", num_layers={self.num_layers}" if self.num_layers is not None else ""

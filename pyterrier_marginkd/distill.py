@@ -22,6 +22,7 @@ from transformers import get_linear_schedule_with_warmup
 from pyterrier_marginkd import io
 from pyterrier_marginkd._scorer import NeuralScorer, check_id_columns, check_text_column, validate_results
 from pyterrier_marginkd.data import Group, GroupSource, TeacherRankedExamples, TrainingExamples, validate_qrels
+from pyterrier_marginkd.intermediate import HiddenStateMSE, check_models, scores_with_layer_loss
 from pyterrier_marginkd.losses import MarginMSE, RankingLoss
 from pyterrier_marginkd.teacher import TeacherScores
 
@@ -34,7 +35,8 @@ class Distiller(pt.Estimator):
     ``(first_stage >> get_text >> distiller).fit(tr_topics, tr_qrels, va_topics, va_qrels)`` makes PyTerrier run the
     first stage and call ``distiller.fit(results, qrels, va_results, va_qrels)``; afterwards ``distiller`` (and so the
     pipeline) re-ranks with the trained student. With ``teacher=None`` and a label loss (``RankNet``) it trains from
-    labels alone — the no-distillation baseline.
+    labels alone — the no-distillation baseline. ``intermediate=losses.HiddenStateMSE()`` adds intermediate-layer
+    distillation (CrossEncoder teacher and student only; its projections train with the student).
     """
 
     def __init__(self, student: NeuralScorer, teacher: pt.Transformer | None = None, *,
@@ -46,7 +48,8 @@ class Distiller(pt.Estimator):
                  seed: int = 0, output_dir: str | Path | None = None, cache_dir: str | Path | None = None,
                  teacher_id: str | None = None, unjudged: str = "skip", pseudo_positives: int = 1,
                  pseudo_negative_start: int | None = None, teacher_scale: float | str | None = "auto",
-                 resume: bool = True, verbose: bool = False):
+                 select_best: bool = True, resume: bool = True, verbose: bool = False,
+                 intermediate: HiddenStateMSE | None = None):
         if not isinstance(student, NeuralScorer):
             raise TypeError(f"student must be a pyterrier_marginkd re-ranker (CrossEncoder, ...), got "
                             f"{type(student).__name__}")
@@ -61,8 +64,13 @@ class Distiller(pt.Estimator):
             raise ValueError(f"unjudged must be 'skip' or 'teacher', got {unjudged!r}")
         if not (teacher_scale is None or teacher_scale == "auto" or isinstance(teacher_scale, (int, float))):
             raise ValueError(f"teacher_scale must be 'auto', a number or None, got {teacher_scale!r}")
+        if intermediate is not None:
+            check_models(student, teacher, attention=intermediate.attention)
+            intermediate.configure(student.model.config, teacher.model.config)
         self.student = student
         self.teacher = teacher
+        self.intermediate = intermediate
+        self._layer_loss: torch.Tensor | None = None
         self.loss = loss
         self.epochs = epochs
         self.batch_size = batch_size
@@ -88,7 +96,9 @@ class Distiller(pt.Estimator):
         self.pseudo_negative_start = pseudo_negative_start
         self.teacher_scale = teacher_scale
         self._teacher_factor = 1.0
+        self.select_best = select_best
         self.resume = resume
+        self._train_seconds = 0.0
         self.verbose = verbose
         self.history: list[dict[str, Any]] = []
         self.validation: list[dict[str, Any]] = []
@@ -110,7 +120,8 @@ class Distiller(pt.Estimator):
         return None
 
     def __repr__(self) -> str:
-        return f"Distiller(student={self.student!r}, teacher={self.teacher!r}, loss={self.loss!r})"
+        extra = f", intermediate={self.intermediate!r}" if self.intermediate is not None else ""
+        return f"Distiller(student={self.student!r}, teacher={self.teacher!r}, loss={self.loss!r}{extra})"
 
     # --- training ------------------------------------------------------------------------------------------
     @property
@@ -158,7 +169,10 @@ class Distiller(pt.Estimator):
         self._seed_everything()
         model = self.student.model
         model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        params = list(model.parameters())
+        if self.intermediate is not None:
+            params += list(self.intermediate.to(self.student._device).parameters())
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(self.warmup_ratio * total_steps), total_steps)
         teacher = None
         if self.teacher is not None and self.loss.needs_teacher:
@@ -176,6 +190,7 @@ class Distiller(pt.Estimator):
 
         step = state["step"]
         started = time.time()
+        validation_seconds = 0.0
         bar = pt.tqdm(total=total_steps, initial=step, desc="distil", unit="step", disable=not self.verbose)
         stopped_early = False
         try:
@@ -189,13 +204,16 @@ class Distiller(pt.Estimator):
                     self.history.append({"step": step, "epoch": epoch, "loss": loss_value,
                                          "lr": scheduler.get_last_lr()[0]})
                     elapsed = time.time() - started
+                    self._train_seconds = elapsed - validation_seconds
                     bar.update(1)
                     bar.set_postfix(loss=f"{np.mean([h['loss'] for h in self.history[-20:]]):.4f}",
                                     ex_s=f"{(step - state['step']) * per_step / max(elapsed, 1e-9):.1f}")
                     end_of_epoch = s == steps_per_epoch - 1
                     if va_res is not None and ((self.eval_steps and step % self.eval_steps == 0) or end_of_epoch
                                                or step == total_steps):
+                        validation_started = time.time()
                         state["best"] = self._validate(va_res, va_qrels, step, state["best"])
+                        validation_seconds += time.time() - validation_started
                     out_of_time = self.max_time is not None and elapsed >= self.max_time
                     if step % self.save_steps == 0 or end_of_epoch or step == total_steps or out_of_time:
                         self._save_checkpoint(checkpoint, optimizer, scheduler, step, state["best"], fingerprint)
@@ -211,7 +229,7 @@ class Distiller(pt.Estimator):
                 self.report["teacher_pairs_scored"] = teacher.teacher.pairs_scored
                 teacher.close()
         self.report["stopped_by_max_time"] = stopped_early
-        if state["best"] is not None and (out / "best" / "model.safetensors").exists():
+        if self.select_best and state["best"] is not None and (out / "best" / "model.safetensors").exists():
             load_model(self.student.model, str(out / "best" / "model.safetensors"))
             self.report["best_step"], self.report["best_ndcg@10"] = state["best"]["step"], state["best"]["value"]
         self.student.model.eval()
@@ -306,13 +324,22 @@ class Distiller(pt.Estimator):
         device = self.student._device
         use_amp = self.amp and device.type == "cuda"
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-            student = self.student.train_scores(queries, texts).float().view(len(part), size)
+            student = self._student_scores(queries, texts).float().view(len(part), size)
         teacher = labels = None
         if all(g.teacher is not None for g in part):
             teacher = torch.tensor([g.teacher for g in part], dtype=torch.float32, device=device) * self._teacher_factor
         if all(g.labels is not None for g in part):
             labels = torch.tensor([g.labels for g in part], dtype=torch.float32, device=device)
         return student, teacher, labels
+
+    def _student_scores(self, queries: list[str], texts: list[str]) -> torch.Tensor:
+        """Differentiable student scores; with ``intermediate`` (and gradients on) also the layer loss of the same
+        forward pass, kept for ``_step`` to add to the ranking loss."""
+        if self.intermediate is None or not torch.is_grad_enabled():
+            return self.student.train_scores(queries, texts)
+        scores, self._layer_loss = scores_with_layer_loss(self.intermediate, self.student, self.teacher, queries,
+                                                          texts)
+        return scores
 
     def _step(self, groups: list[Group], optimizer, scheduler) -> float:
         model = self.student.model
@@ -321,7 +348,10 @@ class Distiller(pt.Estimator):
         micro = [groups[i:i + self.batch_size] for i in range(0, len(groups), self.batch_size)]
         for part in micro:
             student, teacher, labels = self._batch_tensors(part)
-            loss = self.loss(student, teacher, labels) * (len(part) / len(groups))
+            loss = self.loss(student, teacher, labels)
+            if self._layer_loss is not None:
+                loss, self._layer_loss = loss + self._layer_loss, None
+            loss = loss * (len(part) / len(groups))
             loss.backward()
             total += float(loss.detach())
         if self.max_grad_norm:
@@ -363,7 +393,7 @@ class Distiller(pt.Estimator):
     def _validate(self, va_res: pd.DataFrame, va_qrels: pd.DataFrame, step: int, best: dict | None) -> dict | None:
         run = self.student.transform(va_res)
         value = evaluate_ndcg10(run, va_qrels)
-        self.validation.append({"step": step, "ndcg@10": value})
+        self.validation.append({"step": step, "ndcg@10": value, "train_seconds": self._train_seconds})
         if best is None or value > best["value"]:
             best = {"step": step, "value": value}
             with io.atomic_dir(self.out_path / "best") as tmp:
@@ -378,7 +408,8 @@ class Distiller(pt.Estimator):
 
     def _fingerprint(self, source: GroupSource, total_steps: int) -> str:
         groups = list(itertools.islice(iter(source.groups(0)), 50))
-        desc = json.dumps({"student": repr(self.student), "loss": repr(self.loss), "lr": self.lr, "seed": self.seed,
+        loss = repr(self.loss) + (f" + {self.intermediate!r}" if self.intermediate is not None else "")
+        desc = json.dumps({"student": repr(self.student), "loss": loss, "lr": self.lr, "seed": self.seed,
                            "batch_size": self.batch_size, "accum": self.grad_accum_steps, "total_steps": total_steps,
                            "epochs": self.epochs, "data": [(g.qid, g.docnos) for g in groups],
                            "groups": source.num_groups()})
@@ -390,7 +421,9 @@ class Distiller(pt.Estimator):
             torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "rng": torch.get_rng_state(), "step": step, "fingerprint": fingerprint,
                         "best": json.dumps(best), "history": json.dumps(self.history),
-                        "validation": json.dumps(self.validation)}, tmp / STATE_FILE)
+                        "validation": json.dumps(self.validation),
+                        "intermediate": self.intermediate.state_dict() if self.intermediate is not None else {}},
+                       tmp / STATE_FILE)
 
     def _load_checkpoint(self, path: Path, optimizer, scheduler, fingerprint: str) -> dict:
         io.check_files(path, ["model.safetensors", STATE_FILE])
@@ -403,6 +436,8 @@ class Distiller(pt.Estimator):
             raise ValueError(f"the checkpoint in {path} belongs to a different run (other data, student or settings); "
                              "use another output_dir, delete the checkpoint, or pass resume=False")
         load_model(self.student.model, str(path / "model.safetensors"))
+        if self.intermediate is not None:
+            self.intermediate.load_state_dict(saved["intermediate"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["rng"])

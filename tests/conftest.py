@@ -82,6 +82,13 @@ def cranfield_bm25(cranfield, tmp_path_factory):
     return cranfield.bm25(tmp_path_factory.mktemp("pisa") / "cranfield.pisa", num_results=20)
 
 
+@pytest.fixture(scope="session")
+def cranfield_train(cranfield, cranfield_bm25):
+    """BM25 top-10 candidates (with text) of the first 10 Cranfield training queries, and the training qrels."""
+    topics = cranfield.topics("train").head(10)
+    return (cranfield_bm25 % 10 >> cranfield.get_text())(topics), cranfield.qrels("train")
+
+
 @pytest.fixture()
 def small_results() -> pd.DataFrame:
     """A result frame of two queries with three documents each, plus an extra column to be kept."""
