@@ -35,17 +35,32 @@ def check_text_column(inp: pd.DataFrame, column: str) -> None:
 
 
 def check_id_columns(inp: pd.DataFrame, columns: Sequence[str] = ("qid", "docno")) -> None:
-    """Raise a ValueError naming the first row whose identifier (``qid``, ``docno``) is missing (None/NaN).
+    """Raise a ValueError naming the first row whose identifier (``qid``, ``docno``) is missing (None/NaN) or is
+    bytes that are not UTF-8 (ids are compared as strings, ``str(1) == "1"``, bytes decoded as UTF-8).
 
-    Identifiers of any type (str, int, bytes...) are kept as they are; ranks are computed per distinct ``qid`` value.
+    Identifiers of any type (str, int, bytes...) are otherwise kept as they are; a re-ranker ranks per ``qid`` value.
     """
     for column in columns:
-        missing = inp[column].isna().to_numpy(dtype=bool)
-        if missing.any():
-            pos = int(np.flatnonzero(missing)[0])
+        values = inp[column]
+        bad = values.isna().to_numpy(dtype=bool)
+        what = "missing (None/NaN)"
+        if not bad.any() and values.dtype == object:
+            bad = values.map(lambda v: isinstance(v, bytes) and not _is_utf8(v)).to_numpy(dtype=bool)
+            what = "bytes that are not UTF-8"
+        if bad.any():
+            pos = int(np.flatnonzero(bad)[0])
             row = inp.iloc[pos]
-            raise ValueError(f"column {column!r} is missing (None/NaN) in {int(missing.sum())} row(s), e.g. row {pos} "
-                             f"(qid={row.get('qid')!r}, docno={row.get('docno')!r}); every row needs a qid and a docno")
+            raise ValueError(f"column {column!r} is {what} in {int(bad.sum())} row(s), e.g. row {pos} "
+                             f"(qid={row.get('qid')!r}, docno={row.get('docno')!r}); every row needs a qid and a "
+                             "docno")
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def validate_results(inp: pd.DataFrame, text_field: str, context: pt.Transformer | None = None) -> None:
