@@ -119,6 +119,12 @@ def cache_entries(output: Path) -> dict[tuple[str, str], float]:
     return entries
 
 
+def check_killed_cache(output: Path, reference: Path) -> None:
+    """Right after the kill, the teacher cache holds only complete, correct entries."""
+    expected = cache_entries(reference)
+    assert all(expected[key] == value for key, value in cache_entries(output).items())
+
+
 def check_resumed_run(log: str, output: Path, reference: Path) -> int:
     match = re.search(r"resuming from the checkpoint at step (\d+)", log)
     assert match, log[-3000:]
@@ -135,6 +141,7 @@ def test_kill_mid_epoch_then_resume(train_command, reference, tmp_path):
     process = start(train_command(output), log)
     kill_when(process, checkpoints_written(output / "checkpoint", 3))  # right after the checkpoint of step 6
     assert not (output / "student").exists()
+    check_killed_cache(output, reference())
     step = check_resumed_run(finish(start(train_command(output), log), log), output, reference())
     assert 6 <= step < 30
 
@@ -149,6 +156,7 @@ def test_kill_mid_checkpoint_write_then_resume(train_command, reference, tmp_pat
                                                       for p in os.scandir(output)))
     assert leftovers(output), "the kill came after the checkpoint write had finished"
     assert (output / "checkpoint" / "trainer_state.pt").exists()  # the last complete checkpoint is untouched
+    check_killed_cache(output, reference())
     check_resumed_run(finish(start(train_command(output), log), log), output, reference())
 
 
