@@ -4,8 +4,11 @@ from pyterrier_marginkd.cascade import Cascade
 from pyterrier_marginkd.collection import Collection, clean_query, shared_data_dir
 from pyterrier_marginkd.cross_encoder import CrossEncoder
 from pyterrier_marginkd.distill import Distiller
+from pyterrier_marginkd.docpairs import DocPairs
+from pyterrier_marginkd.ensemble import Ensemble
 from pyterrier_marginkd.io import load
 from pyterrier_marginkd.pseudo import pseudo_queries
+from pyterrier_marginkd.scorefiles import ScoreFile, read_score_file, write_score_file
 
 __version__ = "0.1.0"
 
@@ -14,9 +17,14 @@ __all__ = [
     "Collection",
     "CrossEncoder",
     "Distiller",
+    "DocPairs",
+    "Ensemble",
+    "ScoreFile",
     "clean_query",
     "load",
     "losses",
     "pseudo_queries",
+    "read_score_file",
     "shared_data_dir",
+    "write_score_file",
 ]

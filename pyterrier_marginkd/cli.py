@@ -7,11 +7,15 @@ from pathlib import Path
 
 import pyterrier as pt
 
-from pyterrier_marginkd import losses
+from pyterrier_marginkd import _distributed, losses
 from pyterrier_marginkd.collection import Collection, shared_data_dir
 from pyterrier_marginkd.cross_encoder import CrossEncoder
+from pyterrier_marginkd.data import TrainingExamples
 from pyterrier_marginkd.distill import Distiller
+from pyterrier_marginkd.docpairs import DocPairs
+from pyterrier_marginkd.ensemble import Ensemble
 from pyterrier_marginkd.io import load, read_config
+from pyterrier_marginkd.scorefiles import FORMATS, score_teacher
 
 
 def default_model() -> str:
@@ -38,26 +42,74 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", default=None, help="PISA index folder (default: <output>/<collection>.pisa)")
 
 
+def _bm25(collection: Collection, args: argparse.Namespace, folder: Path) -> pt.Transformer:
+    """BM25 over the collection; under torchrun/accelerate rank 0 builds the index before the others open it."""
+    with _distributed.current().main_first():
+        return collection.bm25(args.index or folder / f"{collection.name}.pisa", num_results=args.k)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     collection = Collection(args.data)
     output = Path(args.output)
-    bm25 = collection.bm25(args.index or output.parent / f"{collection.name}.pisa", num_results=args.k)
+    if args.scores or args.docpairs:
+        return _train_from_stream(args, collection, output)
+    bm25 = _bm25(collection, args, output.parent)
     topics, qrels = collection.topics(args.split), collection.qrels(args.split)
     if args.num_queries:
         topics = topics.head(args.num_queries)
     valid = None
     if args.valid_split:
         valid = collection.topics(args.valid_split), collection.qrels(args.valid_split)
+    distiller = _distiller(args, output)
+    pipe = bm25 >> collection.get_text() >> distiller
+    pipe.fit(topics, qrels, *(valid or (None, None)))
+    if _distributed.current().is_main:
+        print(f"trained student saved to {output / 'student'}")
+
+
+def _distiller(args: argparse.Namespace, output: Path) -> Distiller:
     student = load_model(args.student, num_layers=args.num_layers, max_length=args.max_length,
                          batch_size=args.batch_size * 4)
     teacher = None if args.teacher in (None, "none") else load_model(args.teacher, max_length=args.max_length)
-    distiller = Distiller(student, teacher, loss=losses.by_name(args.loss), epochs=args.epochs,
-                          batch_size=args.batch_size, lr=args.lr, num_negatives=args.num_negatives,
-                          max_steps=args.max_steps, max_time=args.max_time, save_steps=args.save_steps, seed=args.seed,
-                          output_dir=output, verbose=True)
-    pipe = bm25 >> collection.get_text() >> distiller
-    pipe.fit(topics, qrels, *(valid or (None, None)))
-    print(f"trained student saved to {output / 'student'}")
+    return Distiller(student, teacher, loss=losses.by_name(args.loss), epochs=args.epochs,
+                     batch_size=args.batch_size, lr=args.lr, num_negatives=args.num_negatives,
+                     max_steps=args.max_steps, max_time=args.max_time, save_steps=args.save_steps, seed=args.seed,
+                     output_dir=output, verbose=True)
+
+
+def _train_from_stream(args: argparse.Namespace, collection: Collection, output: Path) -> None:
+    """Train from a teacher-score file (--scores) or ir_datasets docpairs (--docpairs)."""
+    valid = (None, None)
+    if args.valid_split:
+        first_stage = _bm25(collection, args, output.parent) >> collection.get_text()
+        valid = first_stage(collection.topics(args.valid_split)), collection.qrels(args.valid_split)
+    distiller = _distiller(args, output)
+    if args.scores:
+        ids = args.format == "ids"
+        distiller.fit_file(args.scores, collection.topics(args.split) if ids else None, collection if ids else None,
+                           *valid)
+    else:
+        distiller.fit_pairs(args.docpairs, *valid, max_pairs=args.max_pairs)
+    if _distributed.current().is_main:
+        print(f"trained student saved to {output / 'student'}")
+
+
+def cmd_score_teacher(args: argparse.Namespace) -> None:
+    teachers = [load_model(t, max_length=args.max_length, batch_size=args.batch_size) for t in args.teacher]
+    teacher = teachers[0] if len(teachers) == 1 and not args.weights else Ensemble(teachers, args.weights)
+    if args.docpairs:
+        source = DocPairs(args.docpairs, max_pairs=args.max_pairs)
+    else:
+        collection = Collection(args.data)
+        topics = collection.topics(args.split)
+        if args.num_queries:
+            topics = topics.head(args.num_queries)
+        results = (_bm25(collection, args, Path(args.output).parent) >> collection.get_text())(topics)
+        source = TrainingExamples(results, collection.qrels(args.split), num_negatives=args.num_negatives,
+                                  seed=args.seed)
+    report = score_teacher(args.output, teacher, source, fmt=args.format, verbose=True)
+    print(f"{args.output}: {report['lines_existing']} lines were there, {report['lines_written']} written "
+          f"({report['pairs_scored']} pairs scored by {teacher!r})")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -103,7 +155,28 @@ def main(argv: list[str] | None = None) -> None:
                        help="write a checkpoint every N steps (a rerun of the same command resumes from it)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--output", required=True, help="folder for checkpoints, teacher cache and the student")
+    train.add_argument("--scores", default=None, help="train from this teacher-score file instead of BM25 candidates")
+    train.add_argument("--format", default="ids", choices=FORMATS, help="--scores file version (ids: resolved "
+                       "through the --data topics of --split and its documents)")
+    train.add_argument("--docpairs", default=None, help="train on this ir_datasets dataset's docpairs instead")
+    train.add_argument("--max-pairs", type=int, default=None, help="use only the first N docpairs")
     train.set_defaults(func=cmd_train)
+
+    scores = sub.add_parser("score-teacher", help="write a teacher-score file (resumable) from BM25 candidates of a "
+                            "collection or from ir_datasets docpairs")
+    _common(scores)
+    scores.add_argument("--teacher", nargs="+", required=True, help="teacher checkpoint(s); several make an Ensemble")
+    scores.add_argument("--weights", nargs="*", type=float, default=None, help="Ensemble weights, one per teacher")
+    scores.add_argument("--output", required=True, help="the teacher-score file (appended to when it exists)")
+    scores.add_argument("--format", default="ids", choices=FORMATS, help="ids or text version of the file")
+    scores.add_argument("--docpairs", default=None, help="ir_datasets id with docpairs (default: BM25 candidates)")
+    scores.add_argument("--max-pairs", type=int, default=None, help="score only the first N docpairs")
+    scores.add_argument("--split", default="train", help="topic split whose candidates are scored")
+    scores.add_argument("--num-negatives", type=int, default=1, help="sampled negatives per positive")
+    scores.add_argument("--seed", type=int, default=0)
+    scores.add_argument("--max-length", type=int, default=256)
+    scores.add_argument("--batch-size", type=int, default=32)
+    scores.set_defaults(func=cmd_score_teacher)
 
     evaluate = sub.add_parser("evaluate", help="pt.Experiment of BM25 and BM25 >> each model")
     _common(evaluate)
@@ -115,7 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     evaluate.set_defaults(func=cmd_evaluate)
 
     args = parser.parse_args(argv)
-    if args.command == "train" and args.teacher is None and losses.by_name(args.loss).needs_teacher:
+    if args.command == "train" and args.teacher is None and losses.by_name(args.loss).needs_teacher \
+            and not args.scores:
         parser.error(f"--loss {args.loss} needs --teacher (or use --teacher none --loss ranknet)")
     args.func(args)
 

@@ -19,11 +19,13 @@ from ir_measures import nDCG
 from safetensors.torch import load_model, save_model
 from transformers import get_linear_schedule_with_warmup
 
-from pyterrier_marginkd import io
+from pyterrier_marginkd import _distributed, io
 from pyterrier_marginkd._scorer import NeuralScorer, check_id_columns, check_text_column, validate_results
 from pyterrier_marginkd.data import Group, GroupSource, TeacherRankedExamples, TrainingExamples, validate_qrels
+from pyterrier_marginkd.docpairs import DocPairs
 from pyterrier_marginkd.intermediate import HiddenStateMSE, check_models, scores_with_layer_loss
 from pyterrier_marginkd.losses import MarginMSE, RankingLoss
+from pyterrier_marginkd.scorefiles import ScoreFile
 from pyterrier_marginkd.teacher import TeacherScores
 
 STATE_FILE = "trainer_state.pt"
@@ -54,9 +56,6 @@ class Distiller(pt.Estimator):
             raise TypeError(f"student must be a pyterrier_marginkd re-ranker (CrossEncoder, ...), got "
                             f"{type(student).__name__}")
         loss = loss if loss is not None else MarginMSE()
-        if loss.needs_teacher and teacher is None:
-            raise ValueError(f"{loss!r} distils from a teacher, but teacher=None; pass a teacher or use a label loss "
-                             "such as losses.RankNet() for the label-only baseline")
         for name, value in (("epochs", epochs), ("batch_size", batch_size), ("grad_accum_steps", grad_accum_steps)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -149,6 +148,34 @@ class Distiller(pt.Estimator):
         self.train_examples(examples, va_res, va_qrels)
         return self
 
+    def fit_file(self, path: str | Path, queries: Any = None, docs: Any = None, va_res: pd.DataFrame | None = None,
+                 va_qrels: pd.DataFrame | None = None, *, shuffle_buffer: int = 10_000) -> Distiller:
+        """Train from a teacher-score file (the published Margin-MSE format); its scores are used, no teacher runs.
+
+        The ids version needs ``queries`` (topics frame, dict or ir_datasets dataset) and ``docs`` (dict,
+        :class:`~pyterrier_marginkd.Collection` or ir_datasets docstore/dataset); the text version needs neither.
+        """
+        source = ScoreFile(path, queries, docs, shuffle_buffer=shuffle_buffer, seed=self.seed,
+                           text_field=self.student.text_field)
+        return self._fit_source(source, va_res, va_qrels)
+
+    def fit_pairs(self, dataset: Any, va_res: pd.DataFrame | None = None, va_qrels: pd.DataFrame | None = None, *,
+                  queries: Any = None, docs: Any = None, max_pairs: int | None = None,
+                  shuffle_buffer: int = 10_000) -> Distiller:
+        """Train on ir_datasets docpairs (an id such as ``msmarco-passage/train/triples-small`` or a dataset),
+        streamed with labels ``[1, 0]``; the teacher, if any, scores them through its cache."""
+        source = DocPairs(dataset, queries=queries, docs=docs, max_pairs=max_pairs, shuffle_buffer=shuffle_buffer,
+                          seed=self.seed, text_field=self.student.text_field)
+        return self._fit_source(source, va_res, va_qrels)
+
+    def _fit_source(self, source: GroupSource, va_res: pd.DataFrame | None,
+                    va_qrels: pd.DataFrame | None) -> Distiller:
+        if (va_res is None) != (va_qrels is None):
+            raise ValueError("give both va_res and va_qrels for validation, or neither")
+        self.report = dict(source.report)
+        self.train_examples(source, va_res, validate_qrels(va_qrels) if va_qrels is not None else None)
+        return self
+
     def train_examples(self, source: GroupSource, va_res: pd.DataFrame | None = None,
                        va_qrels: pd.DataFrame | None = None) -> None:
         """The training loop over a source of groups (epochs of them), with checkpoints, resume and validation.
@@ -158,6 +185,10 @@ class Distiller(pt.Estimator):
         """
         out = self.out_path
         out.mkdir(parents=True, exist_ok=True)
+        dist = _distributed.current()
+        dist.init()
+        dist.place(self.student)
+        dist.place(self.teacher)
         per_step = self.batch_size * self.grad_accum_steps
         groups_per_epoch = source.num_groups()
         if groups_per_epoch == 0:
@@ -172,11 +203,13 @@ class Distiller(pt.Estimator):
         params = list(model.parameters())
         if self.intermediate is not None:
             params += list(self.intermediate.to(self.student._device).parameters())
+        dist.broadcast(params)
         optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(self.warmup_ratio * total_steps), total_steps)
         teacher = None
         if self.teacher is not None and self.loss.needs_teacher:
             teacher = self._teacher_cache()
+        self._require_teacher_scores(source, teacher)
         self._teacher_factor = self._teacher_scale_factor(source, teacher)
         fingerprint = self._fingerprint(source, total_steps)
         state = {"step": 0, "best": None, "history": [], "validation": []}
@@ -191,7 +224,8 @@ class Distiller(pt.Estimator):
         step = state["step"]
         started = time.time()
         validation_seconds = 0.0
-        bar = pt.tqdm(total=total_steps, initial=step, desc="distil", unit="step", disable=not self.verbose)
+        bar = pt.tqdm(total=total_steps, initial=step, desc="distil", unit="step",
+                      disable=not (self.verbose and dist.is_main))
         stopped_early = False
         try:
             while step < total_steps and not stopped_early:
@@ -212,7 +246,7 @@ class Distiller(pt.Estimator):
                     if va_res is not None and ((self.eval_steps and step % self.eval_steps == 0) or end_of_epoch
                                                or step == total_steps):
                         validation_started = time.time()
-                        state["best"] = self._validate(va_res, va_qrels, step, state["best"])
+                        state["best"] = dist.on_main(lambda: self._validate(va_res, va_qrels, step, state["best"]))
                         validation_seconds += time.time() - validation_started
                     out_of_time = self.max_time is not None and elapsed >= self.max_time
                     if step % self.save_steps == 0 or end_of_epoch or step == total_steps or out_of_time:
@@ -228,33 +262,38 @@ class Distiller(pt.Estimator):
             if teacher is not None:
                 self.report["teacher_pairs_scored"] = teacher.teacher.pairs_scored
                 teacher.close()
+        if teacher is not None:
+            dist.merge_teacher_caches(teacher.shared_path)
         self.report["stopped_by_max_time"] = stopped_early
         if self.select_best and state["best"] is not None and (out / "best" / "model.safetensors").exists():
             load_model(self.student.model, str(out / "best" / "model.safetensors"))
             self.report["best_step"], self.report["best_ndcg@10"] = state["best"]["step"], state["best"]["value"]
         self.student.model.eval()
-        self.student.save_pretrained(out / "student")
-        if self.verbose:
+        if dist.is_main:
+            self.student.save_pretrained(out / "student")
+        dist.barrier()
+        if self.verbose and dist.is_main:
             print(f"Distiller: {json.dumps(self.report)}")
 
     def _batches(self, groups: Iterable[Group], teacher: TeacherScores | None, *, skip: int = 0,
                  prefetch_steps: int = 16) -> Iterator[list[Group]]:
         """Optimizer-step batches of groups, skipping ``skip`` groups (resume) and adding teacher scores in chunks."""
         per_step = self.batch_size * self.grad_accum_steps
+        shard = _distributed.current().shard
         groups = itertools.islice(iter(groups), skip, None)
         while True:
             chunk = list(itertools.islice(groups, per_step * prefetch_steps))
             if not chunk:
                 return
+            steps = [shard(chunk[start:start + per_step]) for start in range(0, len(chunk), per_step)]
             if teacher is not None:
-                self._add_teacher_scores(teacher, chunk)
-            for start in range(0, len(chunk), per_step):
-                yield chunk[start:start + per_step]
+                self._add_teacher_scores(teacher, [g for step in steps for g in step])
+            yield from steps
 
     def _teacher_cache(self) -> TeacherScores:
         cache_dir = Path(self.cache_dir) if self.cache_dir is not None else self.out_path / "teacher_cache"
         return TeacherScores(self.teacher, cache_dir, teacher_id=self.teacher_id, text_field=self.student.text_field,
-                             verbose=self.verbose)
+                             verbose=self.verbose, shard=_distributed.current().shard_name)
 
     def examples(self, tr_res: pd.DataFrame, tr_qrels: pd.DataFrame | None) -> GroupSource:
         """The training examples ``fit`` would build from these results and qrels (None: label-free)."""
@@ -354,12 +393,23 @@ class Distiller(pt.Estimator):
             loss = loss * (len(part) / len(groups))
             loss.backward()
             total += float(loss.detach())
+        total = _distributed.current().sync_gradients(optimizer, len(groups), total)
         if self.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(model.parameters(), self.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         return total
+
+    def _require_teacher_scores(self, source: GroupSource, teacher: TeacherScores | None) -> None:
+        """Fail early when the loss distils from a teacher but neither a teacher nor the data provides scores."""
+        if not self.loss.needs_teacher or teacher is not None:
+            return
+        first = next(iter(source.groups(0)), None)
+        if first is not None and first.teacher is None:
+            raise ValueError(f"{self.loss!r} distils from a teacher, but teacher=None and the training data carries "
+                             "no teacher scores; pass a teacher, train from a teacher-score file (fit_file), or use "
+                             "a label loss such as losses.RankNet() for the label-only baseline")
 
     def _teacher_scale_factor(self, source: GroupSource, teacher: TeacherScores | None, sample: int = 256) -> float:
         """Factor applied to teacher scores: ``teacher_scale``, or with "auto", one that gives teacher margins unit
@@ -416,6 +466,8 @@ class Distiller(pt.Estimator):
         return hashlib.sha256(desc.encode()).hexdigest()
 
     def _save_checkpoint(self, path: Path, optimizer, scheduler, step: int, best, fingerprint: str) -> None:
+        if not _distributed.current().is_main:
+            return
         with io.atomic_dir(path) as tmp:
             save_model(self.student.model, str(tmp / "model.safetensors"))
             torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),

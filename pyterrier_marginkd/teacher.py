@@ -68,12 +68,14 @@ def teacher_key(teacher: pt.Transformer, teacher_id: str | None = None) -> str:
 class TeacherScores:
     """Teacher scores of (qid, query, docno, text) pairs, computed once and kept in a pyterrier-caching
     ``Sqlite3ScorerCache`` (one SQLite transaction per chunk: a killed run loses at most the chunk in flight and
-    never leaves a partial entry)."""
+    never leaves a partial entry). With ``shard`` (one per process of a distributed run) the scores go to the
+    process's own cache ``<shared_path>.<shard>``, merged into ``shared_path`` after training."""
 
     def __init__(self, teacher: pt.Transformer, cache_dir: str | os.PathLike, *, teacher_id: str | None = None,
-                 chunk_size: int = 256, text_field: str = "text", verbose: bool = False):
+                 chunk_size: int = 256, text_field: str = "text", verbose: bool = False, shard: str | None = None):
         self.teacher = CheckedTeacher(teacher, text_field)
-        self.path = Path(cache_dir) / teacher_key(teacher, teacher_id)
+        self.shared_path = Path(cache_dir) / teacher_key(teacher, teacher_id)
+        self.path = self.shared_path if shard is None else Path(f"{self.shared_path}.{shard}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() and not (self.path / "pt_meta.json").exists():
             # a run killed while pyterrier-caching created the store: pt_meta.json comes before any score, so the

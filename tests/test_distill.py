@@ -103,7 +103,7 @@ def test_label_only_baseline(train_data, student_dir, tmp_path):
     distiller.fit(res, qrels)
     assert distiller.evaluate_loss(res, qrels) < before
     with pytest.raises(ValueError, match="teacher=None"):
-        mkd.Distiller(distiller.student, None, loss=losses.MarginMSE())
+        make(student_dir, None, tmp_path, name="no-teacher", loss=losses.MarginMSE()).fit(res, qrels)
 
 
 def test_bad_inputs_are_named(train_data, student_dir, tmp_path):
