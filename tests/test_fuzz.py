@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import pyterrier_marginkd as mkd
+from pyterrier_marginkd.scorefiles import format_line, read_score_file
 
 #: CI runs the same 25 examples per test; MARGINKD_FUZZ_EXAMPLES=500 explores that many fresh random ones instead
 DEEP = int(os.environ.get("MARGINKD_FUZZ_EXAMPLES", "0"))
@@ -228,3 +229,34 @@ def test_distiller_trains_or_names_the_problem(fuzz_student, data, poison):
             assert (Path(tmp) / "student" / "model.safetensors").exists()
             event("trained")
         assert np.isfinite(cached_values(Path(tmp) / "teacher_cache")).all()
+
+
+FINITE = st.floats(allow_nan=False, allow_infinity=False)
+SCORE_LINES = st.one_of(
+    st.builds(lambda *a: format_line(*a, fmt="text").encode("utf8"), FINITE, FINITE, TEXTS, TEXTS, TEXTS),
+    st.builds(lambda a, b: f"{a}\t{b}\tq\td1\td2\n".encode(), st.floats(),
+              st.sampled_from(["1.5", "nan", "-inf", "x"])),
+    st.binary(max_size=30).map(lambda b: b + b"\n"),
+)
+
+
+@settings(FUZZ, max_examples=DEEP or 50)
+@given(lines=st.lists(SCORE_LINES, max_size=4))
+def test_score_file_lines_read_back_or_name_the_line(lines):
+    """A teacher-score file: lines written by format_line read back as written; any other line is a ValueError naming
+    its number (bad UTF-8, wrong column count, a score that is no finite number)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "scores.tsv"
+        path.write_bytes(b"".join(lines))
+        read = []
+        try:
+            for triple in read_score_file(path):
+                read.append(triple)
+        except ValueError as err:
+            assert f"line {len(read) + 1}" in str(err)
+        else:
+            assert len(read) == len(lines)
+        for triple in read:
+            assert math.isfinite(triple.score_pos) and math.isfinite(triple.score_neg)
+            raw = lines[triple.line - 1].decode("utf8").rstrip("\n").split("\t")
+            assert (triple.query, triple.pos, triple.neg) == tuple(raw[2:])
