@@ -83,6 +83,7 @@ class Cascade(pt.Transformer):
         ``parent_docno`` and ``passage`` (its position in the document)."""
         validate_results(results, self.text_field, self)
         check_id_columns(results)
+        check_text_column(results, "query")  # pt.text.sliding would silently turn a missing query into ""
         check_text_column(results, self.text_field)
         columns = ["qid", "query", "docno", self.text_field] + ([self.title_field] if self.title_field else [])
         missing = [c for c in columns if c not in results.columns]

@@ -34,7 +34,7 @@ DEEP = int(os.environ.get("MARGINKD_FUZZ_EXAMPLES", "0"))
 FUZZ = settings(max_examples=DEEP or 25, deadline=None, derandomize=not DEEP,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
-#: name -> factory(tiny BERT folder) of each public re-ranker; every new architecture (and Ensemble/Cascade) adds one
+#: name -> factory(tiny BERT folder) of each public transformer; each new architecture (DotEncoder, ColBERT...) adds one
 SCORERS = {
     "CrossEncoder": lambda path: mkd.CrossEncoder.from_pretrained(path, max_length=48, batch_size=4),
     "Distiller": lambda path: mkd.Distiller(mkd.CrossEncoder.from_pretrained(path, max_length=48, batch_size=4),
