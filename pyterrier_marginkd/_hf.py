@@ -2,10 +2,26 @@
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+import os
+import re
+from typing import Any, Sequence
 
 import torch
 from torch import nn
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: files of which a saved folder needs one for its tokenizer
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model")
+
+
+def valid_unicode(text: str) -> str:
+    """``text`` with lone surrogates (e.g. from ``errors="surrogateescape"`` decoding), which cannot be encoded as
+    UTF-8 for the Rust tokenizer or SQLite, replaced by U+FFFD (the replacement character)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+    return text
 
 
 def layer_list(model: nn.Module) -> nn.ModuleList:
@@ -18,6 +34,29 @@ def layer_list(model: nn.Module) -> nn.ModuleList:
                 return module
     raise ValueError(f"cannot find the transformer layers of {type(model).__name__}; num_layers= is supported for "
                      "BERT-like encoders (an nn.ModuleList named 'layer' or 'layers')")
+
+
+def load_weights(auto_class: Any, path: str | os.PathLike, config: Any, *, strict: bool, **kwargs: Any) -> nn.Module:
+    """``auto_class.from_pretrained(path, config=config)``; with ``strict`` (a folder pyterrier-marginkd saved) the
+    weights come from safetensors only (never a pickle) and must all be there with the right shapes, else a
+    ValueError names the folder's files — a model with silently re-initialised layers would give wrong scores."""
+    if not strict:
+        return auto_class.from_pretrained(path, config=config, **kwargs)
+    try:
+        # mismatched shapes are reported in ``info`` (and refused below) rather than raised without names
+        model, info = auto_class.from_pretrained(path, config=config, use_safetensors=True, output_loading_info=True,
+                                                 ignore_mismatched_sizes=True, **kwargs)
+    except (OSError, RuntimeError) as err:
+        raise ValueError(f"cannot load {os.path.join(path, 'model.safetensors')} with the model described by "
+                         f"{os.path.join(path, 'config.json')}: {str(err).splitlines()[0]}") from None
+    problems = {key: sorted(map(str, info.get(key) or []))[:5] for key in ("missing_keys", "unexpected_keys",
+                                                                            "mismatched_keys")}
+    problems = {key: value for key, value in problems.items() if value}
+    if problems:
+        raise ValueError(f"{os.path.join(path, 'model.safetensors')} does not match "
+                         f"{os.path.join(path, 'config.json')} ({problems}); the folder mixes files of different "
+                         "models — save the model again")
+    return model
 
 
 def truncate_layers(model: nn.Module, num_layers: int) -> None:
@@ -51,9 +90,14 @@ class TextTokenizer:
         self._backend.enable_truncation(max_length, strategy="longest_first")
 
     def encode_texts(self, texts: Sequence[str]) -> list:
-        """Encodings (without special tokens) of the texts, each distinct text tokenised once."""
+        """Encodings (without special tokens) of the texts, each distinct text tokenised once; lone surrogates,
+        which the Rust tokenizer cannot take, are read as U+FFFD (the replacement character)."""
         unique = list(dict.fromkeys(texts))
-        encoded = dict(zip(unique, self._backend.encode_batch(unique, add_special_tokens=False)))
+        try:
+            encodings = self._backend.encode_batch(unique, add_special_tokens=False)
+        except TypeError:  # a lone surrogate cannot be encoded
+            encodings = self._backend.encode_batch([valid_unicode(t) for t in unique], add_special_tokens=False)
+        encoded = dict(zip(unique, encodings))
         return [encoded[t] for t in texts]
 
     def pairs(self, queries: Sequence[str], texts: Sequence[str]) -> list[tuple[list[int], list[int]]]:

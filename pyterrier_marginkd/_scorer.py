@@ -34,6 +34,35 @@ def check_text_column(inp: pd.DataFrame, column: str) -> None:
             f"is {what}: {bad!r}. Fill or drop such rows before scoring.")
 
 
+def check_id_columns(inp: pd.DataFrame, columns: Sequence[str] = ("qid", "docno")) -> None:
+    """Raise a ValueError naming the first row whose identifier (``qid``, ``docno``) is missing (None/NaN) or is
+    bytes that are not UTF-8 (ids are compared as strings, ``str(1) == "1"``, bytes decoded as UTF-8).
+
+    Identifiers of any type (str, int, bytes...) are otherwise kept as they are; a re-ranker ranks per ``qid`` value.
+    """
+    for column in columns:
+        values = inp[column]
+        bad = values.isna().to_numpy(dtype=bool)
+        what = "missing (None/NaN)"
+        if not bad.any() and values.dtype == object:
+            bad = values.map(lambda v: isinstance(v, bytes) and not _is_utf8(v)).to_numpy(dtype=bool)
+            what = "bytes that are not UTF-8"
+        if bad.any():
+            pos = int(np.flatnonzero(bad)[0])
+            row = inp.iloc[pos]
+            raise ValueError(f"column {column!r} is {what} in {int(bad.sum())} row(s), e.g. row {pos} "
+                             f"(qid={row.get('qid')!r}, docno={row.get('docno')!r}); every row needs a qid and a "
+                             "docno")
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def validate_results(inp: pd.DataFrame, text_field: str, context: pt.Transformer | None = None) -> None:
     """Check that ``inp`` is a result frame with query and text, naming what is missing and how to add it."""
     if not isinstance(inp, pd.DataFrame):
@@ -104,6 +133,7 @@ class NeuralScorer(pt.Transformer):
         validate_results(inp, self.text_field, self)
         if len(inp) == 0:
             return add_scores(inp, np.zeros(0))
+        check_id_columns(inp)
         check_text_column(inp, "query")
         check_text_column(inp, self.text_field)
         scores = self.score_pairs(inp["query"].tolist(), inp[self.text_field].tolist())

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pyterrier as pt
 
-from pyterrier_marginkd._scorer import add_scores, check_text_column, validate_results
+from pyterrier_marginkd._scorer import add_scores, check_id_columns, check_text_column, validate_results
 from pyterrier_marginkd.data import Group
 
 AGGREGATES = ("max", "first-k")
@@ -82,6 +82,8 @@ class Cascade(pt.Transformer):
         """The passages of each distinct (qid, docno): ``qid, query, docno`` (``<docno>%p<i>``), the text field,
         ``parent_docno`` and ``passage`` (its position in the document)."""
         validate_results(results, self.text_field, self)
+        check_id_columns(results)
+        check_text_column(results, "query")  # pt.text.sliding would silently turn a missing query into ""
         check_text_column(results, self.text_field)
         columns = ["qid", "query", "docno", self.text_field] + ([self.title_field] if self.title_field else [])
         missing = [c for c in columns if c not in results.columns]

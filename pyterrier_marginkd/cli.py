@@ -73,8 +73,8 @@ def _distiller(args: argparse.Namespace, output: Path) -> Distiller:
     teacher = None if args.teacher in (None, "none") else load_model(args.teacher, max_length=args.max_length)
     return Distiller(student, teacher, loss=losses.by_name(args.loss), epochs=args.epochs,
                      batch_size=args.batch_size, lr=args.lr, num_negatives=args.num_negatives,
-                     max_steps=args.max_steps, max_time=args.max_time, seed=args.seed, output_dir=output,
-                     verbose=True)
+                     max_steps=args.max_steps, max_time=args.max_time, save_steps=args.save_steps, seed=args.seed,
+                     output_dir=output, verbose=True)
 
 
 def _train_from_stream(args: argparse.Namespace, collection: Collection, output: Path) -> None:
@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--max-length", type=int, default=256)
     train.add_argument("--max-steps", type=int, default=None)
     train.add_argument("--max-time", type=float, default=None, help="stop after this many seconds")
+    train.add_argument("--save-steps", type=int, default=200,
+                       help="write a checkpoint every N steps (a rerun of the same command resumes from it)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--output", required=True, help="folder for checkpoints, teacher cache and the student")
     train.add_argument("--scores", default=None, help="train from this teacher-score file instead of BM25 candidates")

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from pyterrier_marginkd import io
-from pyterrier_marginkd._hf import TextTokenizer, pad, truncate_layers
+from pyterrier_marginkd._hf import TOKENIZER_FILES, TextTokenizer, load_weights, pad, truncate_layers
 from pyterrier_marginkd._scorer import NeuralScorer
 
 
@@ -21,7 +21,8 @@ class CrossEncoder(NeuralScorer):
     Loads any Hugging Face sequence-classification or plain encoder checkpoint (a 1-output head is added when
     absent). ``num_layers=k`` keeps only the first k transformer layers — the usual way to make a small student
     from a big checkpoint. Saved folders are plain Hugging Face models too (``AutoModelForSequenceClassification``
-    and sentence-transformers' ``CrossEncoder`` load them and give the same scores).
+    and sentence-transformers' ``CrossEncoder`` load them and give the same scores). A folder saved by
+    pyterrier-marginkd loads from safetensors only, and a missing, damaged or mismatched file is a ValueError naming it.
     """
 
     ARCHITECTURE = "cross_encoder"
@@ -36,11 +37,14 @@ class CrossEncoder(NeuralScorer):
         if saved is not None and saved["architecture"] != self.ARCHITECTURE:
             raise ValueError(f"{self.model_name!r} holds a {saved['architecture']!r} model, not a cross-encoder; "
                              "load it with pyterrier_marginkd.load(path)")
+        if saved is not None:
+            io.check_files(model_name, ["config.json", "model.safetensors", TOKENIZER_FILES])
         self.max_length = max_length or (saved or {}).get("max_length", 256)
         config = AutoConfig.from_pretrained(model_name, **model_kwargs)
         config.num_labels = 1
         config.problem_type = "regression"
-        self.model = AutoModelForSequenceClassification.from_pretrained(model_name, config=config, **model_kwargs)
+        self.model = load_weights(AutoModelForSequenceClassification, model_name, config, strict=saved is not None,
+                                  **model_kwargs)
         if num_layers is not None:
             truncate_layers(self.model, num_layers)
         self.num_layers = num_layers

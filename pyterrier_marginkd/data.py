@@ -8,7 +8,7 @@ from typing import Iterable, Protocol
 import numpy as np
 import pandas as pd
 
-from pyterrier_marginkd._scorer import check_text_column, validate_results
+from pyterrier_marginkd._scorer import check_id_columns, check_text_column, validate_results
 
 NEGATIVE_SAMPLING = ("random", "top")
 
@@ -49,18 +49,21 @@ class _Query:
 
 
 def validate_qrels(qrels: pd.DataFrame) -> pd.DataFrame:
-    """Check qrels columns and types; return them with string ids and numeric labels."""
+    """Check qrels columns and types; return them with string ids (of any type: ``1`` and ``"1"`` match) and
+    finite numeric labels."""
     if not isinstance(qrels, pd.DataFrame):
         raise TypeError(f"qrels must be a DataFrame with columns qid, docno, label; got {type(qrels).__name__}")
     missing = [c for c in ("qid", "docno", "label") if c not in qrels.columns]
     if missing:
         raise KeyError(f"qrels are missing column(s) {missing}; expected qid, docno, label "
                        f"(found {list(qrels.columns)})")
+    check_id_columns(qrels)
     labels = pd.to_numeric(qrels["label"], errors="coerce")
-    if labels.isna().any():
-        row = int(np.flatnonzero(labels.isna().to_numpy())[0])
+    bad = ~np.isfinite(labels.to_numpy(dtype=float))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
         raise ValueError(f"qrels label of row {row} (qid={qrels['qid'].iloc[row]!r}, "
-                         f"docno={qrels['docno'].iloc[row]!r}) is not a number: {qrels['label'].iloc[row]!r}")
+                         f"docno={qrels['docno'].iloc[row]!r}) is not a finite number: {qrels['label'].iloc[row]!r}")
     return pd.DataFrame({"qid": qrels["qid"].astype(str), "docno": qrels["docno"].astype(str), "label": labels})
 
 
@@ -83,6 +86,7 @@ class TrainingExamples:
         validate_results(results, text_field)
         if len(results) == 0:
             raise ValueError("the training results are empty: the first stage returned no candidates")
+        check_id_columns(results)
         check_text_column(results, text_field)
         check_text_column(results, "query")
         qrels = validate_qrels(qrels)

@@ -20,7 +20,7 @@ from safetensors.torch import load_model, save_model
 from transformers import get_linear_schedule_with_warmup
 
 from pyterrier_marginkd import _distributed, io
-from pyterrier_marginkd._scorer import NeuralScorer, check_text_column, validate_results
+from pyterrier_marginkd._scorer import NeuralScorer, check_id_columns, check_text_column, validate_results
 from pyterrier_marginkd.data import Group, GroupSource, TeacherRankedExamples, TrainingExamples, validate_qrels
 from pyterrier_marginkd.docpairs import DocPairs
 from pyterrier_marginkd.intermediate import HiddenStateMSE, check_models, scores_with_layer_loss
@@ -214,6 +214,8 @@ class Distiller(pt.Estimator):
         fingerprint = self._fingerprint(source, total_steps)
         state = {"step": 0, "best": None, "history": [], "validation": []}
         checkpoint = out / "checkpoint"
+        for folder in (checkpoint, out / "best"):
+            io.recover_dir(folder)  # what a killed run left half-written
         if self.resume and (checkpoint / STATE_FILE).exists():
             state = self._load_checkpoint(checkpoint, optimizer, scheduler, fingerprint)
         self.history, self.validation = state["history"], state["validation"]
@@ -306,6 +308,7 @@ class Distiller(pt.Estimator):
         validate_results(tr_res, text_field)
         if len(tr_res) == 0:
             raise ValueError("the training results are empty: the first stage returned no candidates")
+        check_id_columns(tr_res)
         check_text_column(tr_res, text_field)
         check_text_column(tr_res, "query")
         tr_res = tr_res.assign(qid=tr_res["qid"].astype(str), docno=tr_res["docno"].astype(str))
@@ -475,7 +478,12 @@ class Distiller(pt.Estimator):
                        tmp / STATE_FILE)
 
     def _load_checkpoint(self, path: Path, optimizer, scheduler, fingerprint: str) -> dict:
-        saved = torch.load(path / STATE_FILE, weights_only=True)
+        io.check_files(path, ["model.safetensors", STATE_FILE])
+        try:  # weights_only: tensors and plain containers, never arbitrary pickled objects
+            saved = torch.load(path / STATE_FILE, weights_only=True)
+        except Exception as err:  # UnpicklingError for a forbidden object, RuntimeError/EOFError for a damaged file
+            raise ValueError(f"{path / STATE_FILE} cannot be loaded safely ({type(err).__name__}: {err}); delete "
+                             f"{path} to start over, or pass resume=False") from None
         if saved["fingerprint"] != fingerprint:
             raise ValueError(f"the checkpoint in {path} belongs to a different run (other data, student or settings); "
                              "use another output_dir, delete the checkpoint, or pass resume=False")

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pyterrier as pt
 
-from pyterrier_marginkd._scorer import add_scores
+from pyterrier_marginkd._scorer import add_scores, check_id_columns
 
 
 class Ensemble(pt.Transformer):
@@ -49,7 +49,10 @@ class Ensemble(pt.Transformer):
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
         """The input rows (other columns kept) with the members' weighted mean ``score`` and fresh ranks."""
+        if not isinstance(inp, pd.DataFrame):
+            raise TypeError(f"expected a pandas DataFrame of results, got {type(inp).__name__}")
         pt.validate.columns(inp, includes=self.transform_inputs[0], context=self)
+        check_id_columns(inp)
         base = inp.drop(columns=["score", "rank"], errors="ignore").reset_index(drop=True)
         if len(base) == 0:
             return add_scores(base, np.zeros(0))

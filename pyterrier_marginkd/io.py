@@ -5,10 +5,11 @@ import contextlib
 import importlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 CONFIG_NAME = "marginkd.json"
 ARTIFACT_TYPE = "marginkd_model"
@@ -114,15 +115,83 @@ def write_config(path: str | os.PathLike, architecture: str, settings: dict[str,
     (path / "pt_meta.json").write_text(json.dumps(meta))
 
 
+def check_files(path: str | os.PathLike, required: Sequence[str | tuple[str, ...]]) -> None:
+    """Refuse a damaged saved-model folder: raise a ValueError naming a missing required file (a tuple: any one of
+    its names will do) or a ``*.safetensors`` file whose header or length is broken (e.g. a truncated copy)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    for names in required:
+        names = (names,) if isinstance(names, str) else tuple(names)
+        if not any((path / name).is_file() for name in names):
+            raise ValueError(f"{str(path)!r} has no {' or '.join(names)}: the saved model folder is incomplete; "
+                             "save the model again (or copy the whole folder)")
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except Exception as err:  # safetensors raises its own SafetensorError and OSError
+            raise ValueError(f"{file} is not a readable safetensors file ({err}); it is truncated or damaged — save "
+                             "the model again") from None
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _owner_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_dir(target: str | os.PathLike) -> None:
+    """Tidy up after a process killed inside :func:`atomic_dir` for ``target``.
+
+    Leftover ``.<name>.tmp-<pid>-*`` folders of dead processes (half-written, never used) are deleted; if ``target``
+    itself is missing because the kill fell between moving the old version aside and moving the new one in, the old
+    version (``.<name>.old-<pid>``, complete) is put back. Folders of processes still running are left alone.
+    """
+    target = Path(target)
+    if not target.parent.is_dir():
+        return
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(tmp|old)-(\d+)")
+    stale = []
+    for entry in target.parent.iterdir():
+        match = pattern.match(entry.name)
+        if match and entry.is_dir() and not _owner_alive(int(match.group(2))):
+            stale.append((match.group(1), entry))
+    olds = sorted((e for kind, e in stale if kind == "old"), key=lambda e: e.stat().st_mtime)
+    if olds and not target.exists():
+        os.replace(olds.pop(), target)
+    for _, entry in stale:
+        if entry.exists():
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``target`` that replaces ``target`` only once the block succeeds.
 
-    A crash or an exception inside the block leaves ``target`` as it was (old contents or absent).
+    A crash or an exception inside the block leaves ``target`` as it was (old contents or absent); what a killed
+    process left behind is tidied up by the next ``atomic_dir`` (or :func:`recover_dir`) for the same target.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    recover_dir(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     try:
         yield tmp
         for file in tmp.rglob("*"):
@@ -136,6 +205,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
+        _fsync_dir(target.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

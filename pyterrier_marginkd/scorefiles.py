@@ -17,6 +17,7 @@ from typing import Any, Iterable, Iterator
 import pandas as pd
 import pyterrier as pt
 
+from pyterrier_marginkd._hf import valid_unicode
 from pyterrier_marginkd._stream import DocTexts, chunked, query_texts, shuffled
 from pyterrier_marginkd.data import Group, TrainingExamples
 from pyterrier_marginkd.docpairs import DocPairs
@@ -39,10 +40,11 @@ class ScoredTriple:
 
 
 def format_line(score_pos: float, score_neg: float, query: str, pos: str, neg: str, *, fmt: str = "ids") -> str:
-    """One file line (with its newline); texts lose tabs and newlines, ids must have none."""
+    """One file line (with its newline); texts lose tabs and newlines (and read lone surrogates as U+FFFD), ids must
+    have none."""
     fields = [query, pos, neg]
     if fmt == "text":
-        fields = [f.translate(_NEWLINES_AND_TABS) for f in fields]
+        fields = [valid_unicode(f.translate(_NEWLINES_AND_TABS)) for f in fields]
     elif any(("\t" in f or "\n" in f or "\r" in f) for f in fields):
         raise ValueError(f"ids must not contain tabs or newlines: {fields!r}")
     for score in (score_pos, score_neg):
@@ -53,8 +55,12 @@ def format_line(score_pos: float, score_neg: float, query: str, pos: str, neg: s
 
 def read_score_file(path: str | os.PathLike) -> Iterator[ScoredTriple]:
     """Stream the lines of a teacher-score file, checked: a malformed line raises a ValueError naming its number."""
-    with open(path, encoding="utf8", newline="\n") as fin:
-        for number, line in enumerate(fin, start=1):
+    with open(path, "rb") as fin:
+        for number, raw in enumerate(fin, start=1):
+            try:
+                line = raw.decode("utf8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}, line {number}: not UTF-8 ({err.reason} at byte {err.start})") from None
             yield parse_line(line, path, number)
 
 

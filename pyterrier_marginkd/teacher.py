@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 from typing import Iterable
 
@@ -11,9 +12,12 @@ import pandas as pd
 import pyterrier as pt
 from pyterrier_caching import Sqlite3ScorerCache
 
+from pyterrier_marginkd._hf import valid_unicode
+
 
 class CheckedTeacher(pt.Transformer):
-    """Runs a teacher and refuses output that would corrupt training: no ``score``, lost rows, NaN/inf scores."""
+    """Runs a teacher and refuses output that would corrupt training or the cache: no ``score``, lost, extra or
+    duplicated rows, NaN/inf scores (a ValueError naming the teacher, before anything is cached)."""
 
     def __init__(self, teacher: pt.Transformer, text_field: str = "text"):
         self.teacher = teacher
@@ -22,7 +26,11 @@ class CheckedTeacher(pt.Transformer):
         self.pairs_scored = 0
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
-        out = self.teacher(inp)
+        try:
+            out = self.teacher(inp)
+        except pd.errors.IntCastingNaNError as err:  # pt.model.add_ranks inside the teacher met NaN scores
+            raise ValueError(f"the teacher {self.teacher!r} failed to rank its own scores, which are NaN/inf ({err}); "
+                             "fix the teacher (nothing was cached)") from None
         self.calls += 1
         self.pairs_scored += len(inp)
         if not isinstance(out, pd.DataFrame) or "score" not in out.columns:
@@ -35,6 +43,9 @@ class CheckedTeacher(pt.Transformer):
             lost = sorted(keys_in - keys_out)[:3]
             raise ValueError(f"the teacher {self.teacher!r} dropped {len(keys_in - keys_out)} of the {len(inp)} "
                              f"(qid, docno) pairs it was given, e.g. {lost}; a teacher must score every pair")
+        if len(out) != len(inp):
+            raise ValueError(f"the teacher {self.teacher!r} returned {len(out)} rows for the {len(inp)} pairs it was "
+                             "given; a teacher must score each pair exactly once (nothing was cached)")
         scores = pd.to_numeric(out["score"], errors="coerce").to_numpy(dtype=float)
         bad = ~np.isfinite(scores)
         if bad.any():
@@ -66,23 +77,34 @@ class TeacherScores:
         self.shared_path = Path(cache_dir) / teacher_key(teacher, teacher_id)
         self.path = self.shared_path if shard is None else Path(f"{self.shared_path}.{shard}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and not (self.path / "pt_meta.json").exists():
+            # a run killed while pyterrier-caching created the store: pt_meta.json comes before any score, so the
+            # folder holds no score and is made again
+            shutil.rmtree(self.path)
         self.cache = Sqlite3ScorerCache(str(self.path), self.teacher)
         self.chunk_size = chunk_size
         self.text_field = text_field
         self.verbose = verbose
 
     def scores(self, pairs: pd.DataFrame) -> dict[tuple[str, str], float]:
-        """Teacher score of each (qid, docno) in ``pairs`` (columns qid, query, docno, text)."""
-        pairs = pairs.drop_duplicates(["qid", "docno"]).reset_index(drop=True)
-        out: dict[tuple[str, str], float] = {}
-        chunks: Iterable[int] = range(0, len(pairs), self.chunk_size)
+        """Teacher score of each (qid, docno) in ``pairs`` (columns qid, query, docno, text).
+
+        The cache is keyed by (query text, docno), so queries with different qids but the same text share scores;
+        lone surrogates in queries and docnos, which SQLite cannot store, reach the cache and teacher as U+FFFD.
+        """
+        queries = pairs["query"].map(valid_unicode)
+        docnos = pairs["docno"].astype(str).map(valid_unicode)
+        unique = pairs.assign(query=queries, docno=docnos).drop_duplicates(["query", "docno"]).reset_index(drop=True)
+        by_text: dict[tuple[str, str], float] = {}
+        chunks: Iterable[int] = range(0, len(unique), self.chunk_size)
         if self.verbose:
             chunks = pt.tqdm(chunks, desc="teacher scores", unit="chunk")
         for start in chunks:
-            chunk = pairs.iloc[start:start + self.chunk_size]
+            chunk = unique.iloc[start:start + self.chunk_size]
             scored = self.cache(chunk[["qid", "query", "docno", self.text_field]])
-            out.update(zip(zip(scored["qid"].astype(str), scored["docno"].astype(str)), scored["score"].astype(float)))
-        return out
+            by_text.update(zip(zip(scored["query"], scored["docno"]), scored["score"].astype(float)))
+        return {(str(qid), str(docno)): by_text[key]
+                for qid, docno, key in zip(pairs["qid"], pairs["docno"], zip(queries, docnos))}
 
     def close(self) -> None:
         self.cache.close()
