@@ -5,6 +5,7 @@ from pyterrier_marginkd.cross_encoder import CrossEncoder
 from pyterrier_marginkd.distill import Distiller
 from pyterrier_marginkd.io import load
 from pyterrier_marginkd.pseudo import pseudo_queries
+from pyterrier_marginkd.report import report
 
 __version__ = "0.1.0"
 
@@ -16,5 +17,6 @@ __all__ = [
     "load",
     "losses",
     "pseudo_queries",
+    "report",
     "shared_data_dir",
 ]
