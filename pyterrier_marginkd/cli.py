@@ -15,6 +15,8 @@ from pyterrier_marginkd.distill import Distiller
 from pyterrier_marginkd.docpairs import DocPairs
 from pyterrier_marginkd.ensemble import Ensemble
 from pyterrier_marginkd.io import load, read_config
+from pyterrier_marginkd.quickstart import DEFAULT_DATA, DEFAULT_OUTPUT, Recipe, quickstart
+from pyterrier_marginkd.report import TABLE_FILE, report
 from pyterrier_marginkd.scorefiles import FORMATS, score_teacher
 
 
@@ -124,12 +126,25 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if len(names) != len(args.models):
         raise SystemExit(f"--names gives {len(names)} names for {len(args.models)} models")
     systems = [bm25] + [bm25 >> collection.get_text() >> load_model(m, verbose=True) for m in args.models]
+    if args.report:
+        report(dict(zip(["BM25"] + names, systems)), topics, qrels, args.report, baseline=0)
+        print((Path(args.report) / TABLE_FILE).read_text())
+        print(f"report written to {args.report}")
+        return
     table = pt.Experiment(systems, topics, qrels, [nDCG @ 10, RR @ 10, AP @ 100, "mrt"], names=["BM25"] + names,
                           baseline=0, correction="holm")
     print(table.to_string(index=False))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(args.out, index=False)
+
+
+def cmd_quickstart(args: argparse.Namespace) -> None:
+    overrides = {name: getattr(args, name) for name in ("train_queries", "test_queries", "k", "k_train", "max_length",
+                                                         "teacher_time", "student_time")}
+    recipe = Recipe.preset(args.fast, **{k: v for k, v in overrides.items() if v is not None})
+    quickstart(args.data, args.output, model=args.model, teacher=args.teacher, student_layers=args.student_layers,
+               recipe=recipe, train_split=args.train_split, test_split=args.test_split, seed=args.seed, verbose=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -185,7 +200,31 @@ def main(argv: list[str] | None = None) -> None:
     evaluate.add_argument("--names", nargs="*", default=None)
     evaluate.add_argument("--output", default="runs", help="folder for the PISA index")
     evaluate.add_argument("--out", default=None, help="write the table as CSV here")
+    evaluate.add_argument("--report", default=None, metavar="DIR",
+                          help="write results.md, results.csv and a quality/latency plot results.png into DIR")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    quick = sub.add_parser("quickstart", help="BM25, a fine-tuned teacher, a label-only and a distilled student, "
+                                              "compared in one report (models reused by later runs)")
+    quick.add_argument("--data", default=DEFAULT_DATA,
+                       help="irds:<id> with train/test splits, or a folder with docs.jsonl.gz, "
+                            "topics.{train,test}.tsv, qrels.{train,test}.txt (offline: ../shared/data/cranfield)")
+    quick.add_argument("--output", default=DEFAULT_OUTPUT, help="folder for the index, models, cache and report")
+    quick.add_argument("--model", default=None, help="base checkpoint of teacher and students (default: MiniLM-L6)")
+    quick.add_argument("--teacher", default=None, help="use this teacher checkpoint instead of fine-tuning one")
+    quick.add_argument("--student-layers", type=int, default=2, help="students keep the first k layers of --model")
+    quick.add_argument("--fast", action="store_true", help="a time-boxed recipe: under 10 minutes on 2 CPU cores")
+    quick.add_argument("--train-split", default="train")
+    quick.add_argument("--test-split", default="test")
+    quick.add_argument("--train-queries", type=int, default=None, help="train on a sample of N queries")
+    quick.add_argument("--test-queries", type=int, default=None, help="evaluate on a sample of N queries")
+    quick.add_argument("--k", type=int, default=None, help="BM25 candidates re-ranked at test time")
+    quick.add_argument("--k-train", type=int, default=None, help="BM25 candidates per training query")
+    quick.add_argument("--max-length", type=int, default=None, help="tokens per (query, document) pair")
+    quick.add_argument("--teacher-time", type=float, default=None, help="seconds the teacher may train")
+    quick.add_argument("--student-time", type=float, default=None, help="seconds each student may train")
+    quick.add_argument("--seed", type=int, default=0)
+    quick.set_defaults(func=cmd_quickstart)
 
     args = parser.parse_args(argv)
     if args.command == "train" and args.teacher is None and losses.by_name(args.loss).needs_teacher \

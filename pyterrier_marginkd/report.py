@@ -1,0 +1,245 @@
+"""An experiment report: effectiveness, significance, model size and speed of named systems, as a table and a plot."""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import ir_measures
+import numpy as np
+import pandas as pd
+import pyterrier as pt
+from ir_measures import AP, RR, nDCG
+
+from pyterrier_marginkd._scorer import NeuralScorer
+
+#: measures of a report unless others are given; the first one is plotted against mean response time
+DEFAULT_MEASURES = (nDCG @ 10, RR @ 10, AP @ 100)
+TABLE_FILE, CSV_FILE, PLOT_FILE = "results.md", "results.csv", "results.png"
+
+
+def report(systems: Mapping[str, pt.Transformer] | Sequence[pt.Transformer], topics: pd.DataFrame,
+           qrels: pd.DataFrame, output_dir: str | os.PathLike, *, baseline: int | str | None = 0,
+           names: Sequence[str] | None = None, measures: Sequence[Any] = DEFAULT_MEASURES,
+           correction: str | None = "holm", alpha: float = 0.05, plot: bool = True) -> pd.DataFrame:
+    """Evaluate systems with ``pt.Experiment`` and write ``results.md``, ``results.csv`` and ``results.png``.
+
+    ``systems`` is a dict ``{name: transformer}`` or a list (named by ``names``, else by repr). Each system runs
+    once over ``topics``; its mean response time (``mrt``, ms per query) is the wall time of that run. For a
+    system containing a pyterrier-marginkd re-ranker (the last one in the pipeline) the report also gives its
+    parameter count and its throughput (``pairs/s``: (query, document) pairs scored per second of scoring).
+    Significance is a paired t-test against ``baseline`` (index or name; None for none), corrected across
+    systems by ``correction`` (a statsmodels method such as "holm"; None for none). The plot shows the first
+    measure against mrt on a log scale, one labelled point per system (needs matplotlib: the ``plot`` extra).
+    Returns the full table (one row per system), as written to ``results.csv``.
+    """
+    named = _named_systems(systems, names)
+    system_names = [name for name, _ in named]
+    baseline_index = _baseline_index(baseline, system_names)
+    measures = [ir_measures.parse_measure(m) if isinstance(m, str) else m for m in measures]
+    if not measures:
+        raise ValueError("measures is empty: give at least one measure, e.g. [nDCG @ 10]")
+    if plot:
+        _check_matplotlib()
+    if len(topics) == 0:
+        raise ValueError("topics is empty: there are no queries to evaluate")
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+
+    runs, speed = [], []
+    for name, system in named:
+        run, stats = _timed_run(system, topics)
+        runs.append(run)
+        speed.append(stats)
+    table = pt.Experiment(runs, topics, qrels, measures, names=system_names, baseline=baseline_index,
+                          correction=correction if baseline_index is not None else None)
+    measure_names = [str(m) for m in measures]
+    tests = [c for m in measure_names for c in table.columns if c.startswith(f"{m} ")]
+    table = table[["name", *measure_names, *tests]].copy()
+    table["params"] = pd.array([s["params"] for s in speed], dtype="Int64")
+    table["pairs"] = pd.array([s["pairs"] for s in speed], dtype="Int64")
+    table["pairs/s"] = pd.array([s["pairs/s"] for s in speed], dtype="Float64")
+    table["mrt"] = [s["mrt"] for s in speed]
+    table.to_csv(output / CSV_FILE, index=False)
+    (output / TABLE_FILE).write_text(markdown(table, measure_names, baseline_index, correction, alpha) + "\n")
+    if plot:
+        plot_quality_latency(table, measure_names[0], output / PLOT_FILE,
+                             baseline=None if baseline_index is None else system_names[baseline_index])
+    return table
+
+
+def _named_systems(systems: Mapping[str, pt.Transformer] | Sequence[pt.Transformer],
+                   names: Sequence[str] | None) -> list[tuple[str, pt.Transformer]]:
+    if isinstance(systems, Mapping):
+        if names is not None:
+            raise ValueError("give names either as the keys of the systems dict or as names=, not both")
+        named = [(str(k), v) for k, v in systems.items()]
+    else:
+        systems = list(systems)
+        names = [repr(s) for s in systems] if names is None else [str(n) for n in names]
+        if len(names) != len(systems):
+            raise ValueError(f"got {len(names)} names for {len(systems)} systems")
+        named = list(zip(names, systems))
+    if not named:
+        raise ValueError("there are no systems to report on")
+    seen = set()
+    for name, system in named:
+        if not isinstance(system, pt.Transformer):
+            raise TypeError(f"system {name!r} is a {type(system).__name__}, not a pt.Transformer")
+        if name in seen:
+            raise ValueError(f"system name {name!r} is used twice; names must be unique")
+        seen.add(name)
+    return named
+
+
+def _baseline_index(baseline: int | str | None, names: list[str]) -> int | None:
+    if baseline is None:
+        return None
+    if isinstance(baseline, str):
+        if baseline not in names:
+            raise KeyError(f"baseline {baseline!r} is not one of the systems {names}")
+        return names.index(baseline)
+    if not -len(names) <= baseline < len(names):
+        raise ValueError(f"baseline index {baseline} is out of range for {len(names)} systems")
+    return baseline % len(names)
+
+
+def last_neural_scorer(system: pt.Transformer) -> NeuralScorer | None:
+    """The last pyterrier-marginkd re-ranker inside a pipeline (searching subtransformers), or None."""
+    if isinstance(system, NeuralScorer):
+        return system
+    try:
+        children = pt.inspect.subtransformers(system)
+    except pt.inspect.InspectError:
+        return None
+    found = None
+    for child in children.values():
+        for sub in child if isinstance(child, list) else [child]:
+            found = last_neural_scorer(sub) or found
+    return found
+
+
+@contextlib.contextmanager
+def _metered(scorer: NeuralScorer | None) -> Iterator[dict[str, float]]:
+    """Count the pairs ``scorer`` scores, and the seconds it spends scoring them, inside the block."""
+    meter = {"pairs": 0, "seconds": 0.0}
+    if scorer is None:
+        yield meter
+        return
+    score_pairs = scorer.score_pairs
+
+    def metered_score_pairs(queries, texts, **kwargs):
+        started = time.perf_counter()
+        try:
+            return score_pairs(queries, texts, **kwargs)
+        finally:
+            meter["seconds"] += time.perf_counter() - started
+            meter["pairs"] += len(queries)
+    scorer.score_pairs = metered_score_pairs
+    try:
+        yield meter
+    finally:
+        del scorer.score_pairs
+
+
+def _timed_run(system: pt.Transformer, topics: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Run ``system`` on all topics at once (as pt.Experiment does to measure mrt) and collect speed figures."""
+    scorer = last_neural_scorer(system)
+    with _metered(scorer) as meter:
+        started = time.perf_counter()
+        run = system.transform(topics)
+        elapsed = time.perf_counter() - started
+    stats: dict[str, Any] = {"params": None, "pairs": None, "pairs/s": None, "mrt": elapsed * 1000 / len(topics)}
+    if scorer is not None:
+        stats["params"] = scorer.num_parameters()
+        stats["pairs"] = int(meter["pairs"])
+        stats["pairs/s"] = meter["pairs"] / meter["seconds"] if meter["seconds"] > 0 else None
+    return run, stats
+
+
+def _format_count(value: float | None) -> str:
+    if value is None or pd.isna(value):
+        return "–"
+    for limit, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if value >= limit:
+            return f"{value / limit:.1f}{suffix}"
+    return f"{value:.0f}"
+
+
+def markdown(table: pd.DataFrame, measure_names: Sequence[str], baseline: int | None = None,
+             correction: str | None = "holm", alpha: float = 0.05) -> str:
+    """A readable Markdown table of a report: measures (``*`` marks a significant difference from the baseline),
+    the baseline p-value of the first measure, parameters, pairs/s and mrt."""
+    first = measure_names[0]
+    p_column = f"{first} p-value corrected" if correction else f"{first} p-value"
+    rows = []
+    for i, row in table.reset_index(drop=True).iterrows():
+        cells = [str(row["name"])]
+        for m in measure_names:
+            marker = "*" if baseline is not None and i != baseline and _significant(row, m, correction, alpha) else ""
+            cells.append(f"{row[m]:.4f}{marker}")
+        if baseline is not None:
+            p_value = row.get(p_column)
+            cells.append("–" if p_value is None or pd.isna(p_value) else f"{p_value:.3g}")
+        cells += [_format_count(row["params"]), _format_count(row["pairs/s"]), f"{row['mrt']:.1f}"]
+        rows.append(cells)
+    header = ["system", *measure_names] + ([f"p ({first})"] if baseline is not None else []) \
+        + ["params", "pairs/s", "mrt (ms)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    if baseline is not None:
+        how = f", {correction}-corrected" if correction else ""
+        lines += ["", f"\\* significantly different from {table['name'].iloc[baseline]} (paired t-test, "
+                      f"p < {alpha:g}{how}); p is the baseline test's p-value for {first}."]
+    return "\n".join(lines)
+
+
+def _significant(row: pd.Series, measure: str, correction: str | None, alpha: float) -> bool:
+    if correction and f"{measure} reject" in row.index:
+        return bool(row[f"{measure} reject"])
+    p_value = row.get(f"{measure} p-value")
+    return p_value is not None and not pd.isna(p_value) and p_value < alpha
+
+
+def _check_matplotlib() -> None:
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ImportError("the report's plot needs matplotlib: pip install pyterrier-marginkd[plot] "
+                          "(or pass plot=False)")
+
+
+def plot_quality_latency(table: pd.DataFrame, measure: str, path: str | os.PathLike, *,
+                         baseline: str | None = None) -> None:
+    """Write a PNG of ``measure`` against mean response time (log scale), one labelled point per system."""
+    _check_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+
+    figure = Figure(figsize=(7, 4.5), dpi=150)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    mrt = np.maximum(table["mrt"].to_numpy(dtype=float), 1e-3)
+    quality = table[measure].to_numpy(dtype=float)
+    low, high = mrt.min() / 2, mrt.max() * 4
+    middle = np.sqrt(low * high)
+    for name, x, y in zip(table["name"], mrt, quality):
+        is_baseline = name == baseline
+        axes.scatter([x], [y], s=60, marker="s" if is_baseline else "o", color="grey" if is_baseline else "C0",
+                     zorder=3)
+        right_half = x > middle
+        axes.annotate(str(name), (x, y), textcoords="offset points", xytext=(-6 if right_half else 6, 6), fontsize=8,
+                      ha="right" if right_half else "left")
+    axes.set_xscale("log")
+    axes.set_xlim(low, high)
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    spread = max(quality.max() - quality.min(), 0.02)
+    axes.set_ylim(quality.min() - 0.15 * spread, quality.max() + 0.25 * spread)
+    axes.set_xlabel("mean response time per query (ms, log scale)")
+    axes.set_ylabel(measure)
+    axes.set_title(f"{measure} against mean response time")
+    axes.grid(True, which="both", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, format="png")
