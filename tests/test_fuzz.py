@@ -34,9 +34,13 @@ DEEP = int(os.environ.get("MARGINKD_FUZZ_EXAMPLES", "0"))
 FUZZ = settings(max_examples=DEEP or 25, deadline=None, derandomize=not DEEP,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
-#: name -> factory(tiny BERT folder) of each public transformer; each new architecture (DotEncoder, ColBERT...) adds one
+#: name -> factory(tiny BERT folder) of each public transformer (a new one adds a line)
 SCORERS = {
     "CrossEncoder": lambda path: mkd.CrossEncoder.from_pretrained(path, max_length=48, batch_size=4),
+    "DotEncoder": lambda path: mkd.DotEncoder(path, pooling="mean", dim=8, shared_encoder=False, max_length=48),
+    "ColBERT": lambda path: mkd.ColBERT(path, dim=16, query_length=8, mask_punctuation=True, max_length=48),
+    "PreTT": lambda path: mkd.PreTT(path, max_length=48),
+    "TK": lambda path: mkd.TK(path, num_layers=1, num_heads=2, ff_dim=16, max_query_length=8, max_length=48),
     "Distiller": lambda path: mkd.Distiller(mkd.CrossEncoder.from_pretrained(path, max_length=48, batch_size=4),
                                             CountingTeacher()),
     "Ensemble": lambda path: mkd.Ensemble([mkd.CrossEncoder.from_pretrained(path, max_length=48, batch_size=4),
