@@ -67,6 +67,16 @@ def validate_qrels(qrels: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"qid": qrels["qid"].astype(str), "docno": qrels["docno"].astype(str), "label": labels})
 
 
+def validate_training_results(results: pd.DataFrame, text_field: str) -> None:
+    """Check that training candidates are a non-empty result frame with ids, queries and texts."""
+    validate_results(results, text_field)
+    if len(results) == 0:
+        raise ValueError("the training results are empty: the first stage returned no candidates")
+    check_id_columns(results)
+    check_text_column(results, text_field)
+    check_text_column(results, "query")
+
+
 class TrainingExamples:
     """Training groups built from first-stage candidate lists and qrels.
 
@@ -83,12 +93,7 @@ class TrainingExamples:
             raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
         if negative_sampling not in NEGATIVE_SAMPLING:
             raise ValueError(f"negative_sampling must be one of {NEGATIVE_SAMPLING}, got {negative_sampling!r}")
-        validate_results(results, text_field)
-        if len(results) == 0:
-            raise ValueError("the training results are empty: the first stage returned no candidates")
-        check_id_columns(results)
-        check_text_column(results, text_field)
-        check_text_column(results, "query")
+        validate_training_results(results, text_field)
         qrels = validate_qrels(qrels)
         self.num_negatives = num_negatives
         self.negative_sampling = negative_sampling

@@ -20,8 +20,15 @@ from safetensors.torch import load_model, save_model
 from transformers import get_linear_schedule_with_warmup
 
 from pyterrier_marginkd import _distributed, io
-from pyterrier_marginkd._scorer import NeuralScorer, check_id_columns, check_text_column, validate_results
-from pyterrier_marginkd.data import Group, GroupSource, TeacherRankedExamples, TrainingExamples, validate_qrels
+from pyterrier_marginkd._scorer import NeuralScorer
+from pyterrier_marginkd.data import (
+    Group,
+    GroupSource,
+    TeacherRankedExamples,
+    TrainingExamples,
+    validate_qrels,
+    validate_training_results,
+)
 from pyterrier_marginkd.docpairs import DocPairs
 from pyterrier_marginkd.intermediate import HiddenStateMSE, check_models, scores_with_layer_loss
 from pyterrier_marginkd.losses import MarginMSE, RankingLoss
@@ -305,12 +312,7 @@ class Distiller(pt.Estimator):
         if self.teacher is None:
             raise ValueError("label-free training (qrels=None or unjudged='teacher') needs a teacher to rank the "
                              "candidates; pass teacher=...")
-        validate_results(tr_res, text_field)
-        if len(tr_res) == 0:
-            raise ValueError("the training results are empty: the first stage returned no candidates")
-        check_id_columns(tr_res)
-        check_text_column(tr_res, text_field)
-        check_text_column(tr_res, "query")
+        validate_training_results(tr_res, text_field)
         tr_res = tr_res.assign(qid=tr_res["qid"].astype(str), docno=tr_res["docno"].astype(str))
         judged, judged_qids = None, set()
         if tr_qrels is not None:
