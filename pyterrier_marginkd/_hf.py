@@ -1,10 +1,11 @@
 """Hugging Face plumbing shared by the transformer-based models: tokenising once, pairing, padding, truncation."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import re
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -68,6 +69,50 @@ def truncate_layers(model: nn.Module, num_layers: int) -> None:
     for attr in ("num_hidden_layers", "n_layers"):
         if hasattr(model.config, attr):
             setattr(model.config, attr, num_layers)
+
+
+#: model types whose sequence-classification head reads only the first token of the last hidden states
+FIRST_TOKEN_HEADS = {"bert", "roberta", "xlm-roberta", "camembert", "electra"}
+
+
+class _InplaceGELU(nn.Module):
+    """Exact (erf) GELU that overwrites its input, sparing the allocation of the layer's largest activation."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return nn.functional.gelu(x)
+        return torch.ops.aten.gelu_(x)
+
+
+def _keep_first_token(module: nn.Module, args: tuple) -> tuple:
+    return tuple(a[:, :1] for a in args)
+
+
+@contextlib.contextmanager
+def lean_inference(model: nn.Module) -> Iterator[None]:
+    """Inference shortcuts for BERT-like classifiers that leave their scores unchanged (other models: no-op).
+
+    The head reads only the first token, so the last layer computes its attention output projection and
+    feed-forward for that token alone (about 3/4 of the layer's matrix products; 1/3 of a 2-layer model's), and
+    GELU works in place instead of allocating a [batch, length, intermediate] tensor in every layer.
+    """
+    config = model.config
+    if getattr(config, "model_type", None) not in FIRST_TOKEN_HEADS:
+        yield
+        return
+    layers = layer_list(model)
+    handle = layers[-1].attention.output.register_forward_pre_hook(_keep_first_token)
+    swapped = []
+    if getattr(config, "hidden_act", None) == "gelu":
+        for layer in layers:
+            swapped.append((layer.intermediate, layer.intermediate.intermediate_act_fn))
+            layer.intermediate.intermediate_act_fn = _InplaceGELU()
+    try:
+        yield
+    finally:
+        handle.remove()
+        for intermediate, act in swapped:
+            intermediate.intermediate_act_fn = act
 
 
 class TextTokenizer:

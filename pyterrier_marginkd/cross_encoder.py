@@ -11,7 +11,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from pyterrier_marginkd import io
-from pyterrier_marginkd._hf import TOKENIZER_FILES, TextTokenizer, load_weights, pad, truncate_layers
+from pyterrier_marginkd._hf import TOKENIZER_FILES, TextTokenizer, lean_inference, load_weights, pad, truncate_layers
 from pyterrier_marginkd._scorer import NeuralScorer
 
 
@@ -80,7 +80,10 @@ class CrossEncoder(NeuralScorer):
         return pad(items, self._tok.pad_id)
 
     def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.model_outputs(batch).logits[:, 0]
+        if self.model.training:
+            return self.model_outputs(batch).logits[:, 0]
+        with lean_inference(self.model):
+            return self.model_outputs(batch).logits[:, 0]
 
     def model_outputs(self, batch: dict[str, torch.Tensor], **kwargs: Any) -> Any:
         """The Hugging Face model's output for a collated batch (``output_hidden_states=True`` etc. pass through)."""
