@@ -13,7 +13,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 
 from pyterrier_marginkd import io
-from pyterrier_marginkd._hf import TextTokenizer, pad, truncate_layers
+from pyterrier_marginkd._hf import TOKENIZER_FILES, TextTokenizer, load_weights, pad, truncate_layers
 from pyterrier_marginkd._scorer import NeuralScorer
 
 Tokens = tuple[list[int], list[int]]  # (input_ids, token_type_ids) of one text
@@ -77,7 +77,9 @@ class EncoderStudent(TwoSidedScorer):
         resolved, ours = io.resolve_settings(model_name, self.ARCHITECTURE, {"max_length": max_length, **settings},
                                              {"max_length": 256, **self.DEFAULTS}, fixed=tuple(self.DEFAULTS))
         self.max_length = resolved.pop("max_length")
-        encoder = AutoModel.from_pretrained(model_name, **model_kwargs)
+        if ours:
+            io.check_files(model_name, ["config.json", "model.safetensors", io.WEIGHTS_NAME, TOKENIZER_FILES])
+        encoder = load_weights(AutoModel, model_name, None, strict=ours, **model_kwargs)
         if num_layers is not None:
             truncate_layers(encoder, num_layers)
         self.num_layers = num_layers
@@ -117,10 +119,11 @@ def _encoder_children(model: nn.Module) -> dict[str, PreTrainedModel]:
 
 
 def load_encoder(path: str | os.PathLike, **model_kwargs: Any) -> PreTrainedModel:
-    """A Hugging Face encoder saved in ``path``."""
+    """A Hugging Face encoder saved in ``path`` by pyterrier-marginkd (safetensors only, every weight checked)."""
     if not Path(path).is_dir():
         raise ValueError(f"{str(path)!r} is missing; the saved folder is damaged — save the model again")
-    return AutoModel.from_pretrained(path, **model_kwargs)
+    io.check_files(path, ["config.json", "model.safetensors"])
+    return load_weights(AutoModel, path, None, strict=True, **model_kwargs)
 
 
 def two_sided_batch(items: Sequence[tuple[Tokens, Tokens]], pad_id: int) -> dict[str, torch.Tensor]:

@@ -100,10 +100,8 @@ def load_weights(path: str | os.PathLike) -> dict[str, Any]:
     """Named tensors saved by ``save_weights`` in the model folder ``path``."""
     from safetensors.torch import load_file
 
-    file = Path(path) / WEIGHTS_NAME
-    if not file.exists():
-        raise ValueError(f"{file} is missing; the folder is damaged — save the model again")
-    return load_file(str(file))
+    check_files(path, [WEIGHTS_NAME])
+    return load_file(str(Path(path) / WEIGHTS_NAME))
 
 
 def write_config(path: str | os.PathLike, architecture: str, settings: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from torch.nn import functional as F  # noqa: N812
 from transformers import AutoModel, AutoTokenizer
 
 from pyterrier_marginkd import io
-from pyterrier_marginkd._hf import TextTokenizer
+from pyterrier_marginkd._hf import TOKENIZER_FILES, TextTokenizer
 from pyterrier_marginkd._student import Tokens, TwoSidedScorer
 
 #: centres of the RBF kernels over cosine similarity (exact match, then soft matches down to -0.9), as in TK/KNRM
@@ -89,6 +89,8 @@ class TK(TwoSidedScorer):
                  "max_query_length": max_query_length, "max_length": max_length}
         settings, ours = io.resolve_settings(model_name, self.ARCHITECTURE, given, {**self.DEFAULTS, "max_length": 256},
                                              fixed=("num_layers", "num_heads", "ff_dim"))
+        if ours:
+            io.check_files(model_name, [io.WEIGHTS_NAME, TOKENIZER_FILES])
         self.num_layers, self.num_heads, self.ff_dim = settings["num_layers"], settings["num_heads"], settings["ff_dim"]
         self.max_query_length, self.max_length = settings["max_query_length"], settings["max_length"]
         self.tokenizer = AutoTokenizer.from_pretrained(model_name, **model_kwargs)
@@ -107,7 +109,12 @@ class TK(TwoSidedScorer):
                              f"{self.model_name!r}")
         model = _TKModel(embeddings.shape[0], embeddings.shape[1], self.num_layers, self.num_heads, self.ff_dim)
         if ours:
-            model.load_state_dict(io.load_weights(model_name))
+            try:
+                model.load_state_dict(io.load_weights(model_name))
+            except RuntimeError as err:  # missing, unexpected or mis-shaped tensors
+                raise ValueError(f"{Path(model_name) / io.WEIGHTS_NAME} does not fit the TK that "
+                                 f"{Path(model_name) / io.CONFIG_NAME} describes: {str(err).splitlines()[0]} "
+                                 "— save the model again") from None
         else:
             # rescaled so that words are about as long as the position features, as GloVe vectors were in TK: else
             # positions drown the words (BERT input embeddings are ~13x shorter); cosine matches are unchanged

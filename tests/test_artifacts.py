@@ -3,10 +3,10 @@ or mismatched saved folder refused with an error that names the file."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -17,6 +17,16 @@ import pyterrier_marginkd as mkd
 from pyterrier_marginkd.distill import STATE_FILE
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
+
+#: a tiny model of every architecture, and the safetensors files its saved folder holds
+ARCHITECTURES = {
+    "cross_encoder": (lambda path: mkd.CrossEncoder(path, max_length=32), ["model.safetensors"]),
+    "dot": (lambda path: mkd.DotEncoder(path, pooling="mean", dim=8, shared_encoder=False, max_length=32),
+            ["model.safetensors", "marginkd.safetensors", "doc_encoder/model.safetensors"]),
+    "colbert": (lambda path: mkd.ColBERT(path, dim=16, max_length=32), ["model.safetensors", "marginkd.safetensors"]),
+    "pretts": (lambda path: mkd.PreTT(path, max_length=32), ["model.safetensors", "marginkd.safetensors"]),
+    "tk": (lambda path: mkd.TK(path, num_layers=1, num_heads=2, ff_dim=16, max_length=32), ["marginkd.safetensors"]),
+}
 
 
 class Exploit:
@@ -30,11 +40,22 @@ class Exploit:
 
 
 @pytest.fixture(scope="module")
-def saved(tiny_bert_dir, tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("saved") / "model"
-    mkd.CrossEncoder.from_pretrained(tiny_bert_dir, max_length=32).save_pretrained(path)
-    return path
+def saved_models(tiny_bert_dir, tmp_path_factory):
+    """architecture -> folder of a saved tiny model of it (each built on first use)."""
+    folders: dict[str, Path] = {}
+
+    def get(architecture: str) -> Path:
+        if architecture not in folders:
+            torch.manual_seed(0)
+            folders[architecture] = tmp_path_factory.mktemp(architecture) / "model"
+            ARCHITECTURES[architecture][0](tiny_bert_dir).save_pretrained(folders[architecture])
+        return folders[architecture]
+    return get
+
+
+@pytest.fixture(scope="module")
+def saved(saved_models) -> Path:
+    return saved_models("cross_encoder")
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +76,11 @@ def small_results_module() -> pd.DataFrame:
                                   "heat transfer in a boundary layer"]})
 
 
-def test_saved_weights_are_safetensors_only(saved, trained):
-    for folder in (saved, trained / "student", trained / "checkpoint"):
-        names = {p.name for p in folder.iterdir()}
-        assert "model.safetensors" in names
+def test_saved_weights_are_safetensors_only(saved_models, trained):
+    folders = [saved_models(a) for a in ARCHITECTURES] + [trained / "student", trained / "checkpoint"]
+    for folder in folders:
+        names = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+        assert any(n.endswith(".safetensors") for n in names)
         pickles = {n for n in names if Path(n).suffix in PICKLE_SUFFIXES} - {STATE_FILE}
         assert not pickles, f"{folder} holds pickled files {pickles}"
 
@@ -93,9 +115,11 @@ def test_a_pickled_object_in_the_trainer_state_is_refused_unrun(saved, trained, 
     assert not marker.exists()
 
 
-def _truncate(path: Path) -> None:
-    data = (path / "model.safetensors").read_bytes()
-    (path / "model.safetensors").write_bytes(data[:len(data) // 2])
+def _truncate(name: str):
+    def change(path: Path) -> None:
+        data = (path / name).read_bytes()
+        (path / name).write_bytes(data[:len(data) // 2])
+    return change
 
 
 def _without_head(path: Path) -> None:
@@ -111,42 +135,60 @@ def _edit_json(name: str, **changes):
     return edit
 
 
-def _pickle_instead(path: Path) -> None:
-    (path / "model.safetensors").unlink()
-    torch.save({"bert.embeddings.word_embeddings.weight": Exploit(path / "exploited")}, path / "pytorch_model.bin")
+def _pickle_instead(name: str):
+    def change(path: Path) -> None:
+        (path / name).unlink()
+        torch.save({"embeddings.word_embeddings.weight": Exploit(path / "exploited")},
+                   (path / name).with_name("pytorch_model.bin"))
+    return change
 
 
-DAMAGE = {
-    "marginkd.json missing": (lambda p: (p / "marginkd.json").unlink(), ValueError, "marginkd.json"),
-    "marginkd.json not JSON": (lambda p: (p / "marginkd.json").write_text("{"), ValueError, "marginkd.json"),
-    "unknown architecture": (_edit_json("marginkd.json", architecture="no_such_arch"), ValueError, "no_such_arch"),
-    "config.json missing": (lambda p: (p / "config.json").unlink(), ValueError, "config.json"),
-    "config.json not JSON": (lambda p: (p / "config.json").write_text("{"), OSError, "config.json"),
-    "config.json of another size": (_edit_json("config.json", hidden_size=64, intermediate_size=128), ValueError,
-                                    "config.json"),
-    "model.safetensors missing": (lambda p: (p / "model.safetensors").unlink(), ValueError, "model.safetensors"),
-    "model.safetensors truncated": (_truncate, ValueError, "model.safetensors"),
-    "model.safetensors empty": (lambda p: (p / "model.safetensors").write_bytes(b""), ValueError, "model.safetensors"),
-    "score head missing": (_without_head, ValueError, r"model.safetensors.*classifier"),
-    "pickle instead of safetensors": (_pickle_instead, ValueError, "model.safetensors"),
-    "tokenizer missing": (lambda p: (p / "tokenizer.json").unlink(), ValueError, "tokenizer.json"),
-}
+def _damages(architecture: str) -> dict[str, tuple]:
+    """What can go wrong with a saved folder of ``architecture``: (change, error type, pattern of the message)."""
+    files = ARCHITECTURES[architecture][1]
+    cases = {
+        "marginkd.json missing": (lambda p: (p / "marginkd.json").unlink(), ValueError, "marginkd.json"),
+        "marginkd.json not JSON": (lambda p: (p / "marginkd.json").write_text("{"), ValueError, "marginkd.json"),
+        "unknown architecture": (_edit_json("marginkd.json", architecture="no_such_arch"), ValueError,
+                                 "no_such_arch"),
+        "tokenizer missing": (lambda p: (p / "tokenizer.json").unlink(), ValueError, "tokenizer.json"),
+    }
+    for name in files:
+        cases[f"{name} missing"] = (lambda p, n=name: (p / n).unlink(), ValueError, Path(name).name)
+        cases[f"{name} truncated"] = (_truncate(name), ValueError, Path(name).name)
+        cases[f"{name} empty"] = (lambda p, n=name: (p / n).write_bytes(b""), ValueError, Path(name).name)
+    if "model.safetensors" in files:
+        cases["config.json missing"] = (lambda p: (p / "config.json").unlink(), ValueError, "config.json")
+        cases["config.json not JSON"] = (lambda p: (p / "config.json").write_text("{"), (OSError, ValueError),
+                                         "config.json")
+        cases["config.json of another size"] = (_edit_json("config.json", hidden_size=64, intermediate_size=128),
+                                                ValueError, "config.json")
+        cases["pickle instead of model.safetensors"] = (_pickle_instead("model.safetensors"), ValueError,
+                                                        "model.safetensors")
+    if architecture == "cross_encoder":
+        cases["score head missing"] = (_without_head, ValueError, r"model.safetensors.*classifier")
+    if architecture == "tk":
+        cases["weights of another TK"] = (_edit_json("marginkd.json", ff_dim=32), ValueError, "marginkd.safetensors")
+    return cases
 
 
-@pytest.mark.parametrize("damage", sorted(DAMAGE))
-def test_a_damaged_folder_is_refused_naming_the_file(saved, tmp_path, damage):
-    change, error, pattern = DAMAGE[damage]
+@pytest.mark.parametrize(("architecture", "damage"), [(a, d) for a in ARCHITECTURES for d in sorted(_damages(a))])
+def test_a_damaged_folder_is_refused_naming_the_file(saved_models, tmp_path, architecture, damage):
+    change, error, pattern = _damages(architecture)[damage]
     path = tmp_path / "model"
-    shutil.copytree(saved, path)
+    shutil.copytree(saved_models(architecture), path)
     change(path)
     with pytest.raises(error, match=pattern):
         mkd.load(path)
     if (path / "marginkd.json").exists():  # the class itself refuses too, not only mkd.load
         with pytest.raises(error, match=pattern):
-            mkd.CrossEncoder.from_pretrained(path)
+            mkd.io.model_class(architecture).from_pretrained(path)
     assert not (path / "exploited").exists()
 
 
-def test_the_intact_folder_loads(saved):
-    assert isinstance(mkd.load(saved), mkd.CrossEncoder)
-    assert not os.path.exists(saved / "exploited")
+@pytest.mark.parametrize("architecture", list(ARCHITECTURES))
+def test_the_intact_folder_loads_to_the_same_scores(saved_models, small_results_module, architecture):
+    model = mkd.load(saved_models(architecture))
+    assert isinstance(model, mkd.io.model_class(architecture))
+    again = mkd.load(saved_models(architecture))
+    np.testing.assert_allclose(model(small_results_module)["score"], again(small_results_module)["score"])
