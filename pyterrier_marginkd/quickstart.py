@@ -61,8 +61,8 @@ class Recipe:
 # first ~100 steps before it ranks, so both recipes favour steps: lr well above the usual 2e-5, several epochs.
 # --fast: time-boxed (the teacher gets most of the budget), 128 tokens and 20 candidates keep scoring cheap.
 FAST = Recipe(train_queries=200, test_queries=100, k_train=20, k=20, max_length=128, num_negatives=1, batch_size=8,
-              teacher_epochs=4, student_epochs=3, teacher_lr=2e-4, student_lr=3e-4, teacher_time=240.0,
-              student_time=60.0)
+              teacher_epochs=4, student_epochs=3, teacher_lr=2e-4, student_lr=3e-4, teacher_time=210.0,
+              student_time=55.0)
 FULL = Recipe(train_queries=None, test_queries=None, k_train=30, k=50, max_length=256, num_negatives=3, batch_size=8,
               teacher_epochs=5, student_epochs=4, teacher_lr=1e-4, student_lr=2e-4, teacher_time=None,
               student_time=None)
@@ -184,6 +184,10 @@ class _Trainer:
         record = {"settings": settings, "report": distiller.report, "train_seconds": time.time() - started,
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         (folder / DONE_FILE).write_text(json.dumps(record, indent=2, default=float))
+        if distiller.report.get("stopped_by_max_time"):
+            _log(self.verbose, f"{label}: the {max_time:.0f} s budget allowed {len(distiller.history)} of "
+                               f"{distiller.report['total_steps']} steps (a busy machine allows fewer; more time: "
+                               "--teacher-time / --student-time)")
         return distiller.student
 
 

@@ -52,12 +52,14 @@ def test_fresh_run_then_a_second_run_reuses_every_model(cranfield, tiny_bert_dir
         run(cranfield, tiny_bert_dir, output, "--max-length", "32")
 
 
-def test_a_given_teacher_is_used_instead_of_training_one(cranfield, tiny_bert_dir, student_dir, tmp_path, capsys):
+def test_a_given_teacher_and_time_boxed_students(cranfield, tiny_bert_dir, student_dir, tmp_path, capsys):
     output = tmp_path / "given"
-    run(cranfield, tiny_bert_dir, output, "--teacher", str(student_dir))
+    run(cranfield, tiny_bert_dir, output, "--teacher", str(student_dir), "--student-time", "0.001")
     assert not (output / "teacher").exists()
     assert table_rows(output)[1] == "teacher L2"
-    assert "training in" in capsys.readouterr().out
+    assert capsys.readouterr().out.count("budget allowed 1 of") == 2
+    done = json.loads((output / "student-L1-marginmse" / "done.json").read_text())
+    assert done["report"]["stopped_by_max_time"] and done["settings"]["max_time"] == 0.001
 
 
 def test_recipes_and_offline_hint(cranfield):
