@@ -183,7 +183,9 @@ class _Trainer:
         distiller.fit(*self.fit_args)
         record = {"settings": settings, "report": distiller.report, "train_seconds": time.time() - started,
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        (folder / DONE_FILE).write_text(json.dumps(record, indent=2, default=float))
+        partial = folder / f"{DONE_FILE}.tmp"
+        partial.write_text(json.dumps(record, indent=2, default=float))
+        os.replace(partial, folder / DONE_FILE)  # a killed run never leaves a half-written record
         if distiller.report.get("stopped_by_max_time"):
             _log(self.verbose, f"{label}: the {max_time:.0f} s budget allowed {len(distiller.history)} of "
                                f"{distiller.report['total_steps']} steps (a busy machine allows fewer; more time: "
