@@ -53,7 +53,6 @@ def main() -> None:
     parser.add_argument("--student-lr", type=float, default=1e-4)
     parser.add_argument("--num-queries", type=int, default=None, help="train/test on the first N queries only")
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
 
     data = mkd.Collection(args.data)
     output = Path(args.output)
