@@ -45,12 +45,16 @@ def main() -> None:
     parser.add_argument("--k-train", type=int, default=30, help="BM25 candidates per training query")
     parser.add_argument("--k", type=int, default=50, help="BM25 candidates re-ranked at test time")
     parser.add_argument("--student-layers", type=int, default=2)
-    parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--teacher-epochs", type=int, default=2)
-    parser.add_argument("--num-negatives", type=int, default=1)
-    parser.add_argument("--lr", type=float, default=4e-5)
-    parser.add_argument("--student-lr", type=float, default=1e-4)
+    parser.add_argument("--max-length", type=int, default=192, help="tokens of query + document (training and "
+                        "re-ranking); Cranfield abstracts have a median of 175")
+    parser.add_argument("--epochs", type=int, default=4, help="student epochs")
+    parser.add_argument("--teacher-epochs", type=int, default=4)
+    parser.add_argument("--num-negatives", type=int, default=3, help="BM25 negatives per positive")
+    parser.add_argument("--lr", type=float, default=1e-4, help="teacher learning rate")
+    parser.add_argument("--student-lr", type=float, default=2e-4)
+    parser.add_argument("--valid-queries", type=int, default=20,
+                        help="last N train queries held out for validation (best checkpoint kept); 0: none")
+    parser.add_argument("--max-time", type=float, default=None, help="seconds of training per model at most")
     parser.add_argument("--num-queries", type=int, default=None, help="train/test on the first N queries only")
     args = parser.parse_args()
 
@@ -60,9 +64,15 @@ def main() -> None:
     train_topics, test_topics = data.topics("train"), data.topics("test")
     if args.num_queries:
         train_topics, test_topics = train_topics.head(args.num_queries), test_topics.head(args.num_queries)
+    valid_topics = train_topics.tail(args.valid_queries) if args.valid_queries else train_topics.head(0)
+    train_topics = train_topics.head(len(train_topics) - len(valid_topics))
     train_res = (bm25 % args.k_train >> data.get_text())(train_topics)
-    fit_args = (train_res, data.qrels("train"))
-    common = dict(epochs=args.epochs, batch_size=8, num_negatives=args.num_negatives, seed=0, save_steps=20)
+    qrels = data.qrels("train")
+    fit_args = (train_res, qrels[qrels.qid.isin(train_topics.qid)])
+    if len(valid_topics):
+        fit_args += ((bm25 % args.k_train >> data.get_text())(valid_topics), qrels[qrels.qid.isin(valid_topics.qid)])
+    common = dict(epochs=args.epochs, batch_size=8, num_negatives=args.num_negatives, seed=0, save_steps=20,
+                  max_time=args.max_time, eval_steps=50 if len(valid_topics) else None)
 
     torch.manual_seed(0)
     teacher = train("teacher", output, mkd.CrossEncoder.from_pretrained(args.model, max_length=args.max_length),

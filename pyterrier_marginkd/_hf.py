@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import os
 import re
 from typing import Any, Iterator, Sequence
@@ -88,20 +89,39 @@ def _keep_first_token(module: nn.Module, args: tuple) -> tuple:
     return tuple(a[:, :1] for a in args)
 
 
+def _first_query_attention(module: nn.Module, hidden_states: torch.Tensor,
+                           attention_mask: torch.Tensor | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+    """A BERT self-attention's output for the first position only; keys and values still come from every position."""
+    batch, heads, size = hidden_states.shape[0], module.num_attention_heads, module.attention_head_size
+
+    def split_heads(x: torch.Tensor) -> torch.Tensor:
+        return x.view(batch, -1, heads, size).transpose(1, 2)
+
+    query = split_heads(module.query(hidden_states[:, :1]))
+    key, value = split_heads(module.key(hidden_states)), split_heads(module.value(hidden_states))
+    if attention_mask is not None:  # [batch, 1, queries, keys], boolean (sdpa) or additive (eager)
+        attention_mask = attention_mask[:, :, :1]
+    out = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
+    return out.transpose(1, 2).reshape(batch, 1, heads * size), None
+
+
 @contextlib.contextmanager
 def lean_inference(model: nn.Module) -> Iterator[None]:
     """Inference shortcuts for BERT-like classifiers that leave their scores unchanged (other models: no-op).
 
-    The head reads only the first token, so the last layer computes its attention output projection and
-    feed-forward for that token alone (about 3/4 of the layer's matrix products; 1/3 of a 2-layer model's), and
-    GELU works in place instead of allocating a [batch, length, intermediate] tensor in every layer.
+    The head reads only the first token, so the last layer computes its query, attention, output projection and
+    feed-forward for that token alone (about 80% of that layer's work; 40% of a 2-layer model's), and GELU works
+    in place instead of allocating a [batch, length, intermediate] tensor in every layer.
     """
     config = model.config
     if getattr(config, "model_type", None) not in FIRST_TOKEN_HEADS:
         yield
         return
     layers = layer_list(model)
-    handle = layers[-1].attention.output.register_forward_pre_hook(_keep_first_token)
+    last = layers[-1].attention
+    handle = last.output.register_forward_pre_hook(_keep_first_token)
+    if getattr(config, "_attn_implementation", None) in ("sdpa", "eager"):
+        last.self.forward = functools.partial(_first_query_attention, last.self)
     swapped = []
     if getattr(config, "hidden_act", None) == "gelu":
         for layer in layers:
@@ -111,6 +131,7 @@ def lean_inference(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         handle.remove()
+        last.self.__dict__.pop("forward", None)
         for intermediate, act in swapped:
             intermediate.intermediate_act_fn = act
 

@@ -23,22 +23,29 @@ def _batch(ce, frame):
     return ce._collate(ce._prepare(frame["query"].tolist(), frame["text"].tolist()))
 
 
-def test_lean_inference_keeps_scores_and_skips_the_rest_of_the_last_layer(tiny_ce, small_results):
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_lean_inference_keeps_scores_and_skips_the_rest_of_the_last_layer(tiny_ce, small_results, attention):
     batch, model = _batch(tiny_ce, small_results), tiny_ce.model
+    model.set_attn_implementation(attention)
+    assert (batch["attention_mask"] == 0).any()  # padding, so the attention mask matters
+    last = model.bert.encoder.layer[-1]
     acts = [layer.intermediate.intermediate_act_fn for layer in model.bert.encoder.layer]
-    seen = []
-    handle = _tokens_seen_by_last_feed_forward(model, seen)
+    seen, queries = [], []
+    handles = [_tokens_seen_by_last_feed_forward(model, seen),
+               last.attention.self.query.register_forward_hook(lambda m, args, out: queries.append(out.shape[1]))]
     with torch.inference_mode():
         full = model(**batch).logits[:, 0]
         with lean_inference(model):
             fast = model(**batch).logits[:, 0]
         again = model(**batch).logits[:, 0]
-    handle.remove()
+    for handle in handles:
+        handle.remove()
     width = batch["input_ids"].shape[1]
-    assert seen == [width, 1, width]
+    assert seen == [width, 1, width] and queries == [width, 1, width]
     torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(again, full)
     assert [layer.intermediate.intermediate_act_fn for layer in model.bert.encoder.layer] == acts
+    assert "forward" not in vars(last.attention.self)
     np.testing.assert_allclose(tiny_ce.score_pairs(small_results["query"].tolist(), small_results["text"].tolist()),
                                full.numpy(), rtol=1e-5, atol=1e-6)
 
