@@ -17,7 +17,6 @@ import pyterrier as pt
 import torch
 from ir_measures import nDCG
 from safetensors.torch import load_model, save_model
-from transformers import get_linear_schedule_with_warmup
 
 from pyterrier_marginkd import _distributed, io
 from pyterrier_marginkd._scorer import NeuralScorer
@@ -212,7 +211,9 @@ class Distiller(pt.Estimator):
             params += list(self.intermediate.to(self.student._device).parameters())
         dist.broadcast(params)
         optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        scheduler = get_linear_schedule_with_warmup(optimizer, int(self.warmup_ratio * total_steps), total_steps)
+        self._elapsed_before = 0.0
+        self._clock = None
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: self._lr_factor(s, total_steps))
         teacher = None
         if self.teacher is not None and self.loss.needs_teacher:
             teacher = self._teacher_cache()
@@ -226,10 +227,11 @@ class Distiller(pt.Estimator):
         if self.resume and (checkpoint / STATE_FILE).exists():
             state = self._load_checkpoint(checkpoint, optimizer, scheduler, fingerprint)
         self.history, self.validation = state["history"], state["validation"]
+        self._elapsed_before = state.get("elapsed", 0.0)
         self.report.update(groups_per_epoch=groups_per_epoch, total_steps=total_steps, resumed_from=state["step"])
 
         step = state["step"]
-        started = time.time()
+        started = self._clock = time.time()
         validation_seconds = 0.0
         bar = pt.tqdm(total=total_steps, initial=step, desc="distil", unit="step",
                       disable=not (self.verbose and dist.is_main))
@@ -245,7 +247,7 @@ class Distiller(pt.Estimator):
                     self.history.append({"step": step, "epoch": epoch, "loss": loss_value,
                                          "lr": scheduler.get_last_lr()[0]})
                     elapsed = time.time() - started
-                    self._train_seconds = elapsed - validation_seconds
+                    self._train_seconds = self._elapsed_before + elapsed - validation_seconds
                     bar.update(1)
                     bar.set_postfix(loss=f"{np.mean([h['loss'] for h in self.history[-20:]]):.4f}",
                                     ex_s=f"{(step - state['step']) * per_step / max(elapsed, 1e-9):.1f}")
@@ -255,7 +257,7 @@ class Distiller(pt.Estimator):
                         validation_started = time.time()
                         state["best"] = dist.on_main(lambda: self._validate(va_res, va_qrels, step, state["best"]))
                         validation_seconds += time.time() - validation_started
-                    out_of_time = self.max_time is not None and elapsed >= self.max_time
+                    out_of_time = self.max_time is not None and self._elapsed_before + elapsed >= self.max_time
                     if step % self.save_steps == 0 or end_of_epoch or step == total_steps or out_of_time:
                         self._save_checkpoint(checkpoint, optimizer, scheduler, step, state["best"], fingerprint)
                     if step >= total_steps or out_of_time or end_of_epoch:
@@ -281,6 +283,18 @@ class Distiller(pt.Estimator):
         dist.barrier()
         if self.verbose and dist.is_main:
             print(f"Distiller: {json.dumps(self.report)}")
+
+    def _lr_factor(self, step: int, total_steps: int) -> float:
+        """Linear warm-up (``warmup_ratio`` of the run) then linear decay to 0 at the end of the run, whose progress
+        is the larger of steps done / total steps and, with ``max_time``, time spent / max_time — so a time-boxed
+        run warms up and anneals within its budget instead of stopping at a high learning rate."""
+        progress = step / max(total_steps, 1)
+        if self.max_time and self._clock is not None:
+            progress = max(progress, (self._elapsed_before + time.time() - self._clock) / self.max_time)
+        progress = min(progress, 1.0)
+        if progress < self.warmup_ratio:
+            return max(progress / self.warmup_ratio, 1.0 / max(total_steps, 1))
+        return max(0.0, (1.0 - progress) / max(1.0 - self.warmup_ratio, 1e-9))
 
     def _batches(self, groups: Iterable[Group], teacher: TeacherScores | None, *, skip: int = 0,
                  prefetch_steps: int = 16) -> Iterator[list[Group]]:
@@ -476,6 +490,7 @@ class Distiller(pt.Estimator):
                         "rng": torch.get_rng_state(), "step": step, "fingerprint": fingerprint,
                         "best": json.dumps(best), "history": json.dumps(self.history),
                         "validation": json.dumps(self.validation),
+                        "elapsed": self._elapsed_before + time.time() - (self._clock or time.time()),
                         "intermediate": self.intermediate.state_dict() if self.intermediate is not None else {}},
                        tmp / STATE_FILE)
 
@@ -497,7 +512,7 @@ class Distiller(pt.Estimator):
         torch.set_rng_state(saved["rng"])
         print(f"Distiller: resuming from the checkpoint at step {saved['step']} in {path}")
         return {"step": saved["step"], "best": json.loads(saved["best"]), "history": json.loads(saved["history"]),
-                "validation": json.loads(saved["validation"])}
+                "validation": json.loads(saved["validation"]), "elapsed": float(saved.get("elapsed", 0.0))}
 
 
 def evaluate_ndcg10(run: pd.DataFrame, qrels: pd.DataFrame) -> float:

@@ -150,6 +150,18 @@ def test_max_steps_and_max_time_stop_training(train_data, student_dir, tmp_path)
     assert len(timed.history) == 1 and timed.report["stopped_by_max_time"]
 
 
+def test_time_boxed_run_warms_up_and_anneals_within_its_budget(train_data, student_dir, tmp_path):
+    res, qrels = train_data
+    distiller = make(student_dir, CountingTeacher(), tmp_path, name="anneal", max_time=4.0, epochs=10_000,
+                     lr=1e-3, warmup_ratio=0.2)
+    distiller.fit(res, qrels)
+    lrs = [h["lr"] for h in distiller.history]
+    assert distiller.report["stopped_by_max_time"] and distiller.report["total_steps"] > 10 * len(lrs)
+    # by steps alone the run would still be warming up; by time it peaked and then decayed to about zero
+    assert max(lrs) > 0.6e-3 and lrs[-1] < 0.15e-3
+    assert int(np.argmax(lrs)) < len(lrs) - 1
+
+
 def test_duplicate_candidates_are_dropped(train_data, student_dir, tmp_path):
     res, qrels = train_data
     examples = make(student_dir, CountingTeacher(), tmp_path).examples(pd.concat([res, res.head(5)]), qrels)
