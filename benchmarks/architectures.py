@@ -72,8 +72,9 @@ def main() -> None:
     parser.add_argument("--k-train", type=int, default=30, help="BM25 candidates per training query")
     parser.add_argument("--k", type=int, default=50, help="BM25 candidates re-ranked at test time")
     parser.add_argument("--student-layers", type=int, default=2)
-    parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--max-length", type=int, default=192)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--max-time", type=float, default=None, help="seconds of training per student at most")
     parser.add_argument("--teacher-epochs", type=int, default=2)
     parser.add_argument("--num-negatives", type=int, default=3)
     parser.add_argument("--lr", type=float, default=1e-4, help="learning rate of the BERT-based students")
@@ -92,7 +93,7 @@ def main() -> None:
     if args.num_queries:
         train_topics, test_topics = train_topics.head(args.num_queries), test_topics.head(args.num_queries)
     fit_args = ((bm25 % args.k_train >> data.get_text())(train_topics), data.qrels("train"))
-    common = dict(epochs=args.epochs, batch_size=8, num_negatives=args.num_negatives, seed=0)
+    common = dict(epochs=args.epochs, batch_size=8, num_negatives=args.num_negatives, seed=0, max_time=args.max_time)
 
     if args.teacher:
         teacher_path = Path(args.teacher)
@@ -134,7 +135,8 @@ def main() -> None:
     print(markdown)
     (output / "architectures.md").write_text(
         f"{data.name}: {len(train_topics)} train / {len(test_topics)} test queries, BM25 top-{args.k}, "
-        f"students on {args.student_layers} layers of {Path(args.model).name}, {args.epochs} epoch(s), "
+        f"students on {args.student_layers} layers of {Path(args.model).name}, {args.epochs} epoch(s) "
+        f"(at most {args.max_time} s each), "
         f"max_length {args.max_length}, {torch.get_num_threads()} thread(s)\n\n{markdown}\n")
     table.to_csv(output / "architectures.csv", index=False)
 

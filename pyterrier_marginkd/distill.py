@@ -464,6 +464,9 @@ class Distiller(pt.Estimator):
             best = {"step": step, "value": value}
             with io.atomic_dir(self.out_path / "best") as tmp:
                 save_model(self.student.model, str(tmp / "model.safetensors"))
+        if self.verbose:
+            pt.tqdm.write(f"Distiller: step {step} validation nDCG@10 {value:.4f} (best {best['value']:.4f} at step "
+                          f"{best['step']})")
         self.student.model.train()
         return best
 
