@@ -81,6 +81,32 @@ class DotEncoder(EncoderStudent):
                 else copy.deepcopy(encoder)
         self._finish(_DotModel(encoder, doc_encoder, self.pooling, self.dim), ours)
 
+    # --- scoring ----------------------------------------------------------------------------------------
+    def score_pairs(self, queries: Sequence[str], texts: Sequence[str], *, batch_size: int | None = None,
+                    desc: str | None = None) -> np.ndarray:
+        """Scores of (query, text) pairs in input order: each distinct query and text (per ``chunk_size`` pairs) is
+        encoded once, then pairs are scored by dot product — re-ranking k candidates of many queries over one
+        corpus encodes each document once, not once per query."""
+        if len(queries) != len(texts):
+            raise ValueError(f"got {len(queries)} queries but {len(texts)} texts; they must pair up one to one")
+        scores = np.empty(len(queries), dtype=np.float64)
+        bar = pt.tqdm(total=len(queries), desc=desc or type(self).__name__, unit="pair", disable=not self.verbose)
+        try:
+            for start in range(0, len(queries), self.chunk_size):
+                chunk_q = [str(q) for q in queries[start:start + self.chunk_size]]
+                chunk_t = [str(t) for t in texts[start:start + self.chunk_size]]
+                query_ids = {q: i for i, q in enumerate(dict.fromkeys(chunk_q))}
+                text_ids = {t: i for i, t in enumerate(dict.fromkeys(chunk_t))}
+                query_vecs = self.encode_queries(list(query_ids), batch_size)
+                doc_vecs = self.encode_docs(list(text_ids), batch_size)
+                rows_q = query_vecs[[query_ids[q] for q in chunk_q]]
+                rows_d = doc_vecs[[text_ids[t] for t in chunk_t]]
+                scores[start:start + len(chunk_q)] = np.einsum("ij,ij->i", rows_q, rows_d)
+                bar.update(len(chunk_q))
+        finally:
+            bar.close()
+        return scores
+
     # --- encoding ---------------------------------------------------------------------------------------
     def encode_queries(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
         """Query vectors, float32 ``[len(texts), dim]``."""

@@ -201,6 +201,25 @@ def test_dot_encoder_vectors_and_settings(tiny_bert_dir, small_results, tmp_path
         mkd.DotEncoder(tiny_bert_dir, pooling="max")
 
 
+def test_dot_encoder_reranking_encodes_each_text_once(tiny_bert_dir, small_results, monkeypatch):
+    dot = build("dot", tiny_bert_dir)
+    frame = pd.concat([small_results.assign(qid=q, query=f"query {q}") for q in "abc"], ignore_index=True)
+    expected = dot.score_pairs(frame["query"].tolist(), frame["text"].tolist())
+    encoded = {"query": 0, "doc": 0}
+    original = mkd.DotEncoder._encode
+
+    def counting(self, texts, side, batch_size):
+        encoded[side] += len(texts)
+        return original(self, texts, side, batch_size)
+
+    monkeypatch.setattr(mkd.DotEncoder, "_encode", counting)
+    scored = dot(frame)
+    assert encoded == {"query": 3, "doc": small_results["text"].nunique()}
+    np.testing.assert_allclose(scored.sort_index()["score"], expected, rtol=1e-5, atol=1e-6)
+    pairwise = super(mkd.DotEncoder, dot).score_pairs(frame["query"].tolist(), frame["text"].tolist())
+    np.testing.assert_allclose(expected, pairwise, rtol=1e-4, atol=1e-5)
+
+
 # --- ColBERT ---------------------------------------------------------------------------------------------------
 def test_colbert_is_sum_of_max_similarities_with_mask_augmented_queries(tiny_bert_dir):
     colbert = build("colbert", tiny_bert_dir)
