@@ -35,6 +35,8 @@ from pyterrier_marginkd.scorefiles import ScoreFile
 from pyterrier_marginkd.teacher import TeacherScores
 
 STATE_FILE = "trainer_state.pt"
+#: names of the scoring-head modules that ``head_lr`` applies to (the layers a student adds on top of its encoder)
+HEAD_NAMES = frozenset({"classifier", "pooler", "projection", "score_head", "score", "mixer", "kernel_scale"})
 
 
 class Distiller(pt.Estimator):
@@ -57,7 +59,7 @@ class Distiller(pt.Estimator):
                  teacher_id: str | None = None, unjudged: str = "skip", pseudo_positives: int = 1,
                  pseudo_negative_start: int | None = None, teacher_scale: float | str | None = "auto",
                  select_best: bool = True, resume: bool = True, verbose: bool = False,
-                 intermediate: HiddenStateMSE | None = None):
+                 intermediate: HiddenStateMSE | None = None, head_lr: float | None = None):
         if not isinstance(student, NeuralScorer):
             raise TypeError(f"student must be a pyterrier_marginkd re-ranker (CrossEncoder, ...), got "
                             f"{type(student).__name__}")
@@ -80,6 +82,7 @@ class Distiller(pt.Estimator):
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
+        self.head_lr = head_lr
         self.num_negatives = num_negatives
         self.negative_sampling = negative_sampling
         self.graded = graded
@@ -206,11 +209,16 @@ class Distiller(pt.Estimator):
         self._seed_everything()
         model = self.student.model
         model.train()
-        params = list(model.parameters())
+        head = [p for name, p in model.named_parameters() if HEAD_NAMES & set(name.split("."))]
+        head_ids = {id(p) for p in head} if self.head_lr is not None else set()
+        body = [p for p in model.parameters() if id(p) not in head_ids]
         if self.intermediate is not None:
-            params += list(self.intermediate.to(self.student._device).parameters())
-        dist.broadcast(params)
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+            body += list(self.intermediate.to(self.student._device).parameters())
+        groups = [{"params": body}]
+        if head_ids:
+            groups.append({"params": head, "lr": self.head_lr})
+        dist.broadcast(body + (head if head_ids else []))
+        optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
         self._elapsed_before = 0.0
         self._clock = None
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: self._lr_factor(s, total_steps))
@@ -481,6 +489,7 @@ class Distiller(pt.Estimator):
         desc = json.dumps({"student": repr(self.student), "loss": loss, "lr": self.lr, "seed": self.seed,
                            "batch_size": self.batch_size, "accum": self.grad_accum_steps, "total_steps": total_steps,
                            "epochs": self.epochs, "data": [(g.qid, g.docnos) for g in groups],
+                           **({"head_lr": self.head_lr} if self.head_lr is not None else {}),
                            "groups": source.num_groups()})
         return hashlib.sha256(desc.encode()).hexdigest()
 

@@ -162,6 +162,17 @@ def test_time_boxed_run_warms_up_and_anneals_within_its_budget(train_data, stude
     assert int(np.argmax(lrs)) < len(lrs) - 1
 
 
+def test_head_lr_sets_the_learning_rate_of_the_scoring_head(train_data, student_dir, tmp_path):
+    res, qrels = train_data
+    distiller = make(student_dir, CountingTeacher(), tmp_path, name="head", head_lr=0.0, max_steps=3)
+    before = {n: p.detach().clone() for n, p in distiller.student.model.named_parameters()}
+    distiller.fit(res, qrels)
+    after = dict(distiller.student.model.named_parameters())
+    head = [n for n in before if "classifier" in n or "pooler" in n]
+    assert head and all(torch.equal(before[n], after[n]) for n in head)
+    assert any(not torch.equal(before[n], after[n]) for n in before if n not in head)
+
+
 def test_duplicate_candidates_are_dropped(train_data, student_dir, tmp_path):
     res, qrels = train_data
     examples = make(student_dir, CountingTeacher(), tmp_path).examples(pd.concat([res, res.head(5)]), qrels)
