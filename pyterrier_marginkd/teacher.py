@@ -72,7 +72,7 @@ class TeacherScores:
     process's own cache ``<shared_path>.<shard>``, merged into ``shared_path`` after training."""
 
     def __init__(self, teacher: pt.Transformer, cache_dir: str | os.PathLike, *, teacher_id: str | None = None,
-                 chunk_size: int = 256, text_field: str = "text", verbose: bool = False, shard: str | None = None):
+                 chunk_size: int = 1024, text_field: str = "text", verbose: bool = False, shard: str | None = None):
         self.teacher = CheckedTeacher(teacher, text_field)
         self.shared_path = Path(cache_dir) / teacher_key(teacher, teacher_id)
         self.path = self.shared_path if shard is None else Path(f"{self.shared_path}.{shard}")
@@ -94,7 +94,10 @@ class TeacherScores:
         """
         queries = pairs["query"].map(valid_unicode)
         docnos = pairs["docno"].astype(str).map(valid_unicode)
-        unique = pairs.assign(query=queries, docno=docnos).drop_duplicates(["query", "docno"]).reset_index(drop=True)
+        unique = pairs.assign(query=queries, docno=docnos).drop_duplicates(["query", "docno"])
+        # grouped by document, a chunk holds few distinct documents: a teacher that encodes each distinct text once
+        # per call (DotEncoder, ColBERT-style) then encodes each document about once, not once per query
+        unique = unique.sort_values("docno", kind="stable").reset_index(drop=True)
         by_text: dict[tuple[str, str], float] = {}
         chunks: Iterable[int] = range(0, len(unique), self.chunk_size)
         if self.verbose:
