@@ -260,12 +260,12 @@ class Distiller(pt.Estimator):
                     bar.set_postfix(loss=f"{np.mean([h['loss'] for h in self.history[-20:]]):.4f}",
                                     ex_s=f"{(step - state['step']) * per_step / max(elapsed, 1e-9):.1f}")
                     end_of_epoch = s == steps_per_epoch - 1
+                    out_of_time = self.max_time is not None and self._elapsed_before + elapsed >= self.max_time
                     if va_res is not None and ((self.eval_steps and step % self.eval_steps == 0) or end_of_epoch
-                                               or step == total_steps):
+                                               or step == total_steps or out_of_time):
                         validation_started = time.time()
                         state["best"] = dist.on_main(lambda: self._validate(va_res, va_qrels, step, state["best"]))
                         validation_seconds += time.time() - validation_started
-                    out_of_time = self.max_time is not None and self._elapsed_before + elapsed >= self.max_time
                     if step % self.save_steps == 0 or end_of_epoch or step == total_steps or out_of_time:
                         self._save_checkpoint(checkpoint, optimizer, scheduler, step, state["best"], fingerprint)
                     if step >= total_steps or out_of_time or end_of_epoch:

@@ -157,6 +157,11 @@ def test_time_boxed_run_warms_up_and_anneals_within_its_budget(train_data, stude
     distiller.fit(res, qrels)
     lrs = [h["lr"] for h in distiller.history]
     assert distiller.report["stopped_by_max_time"] and distiller.report["total_steps"] > 10 * len(lrs)
+    # the last step of a time-boxed run is validated (a learning curve needs its end point)
+    va_res = res[res["qid"].isin(res["qid"].unique()[:3])]
+    timed = make(student_dir, CountingTeacher(), tmp_path, name="anneal-valid", max_time=1.0, epochs=10_000)
+    timed.fit(res, qrels, va_res, qrels)
+    assert timed.validation[-1]["step"] == len(timed.history)
     # by steps alone the run would still be warming up; by time it peaked and then decayed to about zero
     assert max(lrs) > 0.6e-3 and lrs[-1] < 0.15e-3
     assert int(np.argmax(lrs)) < len(lrs) - 1
