@@ -11,7 +11,8 @@ For each collection, a 2-layer student is trained from the same teacher under fo
     python benchmarks/learning_curve.py --data ../shared/data/cranfield --teacher runs/cranfield-kd/teacher/student
     python benchmarks/learning_curve.py --data ../shared/data/vaswani --budget 1200 --out runs/curve-vaswani
 
-Without --teacher the teacher is the zero-shot all-MiniLM-L6-v2 bi-encoder (a DotEncoder) — never given labels.
+Without --teacher the teacher is the zero-shot all-MiniLM-L6-v2 bi-encoder (a DotEncoder, mean pooling, cosine as
+the model was trained) — never given labels.
 Writes curve.csv, results.md and curve.png (nDCG@10 vs training seconds) to --out.
 """
 from __future__ import annotations
@@ -45,7 +46,7 @@ def make_teacher(path: str | None, max_length: int):
         return load_model(path, max_length=max_length)
     if not hasattr(mkd, "DotEncoder"):
         raise SystemExit("no --teacher given and DotEncoder is not available in this version")
-    return mkd.DotEncoder.from_pretrained(default_model(), pooling="mean", max_length=max_length)
+    return mkd.DotEncoder.from_pretrained(default_model(), pooling="mean", normalize=True, max_length=max_length)
 
 
 def make_student(args):

@@ -22,8 +22,9 @@ class _DotModel(nn.Module):
     """Encoder(s), pooling and an optional linear projection; ``forward`` scores the pairs of a two-sided batch."""
 
     def __init__(self, encoder: PreTrainedModel, doc_encoder: PreTrainedModel | None, pooling: str,
-                 dim: int | None):
+                 dim: int | None, normalize: bool = False):
         super().__init__()
+        self.normalize = normalize
         self.encoder = encoder
         if doc_encoder is not None:
             self.doc_encoder = doc_encoder
@@ -39,7 +40,8 @@ class _DotModel(nn.Module):
         else:
             mask = batch[f"{side}_attention_mask"].unsqueeze(-1).to(hidden.dtype)
             vectors = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return self.projection(vectors) if self.projection is not None else vectors
+        vectors = self.projection(vectors) if self.projection is not None else vectors
+        return nn.functional.normalize(vectors, dim=-1) if self.normalize else vectors
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         queries = self.embed(batch, "query")[batch["query_index"]]
@@ -52,25 +54,28 @@ class DotEncoder(EncoderStudent):
 
     ``pooling`` is ``"cls"`` (the [CLS] vector) or ``"mean"`` (mean of the token vectors); ``dim`` adds a linear
     projection to that many dimensions; ``shared_encoder=False`` trains a separate document encoder (a copy of the
-    query encoder at the start). As a PyTerrier transformer it re-ranks ``qid, query, docno, text`` rows. For first-
-    stage retrieval, ``index(docs, path)`` encodes a corpus once into a pyterrier-dr ``FlexIndex`` and
+    query encoder at the start); ``normalize=True`` scales vectors to unit length (cosine similarity, as
+    sentence-transformers models such as all-MiniLM-L6-v2 are trained). As a PyTerrier transformer it re-ranks
+    ``qid, query, docno, text`` rows. For first-stage retrieval,
+    ``index(docs, path)`` encodes a corpus once into a pyterrier-dr ``FlexIndex`` and
     ``retriever(index, num_results=k)`` returns the top k documents of each query by dot product;
     ``query_encoder()``/``doc_encoder()`` add ``query_vec``/``doc_vec`` columns for any pyterrier-dr pipeline.
     """
 
     ARCHITECTURE = "dot"
-    DEFAULTS = {"pooling": "cls", "dim": None, "shared_encoder": True}
+    DEFAULTS = {"pooling": "cls", "dim": None, "shared_encoder": True, "normalize": False}
     schematic_label = "DotEncoder"
 
     def __init__(self, model_name: str | os.PathLike, *, pooling: str | None = None, dim: int | None = None,
-                 shared_encoder: bool | None = None, num_layers: int | None = None, max_length: int | None = None,
-                 batch_size: int = 32, text_field: str = "text", verbose: bool = False,
+                 shared_encoder: bool | None = None, normalize: bool | None = None, num_layers: int | None = None,
+                 max_length: int | None = None, batch_size: int = 32, text_field: str = "text", verbose: bool = False,
                  device: str | torch.device | None = None, **model_kwargs: Any):
         super().__init__(batch_size=batch_size, text_field=text_field, verbose=verbose, device=device)
         encoder, settings, ours = self._load_encoder(
             model_name, num_layers=num_layers, max_length=max_length, model_kwargs=model_kwargs,
-            settings={"pooling": pooling, "dim": dim, "shared_encoder": shared_encoder})
+            settings={"pooling": pooling, "dim": dim, "shared_encoder": shared_encoder, "normalize": normalize})
         self.pooling, self.dim, self.shared_encoder = settings["pooling"], settings["dim"], settings["shared_encoder"]
+        self.normalize = bool(settings["normalize"])
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.dim is not None and self.dim < 1:
@@ -79,7 +84,7 @@ class DotEncoder(EncoderStudent):
         if not self.shared_encoder:
             doc_encoder = load_encoder(Path(model_name) / "doc_encoder", **model_kwargs) if ours \
                 else copy.deepcopy(encoder)
-        self._finish(_DotModel(encoder, doc_encoder, self.pooling, self.dim), ours)
+        self._finish(_DotModel(encoder, doc_encoder, self.pooling, self.dim, self.normalize), ours)
 
     # --- scoring ----------------------------------------------------------------------------------------
     def score_pairs(self, queries: Sequence[str], texts: Sequence[str], *, batch_size: int | None = None,

@@ -201,6 +201,20 @@ def test_dot_encoder_vectors_and_settings(tiny_bert_dir, small_results, tmp_path
         mkd.DotEncoder(tiny_bert_dir, pooling="max")
 
 
+def test_dot_encoder_normalize_gives_cosine_and_survives_save_load(tiny_bert_dir, small_results, tmp_path):
+    queries, texts = small_results["query"].tolist(), small_results["text"].tolist()
+    raw = mkd.DotEncoder(tiny_bert_dir, pooling="mean")
+    cosine = mkd.DotEncoder(tiny_bert_dir, pooling="mean", normalize=True)
+    q, d = raw.encode_queries(queries), raw.encode_docs(texts)
+    expected = (q * d).sum(1) / np.linalg.norm(q, axis=1) / np.linalg.norm(d, axis=1)
+    np.testing.assert_allclose(cosine.score_pairs(queries, texts), expected, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(raw.score_pairs(queries, texts), expected, atol=1e-3)
+    cosine.save_pretrained(tmp_path / "cos")
+    again = mkd.load(tmp_path / "cos")
+    assert again.normalize and "normalize=True" in repr(again)
+    np.testing.assert_allclose(again.score_pairs(queries, texts), expected, rtol=1e-4, atol=1e-5)
+
+
 def test_dot_encoder_reranking_encodes_each_text_once(tiny_bert_dir, small_results, monkeypatch):
     dot = build("dot", tiny_bert_dir)
     frame = pd.concat([small_results.assign(qid=q, query=f"query {q}") for q in "abc"], ignore_index=True)
