@@ -17,6 +17,7 @@ import gc
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import sys
@@ -200,7 +201,8 @@ def build_systems(args, folder: str, max_length: int, batch_size: int, notes: li
         try:
             systems["ST onnx"] = sentence_transformers(folder, max_length, batch_size, args.threads, "onnx")
         except Exception as err:  # optimum/onnxruntime missing or incompatible with this transformers: say why
-            note = f"sentence-transformers ONNX backend skipped: {type(err).__name__}: {str(err).splitlines()[0]}"
+            first_line = re.sub(r" \(/[^)]*\)", "", str(err).splitlines()[0])  # no machine-specific paths
+            note = f"sentence-transformers ONNX backend skipped: {type(err).__name__}: {first_line}"
             if note not in notes:
                 notes.append(note)
     if "hf" in args.systems:
