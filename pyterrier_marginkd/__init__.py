@@ -10,7 +10,7 @@ from pyterrier_marginkd.dot import DotEncoder
 from pyterrier_marginkd.ensemble import Ensemble
 from pyterrier_marginkd.io import load
 from pyterrier_marginkd.pretts import PreTT
-from pyterrier_marginkd.pseudo import pseudo_queries
+from pyterrier_marginkd.pseudo import pseudo_qrels, pseudo_queries
 from pyterrier_marginkd.report import report
 from pyterrier_marginkd.scorefiles import ScoreFile, read_score_file, write_score_file
 from pyterrier_marginkd.tk import TK
@@ -32,6 +32,7 @@ __all__ = [
     "clean_query",
     "load",
     "losses",
+    "pseudo_qrels",
     "pseudo_queries",
     "read_score_file",
     "report",

@@ -72,3 +72,24 @@ def pseudo_queries(docs: Iterable[dict] | str | Collection, method: str = "title
         warnings.warn(f"pseudo_queries({method!r}): skipped {skipped} of {seen} documents whose query would have "
                       f"fewer than {min_words} words", stacklevel=2)
     return frame
+
+
+def pseudo_qrels(queries: pd.DataFrame, label: int = 1) -> pd.DataFrame:
+    """Qrels (``qid, docno, label``) that judge each pseudo-query's source document relevant.
+
+    With them a student (or a teacher) trains on pseudo-queries from hard labels alone, e.g. to adapt a
+    cross-encoder to a collection before its few judged queries: ``(bm25 >> get_text >> Distiller(model, None,
+    loss=losses.RankNet())).fit(pq, pseudo_qrels(pq))``. Other candidates count as negatives (unjudged).
+    """
+    if not isinstance(queries, pd.DataFrame):
+        raise TypeError(f"pseudo_qrels needs the frame pseudo_queries returns, got {type(queries).__name__}")
+    missing = [c for c in ("qid", "docno") if c not in queries.columns]
+    if missing:
+        raise KeyError(f"pseudo-queries are missing column(s) {missing}: pass the frame pseudo_queries returns "
+                       f"(found {list(queries.columns)})")
+    if len(queries) == 0:
+        raise ValueError("there are no pseudo-queries to make qrels for")
+    if label <= 0:
+        raise ValueError(f"the source document's label must be > 0 (relevant), got {label}")
+    return pd.DataFrame({"qid": queries["qid"].astype(str), "docno": queries["docno"].astype(str),
+                         "label": int(label)})

@@ -107,3 +107,28 @@ def test_pseudo_queries_skip_and_errors():
         mkd.pseudo_queries([{"docno": "x", "text": None}], "span")
     with pytest.raises(KeyError, match="no 'docno'"):
         mkd.pseudo_queries([{"text": "a b c"}], "span")
+
+
+def test_pseudo_qrels_train_a_model_without_teacher_or_real_labels(cranfield, cranfield_bm25, student_dir, tmp_path):
+    pq = mkd.pseudo_queries(cranfield, "title", num=12, seed=0)
+    qrels = mkd.pseudo_qrels(pq)
+    assert list(qrels.columns) == ["qid", "docno", "label"] and (qrels["label"] == 1).all()
+    assert dict(zip(qrels["qid"], qrels["docno"])) == dict(zip(pq["qid"], pq["docno"]))
+    distiller = make(student_dir, None, tmp_path, loss=mkd.losses.RankNet(), epochs=6, lr=1e-2, num_negatives=2)
+    results = (cranfield_bm25 % 10 >> cranfield.get_text())(pq[["qid", "query"]])
+    before = distiller.evaluate_loss(results, qrels)
+    (cranfield_bm25 % 10 >> cranfield.get_text() >> distiller).fit(pq[["qid", "query"]], qrels)
+    assert distiller.evaluate_loss(results, qrels) < 0.8 * before
+    # a title usually retrieves its own document: the positives are its source documents
+    assert distiller.report["positives"] == distiller.report["queries_used"] >= 8
+
+
+def test_pseudo_qrels_errors():
+    with pytest.raises(KeyError, match=r"missing column\(s\) \['docno'\]"):
+        mkd.pseudo_qrels(pd.DataFrame({"qid": ["a"], "query": ["x y z"]}))
+    with pytest.raises(ValueError, match="no pseudo-queries"):
+        mkd.pseudo_qrels(pd.DataFrame({"qid": [], "docno": []}))
+    with pytest.raises(ValueError, match="must be > 0"):
+        mkd.pseudo_qrels(pd.DataFrame({"qid": ["a"], "docno": ["1"]}), label=0)
+    with pytest.raises(TypeError, match="pseudo_qrels needs the frame"):
+        mkd.pseudo_qrels([("a", "1")])
