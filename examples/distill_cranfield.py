@@ -1,8 +1,12 @@
 """Distil a fine-tuned MiniLM-L6 cross-encoder teacher into a 2-layer student on a collection's train split.
 
 Teacher: the MiniLM-L6 cross-encoder fine-tuned on the train split's labels by this same Distiller (teacher=None,
-RankNet). Students: its first 2 layers trained (a) on labels alone (RankNet) and (b) with Margin-MSE from the teacher.
-All re-rank BM25 top-k on the test split in one pt.Experiment (significance against BM25).
+RankNet). all-MiniLM-L6-v2 is a bi-encoder checkpoint and ~120 judged queries are too few to teach it cross-encoding,
+so the teacher is first adapted to the collection on pseudo-queries (``--pretrain title``: each document's title
+must rank its own document above BM25's other candidates; hard labels from ``mkd.pseudo_qrels``, no teacher, no
+real labels), then fine-tuned on the labels. Students: the teacher's first 2 layers (and head) trained (a) on labels
+alone (RankNet) and (b) with Margin-MSE from the teacher, on the same training groups. All re-rank BM25 top-k on the
+test split in one pt.Experiment (significance against BM25).
 
     python examples/distill_cranfield.py --data ../shared/data/cranfield --output runs/cranfield-kd
 """
@@ -45,12 +49,21 @@ def main() -> None:
     parser.add_argument("--k-train", type=int, default=30, help="BM25 candidates per training query")
     parser.add_argument("--k", type=int, default=50, help="BM25 candidates re-ranked at test time")
     parser.add_argument("--student-layers", type=int, default=2)
-    parser.add_argument("--max-length", type=int, default=192, help="tokens of query + document (training and "
+    parser.add_argument("--pretrain", default="title", choices=["title", "first_sentence", "span", "none"],
+                        help="pseudo-queries the teacher is adapted on before the labels (none: labels only)")
+    parser.add_argument("--pretrain-epochs", type=int, default=1)
+    parser.add_argument("--pretrain-queries", type=int, default=None, help="a seeded sample of N pseudo-queries "
+                        "(default: one per document)")
+    parser.add_argument("--pretrain-max-time", type=float, default=900, help="seconds of pre-training at most")
+    parser.add_argument("--student-init", default="teacher", choices=["teacher", "model"],
+                        help="students start from the teacher's first layers, or from --model's")
+    parser.add_argument("--max-length", type=int, default=160, help="tokens of query + document (training and "
                         "re-ranking); Cranfield abstracts have a median of 175")
     parser.add_argument("--epochs", type=int, default=4, help="student epochs")
-    parser.add_argument("--teacher-epochs", type=int, default=4)
+    parser.add_argument("--teacher-epochs", type=int, default=3)
     parser.add_argument("--num-negatives", type=int, default=3, help="BM25 negatives per positive")
-    parser.add_argument("--lr", type=float, default=1e-4, help="teacher learning rate")
+    parser.add_argument("--pretrain-lr", type=float, default=1e-4, help="teacher pre-training learning rate")
+    parser.add_argument("--lr", type=float, default=5e-5, help="teacher learning rate (labels)")
     parser.add_argument("--student-lr", type=float, default=2e-4)
     parser.add_argument("--valid-queries", type=int, default=20,
                         help="last N train queries held out for validation (best checkpoint kept); 0: none")
@@ -74,26 +87,40 @@ def main() -> None:
     common = dict(epochs=args.epochs, batch_size=8, num_negatives=args.num_negatives, seed=0, save_steps=20,
                   max_time=args.max_time, eval_steps=50 if len(valid_topics) else None)
 
-    torch.manual_seed(0)
-    teacher = train("teacher", output, mkd.CrossEncoder.from_pretrained(args.model, max_length=args.max_length),
-                    None, mkd.losses.RankNet(), fit_args, **{**common, "epochs": args.teacher_epochs, "lr": args.lr})
-    torch.manual_seed(0)
-    label_only = train("student-labels", output,
-                       mkd.CrossEncoder.from_pretrained(args.model, num_layers=args.student_layers,
-                                                        max_length=args.max_length),
-                       None, mkd.losses.RankNet(), fit_args, **common, lr=args.student_lr)
-    torch.manual_seed(0)
-    distilled = train("student-marginmse", output,
-                      mkd.CrossEncoder.from_pretrained(args.model, num_layers=args.student_layers,
-                                                       max_length=args.max_length),
-                      teacher, mkd.losses.MarginMSE(), fit_args, **common, lr=args.student_lr,
-                      teacher_id=f"teacher:{output / 'teacher'}")
-
     text = data.get_text()
+    start, adapted = args.model, None
+    if args.pretrain != "none":
+        pq = mkd.pseudo_queries(data, args.pretrain, num=args.pretrain_queries, seed=0)
+        pq_args = ((bm25 % args.k_train >> text)(pq[["qid", "query"]]), mkd.pseudo_qrels(pq)) + fit_args[2:]
+        torch.manual_seed(0)
+        adapted = train("teacher-pretrain", output, mkd.CrossEncoder.from_pretrained(args.model,
+                                                                                     max_length=args.max_length),
+                        None, mkd.losses.RankNet(), pq_args, epochs=args.pretrain_epochs, batch_size=8,
+                        lr=args.pretrain_lr, num_negatives=args.num_negatives, seed=0, save_steps=25,
+                        eval_steps=25 if len(valid_topics) else None, max_time=args.pretrain_max_time)
+        start = output / "teacher-pretrain" / "student"
+    torch.manual_seed(0)
+    teacher = train("teacher", output, mkd.CrossEncoder.from_pretrained(start, max_length=args.max_length),
+                    None, mkd.losses.RankNet(), fit_args, **{**common, "epochs": args.teacher_epochs, "lr": args.lr})
+    init = output / "teacher" / "student" if args.student_init == "teacher" else args.model
+
+    def student() -> mkd.CrossEncoder:
+        torch.manual_seed(0)
+        return mkd.CrossEncoder.from_pretrained(init, num_layers=args.student_layers, max_length=args.max_length)
+
+    label_only = train("student-labels", output, student(), None, mkd.losses.RankNet(), fit_args, **common,
+                       lr=args.student_lr)
+    distilled = train("student-marginmse", output, student(), teacher, mkd.losses.MarginMSE(), fit_args, **common,
+                      lr=args.student_lr, teacher_id=f"teacher:{output / 'teacher'}")
+
     systems = [bm25 % args.k, bm25 % args.k >> text >> teacher, bm25 % args.k >> text >> label_only,
                bm25 % args.k >> text >> distilled]
-    names = ["BM25", "teacher: MiniLM-L6 CE (labels)", f"student L{args.student_layers}: labels only",
+    adapted_name = "" if adapted is None else f"{args.pretrain} pseudo-queries + "
+    names = ["BM25", f"teacher: MiniLM-L6 CE ({adapted_name}labels)", f"student L{args.student_layers}: labels only",
              f"student L{args.student_layers}: Margin-MSE"]
+    if adapted is not None:  # the teacher before its labels: what the pseudo-queries alone give
+        systems.insert(1, bm25 % args.k >> text >> adapted)
+        names.insert(1, f"MiniLM-L6 CE ({args.pretrain} pseudo-queries only)")
     table = pt.Experiment(systems, test_topics, data.qrels("test"), [nDCG @ 10, RR @ 10, AP @ 100, "mrt"],
                           names=names, baseline=0, round=4)
     cols = ["name", "nDCG@10", "RR@10", "AP@100", "mrt", "nDCG@10 p-value"]
