@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sqlite3
 from pathlib import Path
 from typing import Iterable
 
@@ -104,10 +105,23 @@ class TeacherScores:
             chunks = pt.tqdm(chunks, desc="teacher scores", unit="chunk")
         for start in chunks:
             chunk = unique.iloc[start:start + self.chunk_size]
-            scored = self.cache(chunk[["qid", "query", "docno", self.text_field]])
+            scored = self._score_chunk(chunk[["qid", "query", "docno", self.text_field]])
             by_text.update(zip(zip(scored["query"], scored["docno"]), scored["score"].astype(float)))
         return {(str(qid), str(docno)): by_text[key]
                 for qid, docno, key in zip(pairs["qid"], pairs["docno"], zip(queries, docnos))}
+
+    def _score_chunk(self, chunk: pd.DataFrame, attempts: int = 3) -> pd.DataFrame:
+        """Cached scores of one chunk. Fits sharing a cache (``cache_dir``) may run at once: when another process
+        stored some of the chunk's pairs between our lookup and our insert, SQLite refuses the duplicates (the whole
+        insert rolls back); the chunk is then looked up again, and only what is still missing is scored."""
+        for attempt in range(attempts):
+            try:
+                return self.cache(chunk)
+            except sqlite3.IntegrityError:
+                self.cache.db.rollback()
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         self.cache.close()

@@ -197,3 +197,24 @@ def test_distiller_is_a_pyterrier_transformer():
                          intermediate_size=32)).save_pretrained(path)
     tok.save_pretrained(path)
     return mkd.Distiller(mkd.CrossEncoder.from_pretrained(path), CountingTeacher())
+
+
+def test_fits_sharing_a_teacher_cache_at_once_do_not_crash(small_results, tmp_path):
+    """Two processes with one cache_dir: the other one stores some pairs between our lookup and our insert."""
+    from pyterrier_marginkd.teacher import TeacherScores
+
+    pairs = small_results[["qid", "query", "docno", "text"]]
+    other = TeacherScores(CountingTeacher(), tmp_path, teacher_id="shared")
+    ours_teacher = CountingTeacher()
+
+    class Racing(pt.Transformer):
+        def transform(self, inp):
+            other.scores(pairs)  # the other fit wins the race for these pairs
+            return ours_teacher.transform(inp)
+
+    ours = TeacherScores(Racing(), tmp_path, teacher_id="shared")
+    assert ours.scores(pairs) == other.scores(pairs)
+    assert ours_teacher.pairs == len(pairs)  # scored once; the retry found every pair in the cache
+    assert ours.scores(pairs) == other.scores(pairs) and ours_teacher.pairs == len(pairs)
+    ours.close()
+    other.close()
