@@ -127,6 +127,12 @@ def main() -> None:
     print(table[cols].to_markdown(index=False))
     (output / "results.md").write_text(table[cols].to_markdown(index=False) + "\n")
     table.to_csv(output / "results.csv", index=False)
+    # does distillation beat the same student trained on labels? (paired t-test on the same queries)
+    versus = pt.Experiment(systems[-2:], test_topics, data.qrels("test"), [nDCG @ 10, RR @ 10, AP @ 100],
+                           names=names[-2:], baseline=0, round=4)
+    cols = ["name", "nDCG@10", "nDCG@10 p-value", "RR@10", "RR@10 p-value", "AP@100", "AP@100 p-value"]
+    print(versus[cols].to_markdown(index=False))
+    (output / "results-students.md").write_text(versus[cols].to_markdown(index=False) + "\n")
 
 
 if __name__ == "__main__":

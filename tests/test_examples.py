@@ -25,6 +25,8 @@ def test_distill_cranfield_example_runs_every_stage_and_reuses_them(cranfield, t
                                       "teacher: MiniLM-L6 CE (title pseudo-queries + labels)",
                                       "student L2: labels only", "student L2: Margin-MSE"]
     assert table["nDCG@10"].between(0, 1).all() and table["nDCG@10 p-value"].iloc[1:].notna().all()
+    versus = (out / "results-students.md").read_text()
+    assert "student L2: labels only" in versus and "student L2: Margin-MSE" in versus and "p-value" in versus
     # the students start from the teacher's first layers: 2 of its layers, its vocabulary
     assert '"num_hidden_layers": 2' in (out / "student-labels" / "student" / "config.json").read_text()
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
