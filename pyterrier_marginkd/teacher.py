@@ -114,14 +114,12 @@ class TeacherScores:
         """Cached scores of one chunk. Fits sharing a cache (``cache_dir``) may run at once: when another process
         stored some of the chunk's pairs between our lookup and our insert, SQLite refuses the duplicates (the whole
         insert rolls back); the chunk is then looked up again, and only what is still missing is scored."""
-        for attempt in range(attempts):
+        for _ in range(attempts - 1):
             try:
                 return self.cache(chunk)
             except sqlite3.IntegrityError:
                 self.cache.db.rollback()
-                if attempt == attempts - 1:
-                    raise
-        raise AssertionError("unreachable")
+        return self.cache(chunk)
 
     def close(self) -> None:
         self.cache.close()
