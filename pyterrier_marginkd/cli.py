@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> None:
 
     train = sub.add_parser("train", help="distil a teacher into a student on BM25 candidates of a collection")
     _common(train)
-    train.add_argument("--split", default="train", help="topic split to train on")
+    train.add_argument("--split", default="train", help="topic split to train on (a collection without splits "
+                       "holds out 30%% of its queries as 'test', the rest is 'train')")
     train.add_argument("--valid-split", default=None, help="topic split for validation (best checkpoint)")
     train.add_argument("--student", default=default_model(), help="student checkpoint (hub id or folder)")
     train.add_argument("--num-layers", type=int, default=None, help="keep the student's first k layers")

@@ -8,11 +8,14 @@ import re
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pandas as pd
 import pyterrier as pt
 
 #: environment variable naming the folder that holds the shared collections (default ../shared/data)
 DATA_ENV = "MARGINKD_DATA"
+#: split names a collection without split files still answers, by holding out part of its queries
+DERIVED_SPLITS = ("train", "test")
 _PUNCT = re.compile(r"[^\w\s]+", re.UNICODE)
 
 
@@ -32,10 +35,17 @@ class Collection:
     A local folder has ``docs.jsonl.gz`` (``docno``, ``text`` and optionally ``title``), ``topics[.<split>].tsv``
     (``qid<TAB>query``) and ``qrels[.<split>].txt`` (TREC format). An ``irds:<id>`` names an ir_datasets dataset;
     its split ``s`` is the dataset ``<id>/s``.
+
+    A collection that ships no splits (Vaswani, ``irds:vaswani``) still answers ``"train"`` and ``"test"``: its
+    queries are split once, the same way on every machine (a permutation of the sorted qids with seed 0), with
+    ``test_fraction`` of them held out for testing; :attr:`derived_splits` says when this happened.
     """
 
-    def __init__(self, data: str | os.PathLike):
+    def __init__(self, data: str | os.PathLike, *, test_fraction: float = 0.3):
+        if not 0 < test_fraction < 1:
+            raise ValueError(f"test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")
         self.data = str(data)
+        self.test_fraction = test_fraction
         self._docs: dict[str, dict] | None = None
         self._irds = self.data.startswith("irds:")
         if not self._irds:
@@ -54,6 +64,12 @@ class Collection:
 
     def _dataset(self, split: str | None = None):
         ident = self.data if split is None else f"{self.data}/{split}"
+        if split is not None:
+            import ir_datasets
+
+            if ident[len("irds:"):] not in ir_datasets.registry:
+                raise KeyError(f"ir_datasets has no dataset {ident[len('irds:'):]!r} for split {split!r} "
+                               f"(splits of {self.data}: {self.splits() or 'none'})")
         return pt.get_dataset(ident)
 
     def docs_iter(self) -> Iterator[dict]:
@@ -68,13 +84,37 @@ class Collection:
                 yield doc
 
     def splits(self) -> list[str]:
-        """Names of the topic splits of a local folder (e.g. ``['test', 'train']``)."""
+        """Names of the topic splits the collection ships (e.g. ``['test', 'train']``); [] when it ships none."""
         if self._irds:
-            return []
+            import ir_datasets
+
+            ident = self.data[len("irds:"):]
+            return sorted(s for s in ("train", "dev", "valid", "test")
+                          if f"{ident}/{s}" in ir_datasets.registry)
         return sorted(p.name[len("topics."):-len(".tsv")] for p in self.path.glob("topics.*.tsv"))
+
+    @property
+    def derived_splits(self) -> bool:
+        """True when ``"train"``/``"test"`` are this object's own holdout split (the collection ships no splits)."""
+        return not self.splits()
+
+    def _derived_qids(self, split: str) -> set[str]:
+        qids = sorted(self.topics(clean=False)["qid"])
+        order = np.random.default_rng(0).permutation(len(qids))
+        num_test = max(1, round(self.test_fraction * len(qids)))
+        if num_test >= len(qids):
+            raise ValueError(f"{self.data!r} has {len(qids)} queries: too few to hold out a test split")
+        chosen = order[:num_test] if split == "test" else order[num_test:]
+        return {qids[i] for i in chosen}
+
+    def _is_derived(self, split: str | None) -> bool:
+        return split in DERIVED_SPLITS and self.derived_splits
 
     def topics(self, split: str | None = None, *, clean: bool = True) -> pd.DataFrame:
         """Topics (``qid, query``) of a split (None: all); punctuation stripped from queries unless ``clean=False``."""
+        if self._is_derived(split):
+            topics = self.topics(clean=clean)
+            return topics[topics["qid"].isin(self._derived_qids(split))].reset_index(drop=True)
         if self._irds:
             topics = self._dataset(split).get_topics()
             if "text" in topics.columns and "query" not in topics.columns:
@@ -94,6 +134,9 @@ class Collection:
 
     def qrels(self, split: str | None = None) -> pd.DataFrame:
         """Qrels (``qid, docno, label``) of a split (None: all)."""
+        if self._is_derived(split):
+            qrels = self.qrels()
+            return qrels[qrels["qid"].isin(self._derived_qids(split))].reset_index(drop=True)
         if self._irds:
             qrels = self._dataset(split).get_qrels()
         else:

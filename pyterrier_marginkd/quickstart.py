@@ -89,6 +89,9 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     output.mkdir(parents=True, exist_ok=True)
     collection = Collection(data)
     _log(verbose, f"quickstart: {collection!r} -> {output}; {recipe}")
+    if collection.derived_splits:
+        _log(verbose, f"{collection.name} ships no train/test split: holding out {collection.test_fraction:.0%} of "
+                      "its queries for testing (the same split every run; Collection.test_fraction)")
     with _download_hint(collection):
         bm25 = collection.bm25(output / f"{collection.name}.pisa", num_results=max(recipe.k, recipe.k_train))
         train_topics = _sample(collection.topics(train_split), recipe.train_queries, seed)

@@ -37,3 +37,44 @@ def test_pisa_bm25_retrieves(cranfield, cranfield_bm25):
     res = cranfield_bm25(cranfield.topics("test").head(3))
     assert set(res.columns) >= {"qid", "docno", "score", "rank"}
     assert res.groupby("qid").size().max() == 20
+
+
+def _folder_without_splits(path, num_queries=10):
+    import gzip
+    import json
+
+    with gzip.open(path / "docs.jsonl.gz", "wt") as out:
+        for i in range(3):
+            out.write(json.dumps({"docno": f"d{i}", "text": f"document {i}"}) + "\n")
+    (path / "topics.tsv").write_text("".join(f"q{i}\tquery {i}\n" for i in range(num_queries)))
+    (path / "qrels.txt").write_text("".join(f"q{i} 0 d{i % 3} 1\n" for i in range(num_queries)))
+    return path
+
+
+def test_collection_without_splits_holds_out_a_fixed_test_split(tmp_path):
+    coll = mkd.Collection(_folder_without_splits(tmp_path))
+    assert coll.splits() == [] and coll.derived_splits
+    train, test = coll.topics("train"), coll.topics("test")
+    assert len(test) == 3 and len(train) == 7
+    assert not set(train.qid) & set(test.qid) and set(train.qid) | set(test.qid) == {f"q{i}" for i in range(10)}
+    assert set(coll.qrels("test").qid) == set(test.qid) and set(coll.qrels("train").qid) == set(train.qid)
+    again = mkd.Collection(tmp_path)
+    assert list(again.topics("test").qid) == list(test.qid)           # the same split every time
+    assert len(mkd.Collection(tmp_path, test_fraction=0.5).topics("test")) == 5
+    with pytest.raises(FileNotFoundError, match="split 'dev'"):
+        coll.topics("dev")                                           # only train/test are derived
+    with pytest.raises(ValueError, match="test_fraction"):
+        mkd.Collection(tmp_path, test_fraction=1.0)
+    with pytest.raises(ValueError, match="too few"):
+        mkd.Collection(_folder_without_splits(tmp_path, num_queries=1)).topics("train")
+
+
+def test_cranfield_keeps_its_own_splits(cranfield):
+    assert not cranfield.derived_splits
+
+
+def test_irds_splits_from_the_registry():
+    assert mkd.Collection("irds:beir/scifact").splits() == ["test", "train"]
+    assert mkd.Collection("irds:vaswani").derived_splits
+    with pytest.raises(KeyError, match="no dataset 'msmarco-passage/test'"):
+        mkd.Collection("irds:msmarco-passage").topics("test")

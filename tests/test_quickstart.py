@@ -73,3 +73,13 @@ def test_recipes_and_offline_hint(cranfield):
     with pytest.raises(FileNotFoundError):
         with _download_hint(cranfield):
             raise FileNotFoundError("a local file is missing")
+
+
+def test_quickstart_on_a_collection_without_splits(vaswani, tiny_bert_dir, tmp_path, capsys):
+    output = tmp_path / "vaswani"
+    cli.main(["quickstart", "--data", str(vaswani.path), "--output", str(output), "--model", str(tiny_bert_dir),
+              "--student-layers", "1", "--fast", "--train-queries", "6", "--test-queries", "4", "--k", "5",
+              "--k-train", "5", "--max-length", "32"])
+    printed = capsys.readouterr().out
+    assert "vaswani ships no train/test split: holding out 30%" in printed
+    assert table_rows(output) == SYSTEMS
