@@ -1,7 +1,6 @@
 """Distiller: a pt.Estimator that trains a student re-ranker from a teacher's scores (and/or labels)."""
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
@@ -10,16 +9,23 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-import ir_measures
 import numpy as np
 import pandas as pd
 import pyterrier as pt
 import torch
-from ir_measures import nDCG
 from safetensors.torch import load_model, save_model
 
 from pyterrier_marginkd import _distributed, io
 from pyterrier_marginkd._scorer import NeuralScorer
+from pyterrier_marginkd._training import (
+    STATE_FILE,
+    evaluate_ndcg10,
+    load_checkpoint,
+    param_groups,
+    run_fingerprint,
+    sample_groups,
+    save_checkpoint,
+)
 from pyterrier_marginkd.data import (
     Group,
     GroupSource,
@@ -32,11 +38,9 @@ from pyterrier_marginkd.docpairs import DocPairs
 from pyterrier_marginkd.intermediate import HiddenStateMSE, check_models, scores_with_layer_loss
 from pyterrier_marginkd.losses import MarginMSE, RankingLoss
 from pyterrier_marginkd.scorefiles import ScoreFile
-from pyterrier_marginkd.teacher import TeacherScores
+from pyterrier_marginkd.teacher import TeacherScores, margin_std
 
-STATE_FILE = "trainer_state.pt"
-#: names of the scoring-head modules that ``head_lr`` applies to (the layers a student adds on top of its encoder)
-HEAD_NAMES = frozenset({"classifier", "pooler", "projection", "score_head", "score", "mixer", "kernel_scale"})
+__all__ = ["Distiller", "STATE_FILE", "evaluate_ndcg10"]
 
 
 class Distiller(pt.Estimator):
@@ -209,15 +213,9 @@ class Distiller(pt.Estimator):
         self._seed_everything()
         model = self.student.model
         model.train()
-        head = [p for name, p in model.named_parameters() if HEAD_NAMES & set(name.split("."))]
-        head_ids = {id(p) for p in head} if self.head_lr is not None else set()
-        body = [p for p in model.parameters() if id(p) not in head_ids]
-        if self.intermediate is not None:
-            body += list(self.intermediate.to(self.student._device).parameters())
-        groups = [{"params": body}]
-        if head_ids:
-            groups.append({"params": head, "lr": self.head_lr})
-        dist.broadcast(body + (head if head_ids else []))
+        extra = self.intermediate.to(self.student._device) if self.intermediate is not None else None
+        groups = param_groups(model, extra, self.head_lr)
+        dist.broadcast([p for group in groups for p in group["params"]])
         optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
         self._elapsed_before = 0.0
         self._clock = None
@@ -316,7 +314,7 @@ class Distiller(pt.Estimator):
                 return
             steps = [shard(chunk[start:start + per_step]) for start in range(0, len(chunk), per_step)]
             if teacher is not None:
-                self._add_teacher_scores(teacher, [g for step in steps for g in step])
+                teacher.fill([g for step in steps for g in step])
             yield from steps
 
     def _teacher_cache(self) -> TeacherScores:
@@ -362,7 +360,7 @@ class Distiller(pt.Estimator):
         cache = self._teacher_cache() if self.teacher is not None and self.loss.needs_teacher else None
         try:
             if cache is not None:
-                self._add_teacher_scores(cache, groups)
+                cache.fill(groups)
             self._teacher_factor = self._teacher_scale_factor(source, cache)
         finally:
             if cache is not None:
@@ -444,25 +442,13 @@ class Distiller(pt.Estimator):
             return float(self.teacher_scale)
         groups = list(itertools.islice(iter(source.groups(0)), sample))
         if teacher is not None:
-            self._add_teacher_scores(teacher, groups)
-        margins = [g.teacher[0] - t for g in groups if g.teacher is not None for t in g.teacher[1:]]
-        if len(margins) < 2:
+            teacher.fill(groups)
+        std = margin_std(groups)
+        if std is None:
             return 1.0
-        std = float(np.std(margins))
         factor = 1.0 / std if 0 < std < 0.5 else 1.0
         self.report["teacher_margin_std"], self.report["teacher_scale_factor"] = std, factor
         return factor
-
-    def _add_teacher_scores(self, teacher: TeacherScores, groups: list[Group]) -> None:
-        """Fill ``group.teacher`` of the groups lacking it, scoring each (query, docno) once through the cache."""
-        todo = [g for g in groups if g.teacher is None]
-        if not todo:
-            return
-        pairs = pd.DataFrame([(g.qid, g.query, d, t) for g in todo for d, t in zip(g.docnos, g.texts)],
-                             columns=["qid", "query", "docno", self.student.text_field])
-        scores = teacher.scores(pairs)
-        for g in todo:
-            g.teacher = [scores[g.qid, d] for d in g.docnos]
 
     def _validate(self, va_res: pd.DataFrame, va_qrels: pd.DataFrame, step: int, best: dict | None) -> dict | None:
         run = self.student.transform(va_res)
@@ -484,56 +470,18 @@ class Distiller(pt.Estimator):
         torch.manual_seed(self.seed)
 
     def _fingerprint(self, source: GroupSource, total_steps: int) -> str:
-        groups = list(itertools.islice(iter(source.groups(0)), 50))
         loss = repr(self.loss) + (f" + {self.intermediate!r}" if self.intermediate is not None else "")
-        desc = json.dumps({"student": repr(self.student), "loss": loss, "lr": self.lr, "seed": self.seed,
-                           "batch_size": self.batch_size, "accum": self.grad_accum_steps, "total_steps": total_steps,
-                           "epochs": self.epochs, "data": [(g.qid, g.docnos) for g in groups],
-                           **({"head_lr": self.head_lr} if self.head_lr is not None else {}),
-                           "groups": source.num_groups()})
-        return hashlib.sha256(desc.encode()).hexdigest()
+        return run_fingerprint({"student": repr(self.student), "loss": loss, "lr": self.lr, "seed": self.seed,
+                                "batch_size": self.batch_size, "accum": self.grad_accum_steps,
+                                "total_steps": total_steps, "epochs": self.epochs, "data": sample_groups(source),
+                                **({"head_lr": self.head_lr} if self.head_lr is not None else {}),
+                                "groups": source.num_groups()})
 
     def _save_checkpoint(self, path: Path, optimizer, scheduler, step: int, best, fingerprint: str) -> None:
-        if not _distributed.current().is_main:
-            return
-        with io.atomic_dir(path) as tmp:
-            save_model(self.student.model, str(tmp / "model.safetensors"))
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "rng": torch.get_rng_state(), "step": step, "fingerprint": fingerprint,
-                        "best": json.dumps(best), "history": json.dumps(self.history),
-                        "validation": json.dumps(self.validation),
-                        "elapsed": self._elapsed_before + time.time() - (self._clock or time.time()),
-                        "intermediate": self.intermediate.state_dict() if self.intermediate is not None else {}},
-                       tmp / STATE_FILE)
+        if _distributed.current().is_main:
+            save_checkpoint(path, self.student.model, self.intermediate, optimizer, scheduler, step=step, best=best,
+                            fingerprint=fingerprint, history=self.history, validation=self.validation,
+                            elapsed=self._elapsed_before + time.time() - (self._clock or time.time()))
 
     def _load_checkpoint(self, path: Path, optimizer, scheduler, fingerprint: str) -> dict:
-        io.check_files(path, ["model.safetensors", STATE_FILE])
-        try:  # weights_only: tensors and plain containers, never arbitrary pickled objects
-            saved = torch.load(path / STATE_FILE, weights_only=True)
-        except Exception as err:  # UnpicklingError for a forbidden object, RuntimeError/EOFError for a damaged file
-            raise ValueError(f"{path / STATE_FILE} cannot be loaded safely ({type(err).__name__}: {err}); delete "
-                             f"{path} to start over, or pass resume=False") from None
-        if saved["fingerprint"] != fingerprint:
-            raise ValueError(f"the checkpoint in {path} belongs to a different run (other data, student or settings); "
-                             "use another output_dir, delete the checkpoint, or pass resume=False")
-        load_model(self.student.model, str(path / "model.safetensors"))
-        if self.intermediate is not None:
-            self.intermediate.load_state_dict(saved["intermediate"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["rng"])
-        print(f"Distiller: resuming from the checkpoint at step {saved['step']} in {path}")
-        return {"step": saved["step"], "best": json.loads(saved["best"]), "history": json.loads(saved["history"]),
-                "validation": json.loads(saved["validation"]), "elapsed": float(saved.get("elapsed", 0.0))}
-
-
-def evaluate_ndcg10(run: pd.DataFrame, qrels: pd.DataFrame) -> float:
-    """Mean nDCG@10 of a result frame against qrels (queries of the run only)."""
-    qrels = qrels[qrels["qid"].astype(str).isin(set(run["qid"].astype(str)))]
-    result = ir_measures.calc_aggregate(
-        [nDCG @ 10],
-        pd.DataFrame({"query_id": qrels["qid"].astype(str), "doc_id": qrels["docno"].astype(str),
-                      "relevance": qrels["label"].astype(int)}),
-        pd.DataFrame({"query_id": run["qid"].astype(str), "doc_id": run["docno"].astype(str),
-                      "score": run["score"].astype(float)}))
-    return float(result[nDCG @ 10])
+        return load_checkpoint(path, self.student.model, self.intermediate, optimizer, scheduler, fingerprint)

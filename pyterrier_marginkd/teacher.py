@@ -123,3 +123,21 @@ class TeacherScores:
 
     def close(self) -> None:
         self.cache.close()
+
+    def fill(self, groups: list) -> None:
+        """Set ``group.teacher`` of the training groups lacking it, scoring each (query, docno) once via the cache."""
+        todo = [g for g in groups if g.teacher is None]
+        if not todo:
+            return
+        pairs = pd.DataFrame([(g.qid, g.query, d, t) for g in todo for d, t in zip(g.docnos, g.texts)],
+                             columns=["qid", "query", "docno", self.text_field])
+        scores = self.scores(pairs)
+        for g in todo:
+            g.teacher = [scores[g.qid, d] for d in g.docnos]
+
+
+def margin_std(groups: list) -> float | None:
+    """Standard deviation of the teacher margins (first document minus each other one) of scored groups; None when
+    fewer than two margins exist."""
+    margins = [g.teacher[0] - t for g in groups if g.teacher is not None for t in g.teacher[1:]]
+    return float(np.std(margins)) if len(margins) >= 2 else None

@@ -1,0 +1,93 @@
+"""The Distiller's training-loop helpers: run fingerprints, checkpoints (atomic save, safe load), validation metric."""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import ir_measures
+import pandas as pd
+import torch
+from ir_measures import nDCG
+from safetensors.torch import load_model, save_model
+
+from pyterrier_marginkd import io
+from pyterrier_marginkd.data import GroupSource
+
+#: names of the scoring-head modules that ``head_lr`` applies to (the layers a student adds on top of its encoder)
+HEAD_NAMES = frozenset({"classifier", "pooler", "projection", "score_head", "score", "mixer", "kernel_scale"})
+#: the optimizer / scheduler / RNG / progress state saved next to the weights in every checkpoint
+STATE_FILE = "trainer_state.pt"
+
+
+def param_groups(model: torch.nn.Module, extra: torch.nn.Module | None, head_lr: float | None) -> list[dict]:
+    """AdamW parameter groups: the model (and ``extra``, e.g. intermediate-layer projections) at the base learning
+    rate; with ``head_lr``, the scoring-head modules (:data:`HEAD_NAMES`) in a second group at that rate."""
+    head = [p for name, p in model.named_parameters() if HEAD_NAMES & set(name.split("."))]
+    head_ids = {id(p) for p in head} if head_lr is not None else set()
+    body = [p for p in model.parameters() if id(p) not in head_ids]
+    if extra is not None:
+        body += list(extra.parameters())
+    return [{"params": body}] + ([{"params": head, "lr": head_lr}] if head_ids else [])
+
+
+def sample_groups(source: GroupSource, num: int = 50) -> list[tuple[str, list[str]]]:
+    """(qid, docnos) of the first ``num`` groups of epoch 0: the data part of a run's fingerprint."""
+    return [(g.qid, g.docnos) for g in itertools.islice(iter(source.groups(0)), num)]
+
+
+def run_fingerprint(description: dict[str, Any]) -> str:
+    """A digest of everything that makes two runs the same run (settings, step count, data sample); a checkpoint
+    resumes only a run with the same fingerprint."""
+    return hashlib.sha256(json.dumps(description).encode()).hexdigest()
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, extra: torch.nn.Module | None, optimizer, scheduler, *,
+                    step: int, best: dict | None, fingerprint: str, history: list, validation: list,
+                    elapsed: float) -> None:
+    """Write weights and trainer state to ``path`` atomically (a kill leaves the previous checkpoint intact)."""
+    with io.atomic_dir(path) as tmp:
+        save_model(model, str(tmp / "model.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": torch.get_rng_state(), "step": step, "fingerprint": fingerprint,
+                    "best": json.dumps(best), "history": json.dumps(history), "validation": json.dumps(validation),
+                    "elapsed": elapsed, "intermediate": extra.state_dict() if extra is not None else {}},
+                   tmp / STATE_FILE)
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, extra: torch.nn.Module | None, optimizer, scheduler,
+                    fingerprint: str) -> dict:
+    """Restore weights, optimizer, scheduler and RNG from ``path``; the progress state (step, best, history,
+    validation, elapsed) is returned. Refuses a damaged file, pickled objects and a checkpoint of another run."""
+    io.check_files(path, ["model.safetensors", STATE_FILE])
+    try:  # weights_only: tensors and plain containers, never arbitrary pickled objects
+        saved = torch.load(path / STATE_FILE, weights_only=True)
+    except Exception as err:  # UnpicklingError for a forbidden object, RuntimeError/EOFError for a damaged file
+        raise ValueError(f"{path / STATE_FILE} cannot be loaded safely ({type(err).__name__}: {err}); delete "
+                         f"{path} to start over, or pass resume=False") from None
+    if saved["fingerprint"] != fingerprint:
+        raise ValueError(f"the checkpoint in {path} belongs to a different run (other data, student or settings); "
+                         "use another output_dir, delete the checkpoint, or pass resume=False")
+    load_model(model, str(path / "model.safetensors"))
+    if extra is not None:
+        extra.load_state_dict(saved["intermediate"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["rng"])
+    print(f"Distiller: resuming from the checkpoint at step {saved['step']} in {path}")
+    return {"step": saved["step"], "best": json.loads(saved["best"]), "history": json.loads(saved["history"]),
+            "validation": json.loads(saved["validation"]), "elapsed": float(saved.get("elapsed", 0.0))}
+
+
+def evaluate_ndcg10(run: pd.DataFrame, qrels: pd.DataFrame) -> float:
+    """Mean nDCG@10 of a result frame against qrels (queries of the run only)."""
+    qrels = qrels[qrels["qid"].astype(str).isin(set(run["qid"].astype(str)))]
+    result = ir_measures.calc_aggregate(
+        [nDCG @ 10],
+        pd.DataFrame({"query_id": qrels["qid"].astype(str), "doc_id": qrels["docno"].astype(str),
+                      "relevance": qrels["label"].astype(int)}),
+        pd.DataFrame({"query_id": run["qid"].astype(str), "doc_id": run["docno"].astype(str),
+                      "score": run["score"].astype(float)}))
+    return float(result[nDCG @ 10])
