@@ -3,12 +3,13 @@
 Teacher: the MiniLM-L6 cross-encoder fine-tuned on the train split's labels by this same Distiller (teacher=None,
 RankNet). all-MiniLM-L6-v2 is a bi-encoder checkpoint and ~120 judged queries are too few to teach it cross-encoding,
 so the teacher is first adapted to the collection on pseudo-queries (``--pretrain title``: each document's title
-must rank its own document above BM25's other candidates; hard labels from ``mkd.pseudo_qrels``, no teacher, no
-real labels), then fine-tuned on the labels. Students: the teacher's first 2 layers (and head) trained (a) on labels
-alone (RankNet) and (b) with Margin-MSE from the teacher, on the same training groups. All re-rank BM25 top-k on the
-test split in one pt.Experiment (significance against BM25).
+must rank its own document above BM25's other candidates; ``first_sentence`` where documents have no titles; hard
+labels from ``mkd.pseudo_qrels``, no teacher, no real labels), then fine-tuned on the labels. Students: the teacher's
+first 2 layers (and head) trained (a) on labels alone (RankNet) and (b) with Margin-MSE from the teacher, on the same
+training groups. All re-rank BM25 top-k on the test split in one pt.Experiment (significance against BM25).
 
     python examples/distill_cranfield.py --data ../shared/data/cranfield --output runs/cranfield-kd
+    python examples/distill_cranfield.py --data ../shared/data/vaswani --output runs/vaswani-kd   # no titles, no splits
 """
 from __future__ import annotations
 
@@ -49,8 +50,9 @@ def main() -> None:
     parser.add_argument("--k-train", type=int, default=30, help="BM25 candidates per training query")
     parser.add_argument("--k", type=int, default=50, help="BM25 candidates re-ranked at test time")
     parser.add_argument("--student-layers", type=int, default=2)
-    parser.add_argument("--pretrain", default="title", choices=["title", "first_sentence", "span", "none"],
-                        help="pseudo-queries the teacher is adapted on before the labels (none: labels only)")
+    parser.add_argument("--pretrain", default="auto", choices=["auto", "title", "first_sentence", "span", "none"],
+                        help="pseudo-queries the teacher is adapted on before the labels (auto: titles where the "
+                        "documents have them, else first sentences; none: labels only)")
     parser.add_argument("--pretrain-epochs", type=int, default=1)
     parser.add_argument("--pretrain-queries", type=int, default=None, help="a seeded sample of N pseudo-queries "
                         "(default: one per document)")
@@ -89,6 +91,8 @@ def main() -> None:
 
     text = data.get_text()
     start, adapted = args.model, None
+    if args.pretrain == "auto":
+        args.pretrain = "title" if next(data.docs_iter()).get("title") else "first_sentence"
     if args.pretrain != "none":
         pq = mkd.pseudo_queries(data, args.pretrain, num=args.pretrain_queries, seed=0)
         pq_args = ((bm25 % args.k_train >> text)(pq[["qid", "query"]]), mkd.pseudo_qrels(pq)) + fit_args[2:]

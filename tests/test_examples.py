@@ -32,3 +32,16 @@ def test_distill_cranfield_example_runs_every_stage_and_reuses_them(cranfield, t
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("reusing") == 4
+
+
+def test_distill_example_on_a_collection_without_titles_or_splits(vaswani, tiny_bert_dir, tmp_path):
+    out = tmp_path / "vaswani"
+    cmd = [sys.executable, str(ROOT / "examples" / "distill_cranfield.py"), "--data", str(vaswani.path),
+           "--model", str(tiny_bert_dir), "--output", str(out), "--num-queries", "10", "--valid-queries", "3",
+           "--k-train", "6", "--k", "6", "--max-length", "48", "--epochs", "1", "--teacher-epochs", "1",
+           "--pretrain-queries", "16", "--student-layers", "1"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    names = pd.read_csv(out / "results.csv")["name"].tolist()
+    assert names[1:3] == ["MiniLM-L6 CE (first_sentence pseudo-queries only)",
+                          "teacher: MiniLM-L6 CE (first_sentence pseudo-queries + labels)"]
