@@ -1,4 +1,4 @@
-"""Re-ranking throughput (pairs/s) on real (query, passage) pairs: ours vs sentence-transformers vs Hugging Face.
+"""Re-ranking throughput (pairs/s) on real (query, passage) pairs: ours vs sentence-transformers, ONNX Runtime, HF.
 
 One process, one set of pairs, the same weights, threads and batch size for every system. Systems are timed
 interleaved (A, B, C, A, B, C, ...) and the median of the repetitions is reported, so that load from other
@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
@@ -38,7 +39,7 @@ import pyterrier_marginkd as mkd  # noqa: E402
 Scorer = Callable[[Sequence[str], Sequence[str]], np.ndarray]
 #: scores of other systems must match ours within this (absolute, on logits of magnitude ~1-10)
 AGREEMENT_TOL = 1e-3
-SYSTEMS = ["ours", "st", "st-onnx", "hf"]
+SYSTEMS = ["ours", "st", "st-onnx", "ort", "hf"]
 
 
 # --- measuring -----------------------------------------------------------------------------------------------------
@@ -170,6 +171,39 @@ def sentence_transformers(folder: str, max_length: int, batch_size: int, threads
     return score
 
 
+def onnx_runtime(folder: str, max_length: int, batch_size: int, threads: int) -> Scorer:
+    """ONNX Runtime on the model exported by ``torch.onnx.export`` (what sentence-transformers' ONNX backend runs,
+    without optimum): graph optimisations on, ``threads`` intra-op threads, HF tokenizer, batches in input order."""
+    import onnxruntime
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    path = Path(folder) / "model.onnx"
+    if not path.exists():
+        model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+        names = ["input_ids", "attention_mask", "token_type_ids"]
+        example = tokenizer(["a query"] * 2, ["a passage", "another passage"], padding=True, return_tensors="pt")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, tuple(example[n] for n in names), str(path), input_names=names,
+                              output_names=["logits"], opset_version=17, dynamo=False,
+                              dynamic_axes={**{n: {0: "batch", 1: "tokens"} for n in names}, "logits": {0: "batch"}})
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def score(queries, texts):
+        out = []
+        for start in range(0, len(queries), batch_size):
+            enc = tokenizer(list(queries[start:start + batch_size]), list(texts[start:start + batch_size]),
+                            truncation=True, max_length=max_length, padding=True, return_tensors="np")
+            out.append(session.run(None, {n: enc[n].astype(np.int64) for n in
+                                          ("input_ids", "attention_mask", "token_type_ids")})[0][:, 0])
+        return np.concatenate(out)
+    return score
+
+
 def hugging_face(folder: str, max_length: int, batch_size: int) -> Scorer:
     """Plain transformers: AutoModelForSequenceClassification + tokenizer, batches in input order."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -203,6 +237,13 @@ def build_systems(args, folder: str, max_length: int, batch_size: int, notes: li
         except Exception as err:  # optimum/onnxruntime missing or incompatible with this transformers: say why
             first_line = re.sub(r" \(/[^)]*\)", "", str(err).splitlines()[0])  # no machine-specific paths
             note = f"sentence-transformers ONNX backend skipped: {type(err).__name__}: {first_line}"
+            if note not in notes:
+                notes.append(note)
+    if "ort" in args.systems:
+        try:
+            systems["ONNX Runtime"] = onnx_runtime(folder, max_length, batch_size, args.threads)
+        except ImportError as err:
+            note = f"ONNX Runtime skipped: {err} (pip install onnx onnxruntime)"
             if note not in notes:
                 notes.append(note)
     if "hf" in args.systems:
