@@ -173,7 +173,8 @@ def sentence_transformers(folder: str, max_length: int, batch_size: int, threads
 
 def onnx_runtime(folder: str, max_length: int, batch_size: int, threads: int) -> Scorer:
     """ONNX Runtime on the model exported by ``torch.onnx.export`` (what sentence-transformers' ONNX backend runs,
-    without optimum): graph optimisations on, ``threads`` intra-op threads, HF tokenizer, batches in input order."""
+    without optimum): graph optimisations on, ``threads`` intra-op threads, HF tokenizer, and batches of pairs
+    sorted by length in characters, as sentence-transformers' ``predict`` sorts them."""
     import onnxruntime
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -194,13 +195,17 @@ def onnx_runtime(folder: str, max_length: int, batch_size: int, threads: int) ->
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def score(queries, texts):
+        order = np.argsort([-(len(q) + len(t)) for q, t in zip(queries, texts)], kind="stable")
         out = []
-        for start in range(0, len(queries), batch_size):
-            enc = tokenizer(list(queries[start:start + batch_size]), list(texts[start:start + batch_size]),
-                            truncation=True, max_length=max_length, padding=True, return_tensors="np")
+        for start in range(0, len(order), batch_size):
+            part = order[start:start + batch_size]
+            enc = tokenizer([queries[i] for i in part], [texts[i] for i in part], truncation=True,
+                            max_length=max_length, padding=True, return_tensors="np")
             out.append(session.run(None, {n: enc[n].astype(np.int64) for n in
                                           ("input_ids", "attention_mask", "token_type_ids")})[0][:, 0])
-        return np.concatenate(out)
+        scores = np.empty(len(order), dtype=np.float32)
+        scores[order] = np.concatenate(out)
+        return scores
     return score
 
 
