@@ -62,7 +62,7 @@ class Distiller(pt.Estimator):
                  seed: int = 0, output_dir: str | Path | None = None, cache_dir: str | Path | None = None,
                  teacher_id: str | None = None, unjudged: str = "skip", pseudo_positives: int = 1,
                  pseudo_negative_start: int | None = None, teacher_scale: float | str | None = "auto",
-                 select_best: bool = True, resume: bool = True, verbose: bool = False,
+                 select_best: bool = True, validate_start: bool = True, resume: bool = True, verbose: bool = False,
                  intermediate: HiddenStateMSE | None = None, head_lr: float | None = None):
         if not isinstance(student, NeuralScorer):
             raise TypeError(f"student must be a pyterrier_marginkd re-ranker (CrossEncoder, ...), got "
@@ -109,6 +109,7 @@ class Distiller(pt.Estimator):
         self.teacher_scale = teacher_scale
         self._teacher_factor = 1.0
         self.select_best = select_best
+        self.validate_start = validate_start
         self.resume = resume
         self._train_seconds = 0.0
         self.verbose = verbose
@@ -243,6 +244,11 @@ class Distiller(pt.Estimator):
                       disable=not (self.verbose and dist.is_main))
         stopped_early = False
         try:
+            if va_res is not None and self.validate_start and step == 0:
+                # the starting weights compete for "best" too: a fit that only makes the student worse on the
+                # validation queries (too few labels, a weak teacher) gives back the student it started from
+                state["best"] = dist.on_main(lambda: self._validate(va_res, va_qrels, 0, state["best"]))
+                validation_seconds += time.time() - started
             while step < total_steps and not stopped_early:
                 epoch, step_in_epoch = divmod(step, steps_per_epoch)
                 batches = self._batches(source.groups(epoch), teacher, skip=step_in_epoch * per_step)

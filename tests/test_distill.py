@@ -218,3 +218,24 @@ def test_fits_sharing_a_teacher_cache_at_once_do_not_crash(small_results, tmp_pa
     assert ours.scores(pairs) == other.scores(pairs) and ours_teacher.pairs == len(pairs)
     ours.close()
     other.close()
+
+
+def test_the_starting_weights_compete_for_best(train_data, student_dir, tmp_path, monkeypatch):
+    """A fit that only makes validation worse gives back the student it started from (validate_start)."""
+    res, qrels = train_data
+    train, valid = res[res.qid.isin(res.qid.unique()[:8])], res[~res.qid.isin(res.qid.unique()[:8])]
+    falling = iter(np.linspace(0.9, 0.1, 50))
+    monkeypatch.setattr(mkd.distill, "evaluate_ndcg10", lambda run, qrels: float(next(falling)))
+    distiller = make(student_dir, CountingTeacher(), tmp_path / "a", epochs=2, lr=1e-2)
+    start = {k: v.clone() for k, v in distiller.student.model.state_dict().items()}
+    distiller.fit(train, qrels, valid, qrels)
+    assert distiller.validation[0]["step"] == 0 and len(distiller.validation) >= 3
+    assert distiller.report["best_step"] == 0
+    for key, value in distiller.student.model.state_dict().items():
+        torch.testing.assert_close(value, start[key], rtol=0, atol=0)
+    # without it, the best of the trained checkpoints is kept: the weights moved
+    falling = iter(np.linspace(0.9, 0.1, 50))
+    other = make(student_dir, CountingTeacher(), tmp_path / "b", epochs=2, lr=1e-2, validate_start=False)
+    other.fit(train, qrels, valid, qrels)
+    assert other.validation[0]["step"] > 0 and other.report["best_step"] == other.validation[0]["step"]
+    assert any(not torch.equal(v, start[k]) for k, v in other.student.model.state_dict().items())
