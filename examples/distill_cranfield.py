@@ -107,6 +107,8 @@ def main() -> None:
     teacher = train("teacher", output, mkd.CrossEncoder.from_pretrained(start, max_length=args.max_length),
                     None, mkd.losses.RankNet(), fit_args, **{**common, "epochs": args.teacher_epochs, "lr": args.lr})
     init = output / "teacher" / "student" if args.student_init == "teacher" else args.model
+    # cached teacher scores belong to this very teacher: a teacher trained again in the same folder gets a new id
+    teacher_id = f"teacher:{(output / 'teacher').resolve()}@{(output / 'teacher' / 'done.json').stat().st_mtime_ns}"
 
     def student() -> mkd.CrossEncoder:
         torch.manual_seed(0)
@@ -115,7 +117,7 @@ def main() -> None:
     label_only = train("student-labels", output, student(), None, mkd.losses.RankNet(), fit_args, **common,
                        lr=args.student_lr)
     distilled = train("student-marginmse", output, student(), teacher, mkd.losses.MarginMSE(), fit_args, **common,
-                      lr=args.student_lr, teacher_id=f"teacher:{output / 'teacher'}")
+                      lr=args.student_lr, teacher_id=teacher_id)
 
     systems = [bm25 % args.k, bm25 % args.k >> text >> teacher, bm25 % args.k >> text >> label_only,
                bm25 % args.k >> text >> distilled]
