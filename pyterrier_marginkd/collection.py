@@ -47,6 +47,7 @@ class Collection:
         self.data = str(data)
         self.test_fraction = test_fraction
         self._docs: dict[str, dict] | None = None
+        self._holdout: dict[str, set[str]] | None = None
         self._irds = self.data.startswith("irds:")
         if not self._irds:
             self.path = Path(self.data)
@@ -99,13 +100,14 @@ class Collection:
         return not self.splits()
 
     def _derived_qids(self, split: str) -> set[str]:
-        qids = sorted(self.topics(clean=False)["qid"])
-        order = np.random.default_rng(0).permutation(len(qids))
-        num_test = max(1, round(self.test_fraction * len(qids)))
-        if num_test >= len(qids):
-            raise ValueError(f"{self.data!r} has {len(qids)} queries: too few to hold out a test split")
-        chosen = order[:num_test] if split == "test" else order[num_test:]
-        return {qids[i] for i in chosen}
+        if self._holdout is None:  # computed once: topics and qrels of both splits share it
+            qids = sorted(self.topics(clean=False)["qid"])
+            order = np.random.default_rng(0).permutation(len(qids))
+            num_test = max(1, round(self.test_fraction * len(qids)))
+            if num_test >= len(qids):
+                raise ValueError(f"{self.data!r} has {len(qids)} queries: too few to hold out a test split")
+            self._holdout = {"test": {qids[i] for i in order[:num_test]}, "train": {qids[i] for i in order[num_test:]}}
+        return self._holdout[split]
 
     def _is_derived(self, split: str | None) -> bool:
         return split in DERIVED_SPLITS and self.derived_splits
