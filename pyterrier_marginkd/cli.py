@@ -36,6 +36,28 @@ def load_model(path: str, **kwargs):
     return CrossEncoder.from_pretrained(path, **kwargs)
 
 
+def unique_names(models: list[str], reserved: tuple[str, ...] = ("BM25",)) -> list[str]:
+    """A distinct name for each model: the shortest trailing part of its path that no other model (nor a ``reserved``
+    name) shares, e.g. ``kd/student`` and ``labels/student`` for ``runs/kd/student`` and ``runs/labels/student``.
+
+    A model given twice (the same path) is refused with a SystemExit."""
+    parts = [Path(m).parts or (m,) for m in models]
+    seen: dict[tuple[str, ...], str] = {}
+    for model, key in zip(models, parts):
+        if key in seen:
+            raise SystemExit(f"model {model!r} is given twice (as {seen[key]!r} and {model!r})")
+        seen[key] = model
+    others = parts + [(name,) for name in reserved]
+    names = []
+    for i, key in enumerate(parts):
+        for size in range(1, len(key) + 1):
+            suffix = key[-size:]
+            if all(other[-size:] != suffix for j, other in enumerate(others) if j != i):
+                break
+        names.append(str(Path(*suffix)))
+    return names
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=str(shared_data_dir() / "cranfield"),
                         help="irds:<id> or a folder with docs.jsonl.gz, topics*.tsv, qrels*.txt")
@@ -122,12 +144,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     topics, qrels = collection.topics(args.split), collection.qrels(args.split)
     if args.num_queries:
         topics = topics.head(args.num_queries)
-    names = args.names or [Path(m).name for m in args.models]
+    names = args.names or unique_names(args.models)
     if len(names) != len(args.models):
         raise SystemExit(f"--names gives {len(names)} names for {len(args.models)} models")
+    taken = ["BM25"]
+    for name in names:
+        if name in taken:
+            raise SystemExit(f"--names: {name!r} is used twice (BM25 is the baseline's name); give unique names")
+        taken.append(name)
     systems = [bm25] + [bm25 >> collection.get_text() >> load_model(m, verbose=True) for m in args.models]
     if args.report:
-        report(dict(zip(["BM25"] + names, systems)), topics, qrels, args.report, baseline=0)
+        report(systems, topics, qrels, args.report, names=["BM25"] + names, baseline=0)
         print((Path(args.report) / TABLE_FILE).read_text())
         print(f"report written to {args.report}")
         return
