@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
@@ -87,7 +88,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=_default_data(),
                         help="irds:<id> or a folder with docs.jsonl.gz, topics*.tsv, qrels*.txt")
     parser.add_argument("--k", type=int, default=50, help="BM25 candidates per query")
-    parser.add_argument("--num-queries", type=int, default=None, help="use only the first N queries")
+    parser.add_argument("--num-queries", type=int, default=None, help="use only the first N queries (not with "
+                        "--scores or --docpairs)")
     parser.add_argument("--index", default=None, help="PISA index folder (default: <output>/<collection>.pisa)")
 
 
@@ -103,10 +105,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     from pyterrier_marginkd import _distributed
     from pyterrier_marginkd.collection import Collection
 
-    collection = Collection(args.data)
     output = Path(args.output)
     if args.scores or args.docpairs:
-        return _train_from_stream(args, collection, output)
+        return _train_from_stream(args, output)
+    collection = Collection(args.data)
     bm25 = _bm25(collection, args, output.parent)
     topics, qrels = collection.topics(args.split), collection.qrels(args.split)
     if args.num_queries:
@@ -134,23 +136,78 @@ def _distiller(args: argparse.Namespace, output: Path) -> Distiller:
                      output_dir=output, verbose=True)
 
 
-def _train_from_stream(args: argparse.Namespace, collection: Collection, output: Path) -> None:
+def _train_from_stream(args: argparse.Namespace, output: Path) -> None:
     """Train from a teacher-score file (--scores) or ir_datasets docpairs (--docpairs)."""
     from pyterrier_marginkd import _distributed
+    from pyterrier_marginkd.collection import Collection
 
+    collection = Collection(args.data) if args.valid_split or (args.scores and args.format == "ids") else None
     valid = (None, None)
     if args.valid_split:
         first_stage = _bm25(collection, args, output.parent) >> collection.get_text()
         valid = first_stage(collection.topics(args.valid_split)), collection.qrels(args.valid_split)
-    distiller = _distiller(args, output)
     if args.scores:
-        ids = args.format == "ids"
-        distiller.fit_file(args.scores, collection.topics(args.split) if ids else None, collection if ids else None,
-                           *valid)
+        queries, docs = _score_file_texts(args, collection) if args.format == "ids" else (None, None)
+        distiller = _distiller(args, output)
+        distiller.fit_file(args.scores, queries, docs, *valid)
     else:
+        distiller = _distiller(args, output)
         distiller.fit_pairs(args.docpairs, *valid, max_pairs=args.max_pairs)
     if _distributed.current().is_main:
         print(f"trained student saved to {output / 'student'}")
+
+
+# score-teacher records beside an ids-version file where its ids come from, so that `train --scores` gives the
+# student the very query and document texts the teacher scored: a docpairs dataset's own query texts, or the
+# (punctuation-stripped) topics of a collection's split. A file without a record (e.g. a published one) resolves
+# through the raw query texts of --data --split.
+SOURCE_SUFFIX = ".source.json"
+
+
+def _source_file(scores: str | Path) -> Path:
+    return Path(f"{scores}{SOURCE_SUFFIX}")
+
+
+def _irds_id(dataset: str) -> str:
+    return dataset[len("irds:"):] if dataset.startswith("irds:") else dataset
+
+
+def _score_source(args: argparse.Namespace) -> dict[str, str]:
+    """Where score-teacher takes its queries and documents from, as recorded beside the score file."""
+    if args.docpairs:
+        return {"docpairs": _irds_id(args.docpairs)}
+    data = args.data if args.data.startswith("irds:") else str(Path(args.data).resolve())
+    return {"data": data, "split": args.split}
+
+
+def _describe(source: dict[str, str]) -> str:
+    if "docpairs" in source:
+        return f"the docpairs of {source['docpairs']} (--docpairs {source['docpairs']})"
+    return f"BM25 candidates of split {source['split']!r} of {source['data']} (--data {source['data']} " \
+           f"--split {source['split']})"
+
+
+def _score_file_texts(args: argparse.Namespace, collection: Collection | None) -> tuple[object, object]:
+    """Queries and documents that resolve the ids of the --scores file: those score-teacher scored."""
+    file = _source_file(args.scores)
+    recorded = json.loads(file.read_text()) if file.exists() else None
+    if args.docpairs:
+        given = {"docpairs": _irds_id(args.docpairs)}
+        if recorded is not None and recorded != given:
+            raise SystemExit(f"{args.scores} was scored on {_describe(recorded)} ({file}), not on {_describe(given)}")
+        return args.docpairs, args.docpairs
+    if recorded is not None and "docpairs" in recorded:
+        print(f"{args.scores}: ids resolve through {_describe(recorded)}, as score-teacher wrote them ({file})")
+        return recorded["docpairs"], recorded["docpairs"]
+    if recorded is None:  # e.g. a published file: its teacher scored the queries as the dataset gives them
+        print(f"{args.scores}: no {file.name} says how it was scored; its ids resolve through the raw query texts "
+              f"of split {args.split!r} of {args.data} and its documents")
+        return collection.topics(args.split, clean=False), collection
+    given = _score_source(args)
+    if recorded != given:
+        raise SystemExit(f"{args.scores} was scored on {_describe(recorded)} ({file}), but this run resolves its "
+                         f"ids through {_describe(given)}: give the same --data and --split")
+    return collection.topics(args.split), collection  # score-teacher's BM25 and teacher saw the cleaned topics
 
 
 def cmd_score_teacher(args: argparse.Namespace) -> None:
@@ -172,7 +229,18 @@ def cmd_score_teacher(args: argparse.Namespace) -> None:
         results = (_bm25(collection, args, Path(args.output).parent) >> collection.get_text())(topics)
         source = TrainingExamples(results, collection.qrels(args.split), num_negatives=args.num_negatives,
                                   seed=args.seed)
+    source_file, source_record = _source_file(args.output), _score_source(args)
+    if args.format == "ids" and source_file.exists():
+        recorded = json.loads(source_file.read_text())
+        if recorded != source_record:
+            raise SystemExit(f"{args.output} was scored on {_describe(recorded)} ({source_file}); this run scores "
+                             f"{_describe(source_record)}: use another --output (or delete both files)")
+    elif args.format == "ids" and not Path(args.output).exists():
+        source_file.parent.mkdir(parents=True, exist_ok=True)
+        source_file.write_text(json.dumps(source_record))
     report = score_teacher(args.output, teacher, source, fmt=args.format, verbose=True)
+    if args.format == "ids" and not source_file.exists():  # a file written before these records: now checked
+        source_file.write_text(json.dumps(source_record))
     print(f"{args.output}: {report['lines_existing']} lines were there, {report['lines_written']} written "
           f"({report['pairs_scored']} pairs scored by {teacher!r})")
 
@@ -260,9 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0, help="seed of sampling, shuffling and initialisation")
     train.add_argument("--output", required=True, help="folder for checkpoints, teacher cache and the student")
     train.add_argument("--scores", default=None, help="train from this teacher-score file instead of BM25 candidates")
-    train.add_argument("--format", default="ids", choices=FORMATS, help="--scores file version (ids: resolved "
-                       "through the --data topics of --split and its documents)")
-    train.add_argument("--docpairs", default=None, help="train on this ir_datasets dataset's docpairs instead")
+    train.add_argument("--format", default="ids", choices=FORMATS, help="--scores file version; the ids of the ids "
+                       "version resolve through what score-teacher scored (recorded in <file>.source.json): the "
+                       "--docpairs dataset's queries and documents, else the --data topics of --split and its "
+                       "documents (raw query texts for a file without a record, e.g. a published one)")
+    train.add_argument("--docpairs", default=None, help="train on this ir_datasets dataset's docpairs instead (with "
+                       "--scores: resolve the file's ids through this dataset)")
     train.add_argument("--max-pairs", type=int, default=None, help="use only the first N docpairs (default: all)")
     train.set_defaults(func=cmd_train)
 
@@ -272,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     scores.add_argument("--teacher", nargs="+", required=True, help="teacher checkpoint(s); several make an Ensemble")
     scores.add_argument("--weights", nargs="*", type=float, default=None, help="Ensemble weights, one per teacher "
                         "(default: equal)")
-    scores.add_argument("--output", required=True, help="the teacher-score file (appended to when it exists)")
+    scores.add_argument("--output", required=True, help="the teacher-score file (appended to when it exists; the ids "
+                        "version's source is recorded in <output>.source.json)")
     scores.add_argument("--format", default="ids", choices=FORMATS, help="ids or text version of the file")
     scores.add_argument("--docpairs", default=None, help="ir_datasets id with docpairs (default: BM25 candidates)")
     scores.add_argument("--max-pairs", type=int, default=None, help="score only the first N docpairs (default: all)")
@@ -324,6 +396,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    streamed = args.command == "train" and (args.scores or args.docpairs) \
+        or args.command == "score-teacher" and args.docpairs
+    if streamed and args.num_queries is not None:
+        parser.error("--num-queries picks BM25 candidates' queries; it does not apply to "
+                     + ("--scores (the file's lines are the training data: write fewer with score-teacher "
+                        "--num-queries N, or stop early with --max-steps)" if getattr(args, "scores", None) else
+                        "--docpairs (use --max-pairs N)"))
+    if args.command == "train" and args.scores and args.docpairs and args.format == "text":
+        parser.error("--docpairs with --scores says where an ids-version file's ids resolve; a text-version file "
+                     "holds its texts (drop --docpairs, or give --format ids)")
     if args.command == "train" and args.teacher is None and not args.scores:
         from pyterrier_marginkd import losses
 

@@ -163,8 +163,9 @@ def test_cli_scores_resumes_and_trains_from_the_file(tiny_bert_dir, tmp_path, cr
 
     torch.manual_seed(0)
     mkd.CrossEncoder.from_pretrained(tiny_bert_dir, max_length=64).save_pretrained(tmp_path / "teacher")
-    common = ["--data", str(cranfield.path), "--num-queries", "6", "--k", "10", "--index", str(tmp_path / "pisa")]
-    args = ["score-teacher", *common, "--teacher", str(tmp_path / "teacher"), str(tmp_path / "teacher"),
+    common = ["--data", str(cranfield.path), "--k", "10", "--index", str(tmp_path / "pisa")]
+    args = ["score-teacher", *common, "--num-queries", "6", "--teacher", str(tmp_path / "teacher"),
+            str(tmp_path / "teacher"),
             "--output", str(tmp_path / "scores.tsv"), "--max-length", "64"]
     cli.main(args)
     lines = count_lines(tmp_path / "scores.tsv")
