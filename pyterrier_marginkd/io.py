@@ -6,8 +6,9 @@ import importlib
 import json
 import os
 import re
+import secrets
 import shutil
-import tempfile
+import stat
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -179,9 +180,34 @@ def recover_dir(target: str | os.PathLike) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
+def _make_dir(parent: Path, prefix: str) -> Path:
+    """A new folder ``parent/prefix<random>`` made as ``mkdir`` makes one: its mode follows the user's umask (unlike
+    ``tempfile.mkdtemp``, whose folders are always 0700)."""
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            path.mkdir(mode=0o777)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"could not create a new temporary folder {prefix}* in {parent}")
+
+
+def _follow_umask(file: Path, dir_mode: int) -> None:
+    """Give ``file`` the mode a plain ``open`` would (0666, or 0777 for an executable, less the umask): writers that
+    go through temporary files (e.g. safetensors files saved by Hugging Face) leave them 0600."""
+    mode = stat.S_IMODE(file.stat().st_mode)
+    wanted = dir_mode if mode & 0o111 else dir_mode & 0o666
+    if mode != wanted:
+        os.chmod(file, wanted)
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``target`` that replaces ``target`` only once the block succeeds.
+
+    The folder and what it holds get the modes ``mkdir`` and ``open`` give under the user's umask (e.g. 0755 and
+    0644 under umask 022), whatever the writers inside used.
 
     A crash or an exception inside the block leaves ``target`` as it was (old contents or absent); what a killed
     process left behind is tidied up by the next ``atomic_dir`` (or :func:`recover_dir`) for the same target.
@@ -189,11 +215,17 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    tmp = _make_dir(target.parent, f".{target.name}.tmp-{os.getpid()}-")
     try:
         yield tmp
+        dir_mode = stat.S_IMODE(tmp.stat().st_mode)  # what mkdir gives under the user's umask (and default ACLs)
         for file in tmp.rglob("*"):
-            if file.is_file():
+            if file.is_symlink():
+                continue
+            if file.is_dir():
+                os.chmod(file, dir_mode)
+            elif file.is_file():
+                _follow_umask(file, dir_mode)
                 with open(file, "rb") as fh:
                     os.fsync(fh.fileno())
         if target.exists():

@@ -3,7 +3,10 @@ or mismatched saved folder refused with an error that names the file."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -192,3 +195,48 @@ def test_the_intact_folder_loads_to_the_same_scores(saved_models, small_results_
     assert isinstance(model, mkd.io.model_class(architecture))
     again = mkd.load(saved_models(architecture))
     np.testing.assert_allclose(model(small_results_module)["score"], again(small_results_module)["score"])
+
+
+@pytest.fixture()
+def umask():
+    """Run a test under a chosen umask (the process's is restored afterwards)."""
+    old = os.umask(0o022)
+    try:
+        yield os.umask
+    finally:
+        os.umask(old)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.parametrize(("mask", "dir_mode", "file_mode"), [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600),
+                                                             (0o002, 0o775, 0o664)])
+def test_saved_folders_follow_the_umask(umask, tmp_path, mask, dir_mode, file_mode):
+    umask(mask)
+    target = tmp_path / "model"
+    for _ in range(2):  # a new folder, then one replacing it
+        with mkd.io.atomic_dir(target) as tmp:
+            (tmp / "plain.json").write_text("{}")
+            fd, private = tempfile.mkstemp(dir=tmp)  # what writers that rename a temporary file leave: 0600
+            os.close(fd)
+            os.replace(private, tmp / "weights.safetensors")
+            sub = Path(tempfile.mkdtemp(dir=tmp))  # 0700
+            (sub / "inner.txt").write_text("x")
+            script = tmp / "run.sh"
+            script.write_text("#!/bin/sh\n")
+            script.chmod(0o700)
+        assert _mode(target) == dir_mode
+        for file in ("plain.json", "weights.safetensors", next(target.glob("tmp*")) / "inner.txt"):
+            assert _mode(target / file) == file_mode, file
+        assert _mode(next(target.glob("tmp*"))) == dir_mode
+        assert _mode(target / "run.sh") == dir_mode  # executable stays executable
+
+
+def test_a_saved_model_folder_is_readable_by_others_under_umask_022(umask, tiny_bert_dir, tmp_path):
+    torch.manual_seed(0)
+    mkd.CrossEncoder.from_pretrained(tiny_bert_dir, max_length=32).save_pretrained(tmp_path / "saved")
+    assert _mode(tmp_path / "saved") == 0o755
+    assert {f.name: _mode(f) for f in (tmp_path / "saved").iterdir()} == \
+        {f.name: 0o644 for f in (tmp_path / "saved").iterdir()}
