@@ -46,8 +46,9 @@ def default_model() -> str:
 def load_model(path: str, **kwargs):
     """A saved pyterrier-marginkd model (any architecture), else a Hugging Face checkpoint as a CrossEncoder."""
     from pyterrier_marginkd.cross_encoder import CrossEncoder
-    from pyterrier_marginkd.io import load, read_config
+    from pyterrier_marginkd.io import check_model_path, load, read_config
 
+    check_model_path(path)  # a missing folder is named at once instead of being looked up on the hub
     if Path(path).is_dir() and read_config(path) is not None:
         return load(path, **kwargs)
     return CrossEncoder.from_pretrained(path, **kwargs)

@@ -63,6 +63,36 @@ def load(path: str | os.PathLike, **kwargs: Any):
     return model_class(config["architecture"]).from_pretrained(path, **kwargs)
 
 
+def _looks_like_path(name: str) -> bool:
+    """Whether ``name`` is meant as a local path rather than a Hugging Face hub id (``org/name`` or ``name``)."""
+    if name in (".", "..") or name.startswith(("~", "./", "../")) or Path(name).is_absolute():
+        return True
+    separators = [sep for sep in (os.sep, os.altsep, "/") if sep]
+    if any(name.startswith(f".{sep}") or name.startswith(f"..{sep}") for sep in separators):
+        return True
+    if name.count("/") > 1 or (os.sep != "/" and os.sep in name):
+        return True  # a hub id has at most one "/" and no backslash
+    parts = Path(name).parts
+    return len(parts) > 1 and Path(parts[0]).exists()  # "runs/teacher" beside an existing "runs" folder
+
+
+def check_model_path(name: str | os.PathLike) -> None:
+    """Refuse at once a model name that looks like a local path (``/...``, ``./...``, ``../...``, ``~...``, more than
+    one ``/``, or under a folder that exists here) when nothing exists there, with a FileNotFoundError naming the
+    folder; Hugging Face would otherwise take it for a hub id and retry the hub before failing. Hub ids
+    (``org/name``) and existing paths pass."""
+    text = os.fspath(name)
+    path = Path(text).expanduser()
+    if path.exists() or not _looks_like_path(text):
+        return
+    missing = path
+    while not missing.parent.exists() and missing.parent != missing:
+        missing = missing.parent
+    where = "" if missing == path else f" ({str(missing)!r} is missing)"
+    raise FileNotFoundError(f"model folder {text!r} does not exist{where}; a Hugging Face hub id has the form "
+                            "'org/name'")
+
+
 def load_artifact(path: str, **kwargs: Any):
     """Entry point for ``pt.Artifact.load(path)``."""
     return load(path, **kwargs)

@@ -240,3 +240,22 @@ def test_a_saved_model_folder_is_readable_by_others_under_umask_022(umask, tiny_
     assert _mode(tmp_path / "saved") == 0o755
     assert {f.name: _mode(f) for f in (tmp_path / "saved").iterdir()} == \
         {f.name: 0o644 for f in (tmp_path / "saved").iterdir()}
+
+
+@pytest.mark.parametrize("name", ["/no/such/model", "./missing", "../missing-model", "~/no-such-model-here",
+                                  "runs/teacher", "a/b/c", ".", "runs/kd/student/"])
+def test_a_missing_local_model_folder_is_named_at_once(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    if name == ".":
+        mkd.io.check_model_path(name)  # exists
+        return
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        mkd.io.check_model_path(name)
+
+
+@pytest.mark.parametrize("name", ["cross-encoder/ms-marco-MiniLM-L6-v2", "bert-base-uncased", "org/name"])
+def test_hub_ids_are_left_to_the_hub(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    mkd.io.check_model_path(name)
+    mkd.io.check_model_path(Path(tmp_path))  # an existing folder passes too

@@ -137,3 +137,16 @@ def test_the_parser_copies_of_library_constants_agree_with_the_library(monkeypat
     assert cli._default_data() == str(collection.shared_data_dir() / "cranfield") == str(tmp_path / "cranfield")
     # the model defaults stay importable from the CLI (the quickstart and the benchmarks use them)
     assert callable(cli.default_model) and callable(cli.load_model)
+
+
+def test_load_model_names_a_missing_folder_without_asking_the_hub(tmp_path, monkeypatch):
+    from pyterrier_marginkd.cross_encoder import CrossEncoder
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("a missing local folder was looked up as a hub id")
+    monkeypatch.setattr(CrossEncoder, "from_pretrained", classmethod(no_hub))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    for name in ("runs/teacher/student", "./teacher", str(tmp_path / "nothing")):
+        with pytest.raises(FileNotFoundError, match=f"model folder {re.escape(repr(name))} does not exist"):
+            cli.load_model(name)
