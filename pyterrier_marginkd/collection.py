@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -12,11 +13,16 @@ import numpy as np
 import pandas as pd
 import pyterrier as pt
 
+from pyterrier_marginkd import io
+
 #: environment variable naming the folder that holds the shared collections (default ../shared/data)
 DATA_ENV = "MARGINKD_DATA"
 #: split names a collection without split files still answers, by holding out part of its queries
 DERIVED_SPLITS = ("train", "test")
 _PUNCT = re.compile(r"[^\w\s]+", re.UNICODE)
+#: file written into a PISA index folder once every document is indexed; a folder without it is built again
+INDEX_MARKER = "marginkd_complete.json"
+logger = logging.getLogger(__name__)
 
 
 def shared_data_dir() -> Path:
@@ -165,13 +171,86 @@ class Collection:
         return _LocalText(self, [fields] if isinstance(fields, str) else list(fields))
 
     def bm25(self, index_path: str | os.PathLike, *, num_results: int = 100, threads: int = 1) -> pt.Transformer:
-        """PISA BM25 (porter2) over this collection; the index is built at ``index_path`` once and reused."""
+        """PISA BM25 (porter2) over this collection; the index is built at ``index_path`` once and reused.
+
+        The index is built in a temporary folder beside ``index_path`` and moved there only once every document is
+        indexed (with a completion marker, :data:`INDEX_MARKER`): a failed download or indexing leaves nothing
+        behind, and a folder without the marker (an interrupted or partial index) is rebuilt.
+        """
         from pyterrier_pisa import PisaIndex
 
+        index_path = Path(index_path)
+        io.recover_dir(index_path)  # tidy up after a process killed while building
+        if not (index_path / INDEX_MARKER).exists():
+            if index_path.exists():
+                _check_rebuildable(index_path)
+                logger.warning("%s has no %s: it is an incomplete index (an indexing that failed or was interrupted, "
+                               "or one built before the marker existed); building it again", index_path, INDEX_MARKER)
+            self._build_index(index_path, threads)
         index = PisaIndex(str(index_path), stemmer="porter2", threads=threads)
-        if not index.built():
-            index.indexer(text_field="text").index({"docno": d["docno"], "text": d["text"]} for d in self.docs_iter())
         return index.bm25(num_results=num_results)
+
+    def _build_index(self, index_path: Path, threads: int) -> None:
+        from pyterrier_pisa import PisaIndex
+
+        docs = _Completion({"docno": d["docno"], "text": d["text"]} for d in self.docs_iter())
+        first = docs.peek()  # a failed download raises here, before PISA starts (it aborts on an empty input)
+        if first is None:
+            raise ValueError(f"{self!r} has no documents to index")
+        with io.atomic_dir(index_path) as tmp:
+            PisaIndex(str(tmp), stemmer="porter2", threads=threads).indexer(text_field="text").index(docs)
+            docs.check()  # PISA indexes what it got when the documents stop early: refuse that index
+            (tmp / INDEX_MARKER).write_text(json.dumps({"collection": self.data, "documents": docs.count}))
+
+def _check_rebuildable(path: Path) -> None:
+    """Refuse to replace a folder that is neither empty nor a PISA index (it may hold someone's files)."""
+    if not path.is_dir():
+        raise FileExistsError(f"{path} exists and is not a folder: it cannot hold the PISA index")
+    if any(path.iterdir()) and not ((path / "pt_meta.json").exists() or (path / "pt_pisa_config.json").exists()
+                                    or any(path.glob("inv.*"))):
+        raise FileExistsError(f"{path} is neither empty nor a PISA index: choose another index folder (or delete it)")
+
+
+class _Completion:
+    """Iterates over documents for an indexer that consumes them in another thread: remembers the first error (which
+    ends the iteration there instead of in the indexer's thread) and whether the documents were exhausted."""
+
+    def __init__(self, docs: Iterator[dict]):
+        self._docs = iter(docs)
+        self._first: list[dict] = []
+        self.count = 0
+        self.error: BaseException | None = None
+        self.finished = False
+
+    def peek(self) -> dict | None:
+        """The first document (None when there is none); an error reading it is raised here."""
+        if not self._first:
+            try:
+                self._first.append(next(self._docs))
+            except StopIteration:
+                self.finished = True
+                return None
+        return self._first[0]
+
+    def __iter__(self) -> Iterator[dict]:
+        try:
+            while self._first:
+                self.count += 1
+                yield self._first.pop()
+            for doc in self._docs:
+                self.count += 1
+                yield doc
+        except Exception as err:  # re-raised by check() in the caller's thread
+            self.error = err
+            return
+        self.finished = True
+
+    def check(self) -> None:
+        """Raise the error that stopped the documents, or a RuntimeError when they were not all read."""
+        if self.error is not None:
+            raise self.error
+        if not self.finished:
+            raise RuntimeError(f"indexing stopped after {self.count} documents, before the end of the collection")
 
 
 class _LocalText(pt.Transformer):

@@ -78,3 +78,52 @@ def test_irds_splits_from_the_registry():
     assert mkd.Collection("irds:vaswani").derived_splits
     with pytest.raises(KeyError, match="no dataset 'msmarco-passage/test'"):
         mkd.Collection("irds:msmarco-passage").topics("test")
+
+
+def _docs_then_failure(collection, fail_after):
+    """The collection's documents, with a download failure after ``fail_after`` of them."""
+    def docs_iter():
+        for i, doc in enumerate(mkd.Collection.docs_iter(collection)):
+            if i == fail_after:
+                raise ConnectionError("the download failed")
+            yield doc
+    return docs_iter
+
+
+@pytest.mark.parametrize("fail_after", [0, 50])
+def test_a_failed_indexing_leaves_nothing_behind(cranfield, tmp_path, monkeypatch, fail_after):
+    collection = mkd.Collection(cranfield.path)
+    monkeypatch.setattr(collection, "docs_iter", _docs_then_failure(collection, fail_after))
+    with pytest.raises(ConnectionError, match="the download failed"):
+        collection.bm25(tmp_path / "cranfield.pisa")
+    assert list(tmp_path.iterdir()) == []   # no index folder, no temporary folder
+    monkeypatch.undo()
+    res = collection.bm25(tmp_path / "cranfield.pisa", num_results=5)(cranfield.topics("test").head(2))
+    assert res.groupby("qid").size().tolist() == [5, 5]
+    assert (tmp_path / "cranfield.pisa" / mkd.collection.INDEX_MARKER).exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["cranfield.pisa"]
+
+
+def test_an_index_without_the_completion_marker_is_rebuilt(cranfield, tmp_path, caplog):
+    from pyterrier_pisa import PisaIndex
+
+    # what the old code left after a download failed midway: PISA indexed what it got and wrote its metadata
+    partial = PisaIndex(str(tmp_path / "cranfield.pisa"), stemmer="porter2")
+    partial.indexer(text_field="text").index({"docno": d["docno"], "text": d["text"]}
+                                             for _, d in zip(range(20), cranfield.docs_iter()))
+    with caplog.at_level("WARNING", logger="pyterrier_marginkd.collection"):
+        bm25 = cranfield.bm25(tmp_path / "cranfield.pisa", num_results=50)
+    assert "has no marginkd_complete.json: it is an incomplete index" in caplog.text
+    res = bm25(cranfield.topics("test").head(5))
+    assert res["docno"].astype(int).max() > 20   # documents beyond the partial index's first 20
+    caplog.clear()
+    cranfield.bm25(tmp_path / "cranfield.pisa")   # complete now: reused without a rebuild
+    assert "incomplete" not in caplog.text
+
+
+def test_an_index_folder_holding_other_files_is_not_replaced(cranfield, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="neither empty nor a PISA index"):
+        cranfield.bm25(tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
