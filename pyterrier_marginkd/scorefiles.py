@@ -44,13 +44,18 @@ def format_line(score_pos: float, score_neg: float, query: str, pos: str, neg: s
     have none."""
     fields = [query, pos, neg]
     if fmt == "text":
-        fields = [valid_unicode(f.translate(_NEWLINES_AND_TABS)) for f in fields]
+        fields = [_as_written(f) for f in fields]
     elif any(("\t" in f or "\n" in f or "\r" in f) for f in fields):
         raise ValueError(f"ids must not contain tabs or newlines: {fields!r}")
     for score in (score_pos, score_neg):
         if not math.isfinite(score):
             raise ValueError(f"teacher scores must be finite, got {score!r} for {fields!r}")
     return f"{float(score_pos)!r}\t{float(score_neg)!r}\t{fields[0]}\t{fields[1]}\t{fields[2]}\n"
+
+
+def _as_written(text: str) -> str:
+    """A text as the text version of a file holds it: tabs and newlines as spaces, lone surrogates as U+FFFD."""
+    return valid_unicode(text.translate(_NEWLINES_AND_TABS))
 
 
 def read_score_file(path: str | os.PathLike) -> Iterator[ScoredTriple]:
@@ -279,10 +284,10 @@ def _rows(triples: list[tuple[str, str, str]], queries: dict[str, str], docs: Do
 def _check_written(path: Path, existing: Iterator[ScoredTriple], triples: list[tuple[str, str, str]],
                    queries: dict[str, str], docs: DocTexts, fmt: str) -> None:
     """Check that the lines already written hold these triples (so resuming appends to the same run)."""
-    expected = triples if fmt == "ids" else [(r[1], r[3], r[5]) for r in _rows(triples, queries, docs)]
+    expected = triples if fmt == "ids" else [tuple(_as_written(t) for t in (r[1], r[3], r[5]))
+                                             for r in _rows(triples, queries, docs)]
     for want in expected:
         line = next(existing)
-        want = tuple(w.translate(_NEWLINES_AND_TABS) for w in want)
         if (line.query, line.pos, line.neg) != want:
             found = tuple(f[:40] for f in (line.query, line.pos, line.neg))
             raise ValueError(f"{path}, line {line.line} holds {found} but this run's triple there is "

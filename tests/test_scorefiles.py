@@ -175,3 +175,17 @@ def test_cli_scores_resumes_and_trains_from_the_file(tiny_bert_dir, tmp_path, cr
     cli.main(["train", *common, "--scores", str(tmp_path / "scores.tsv"), "--student", str(tiny_bert_dir),
               "--max-length", "64", "--batch-size", "4", "--output", str(tmp_path / "run")])
     assert mkd.load(tmp_path / "run" / "student").model is not None
+
+
+def test_a_text_file_whose_texts_held_lone_surrogates_resumes(tmp_path):
+    """The writer reads lone surrogates as U+FFFD; the resume check must compare the texts the same way."""
+    queries = {"q1": "wing\ud800 flutter", "q2": "heat\ttransfer \udcff"}
+    docs = {"d1": "flutter of a \udc80wing", "d2": "laminar\nboundary layer", "d3": "supersonic \ud83d flow"}
+    triples = [("q1", "d1", "d2"), ("q1", "d1", "d3"), ("q2", "d2", "d3")]
+    first = mkd.write_score_file(tmp_path / "s.tsv", triples[:2], CountingTeacher(), queries, docs, fmt="text")
+    assert first["lines_written"] == 2
+    assert "\ufffd" in (tmp_path / "s.tsv").read_text(encoding="utf8")
+    again = mkd.write_score_file(tmp_path / "s.tsv", triples, CountingTeacher(), queries, docs, fmt="text")
+    assert (again["lines_existing"], again["lines_written"]) == (2, 1)
+    assert [t.query for t in mkd.read_score_file(tmp_path / "s.tsv")] == ["wing\ufffd flutter"] * 2 + \
+        ["heat transfer \ufffd"]
