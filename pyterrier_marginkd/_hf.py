@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import json
 import os
 import re
 from typing import Any, Iterator, Sequence
@@ -197,3 +198,57 @@ def pad(items: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, 
         token_type_ids[row, :n] = torch.tensor(types, dtype=torch.long)
         attention_mask[row, :n] = 1
     return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
+
+
+#: sentence-transformers pooling modes (``1_Pooling/config.json``) and the DotEncoder pooling that equals them
+_ST_POOLINGS = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean"}
+
+
+def _checkpoint_file(name: str | os.PathLike, filename: str, **kwargs: Any) -> str | None:
+    """A file of a local folder or hub checkpoint, or None when the checkpoint has no such file (or, for a hub id,
+    when it cannot be reached: the caller then uses its defaults)."""
+    if os.path.isdir(name):
+        path = os.path.join(name, filename)
+        return path if os.path.isfile(path) else None
+    from transformers.utils import cached_file
+
+    keep = {k: v for k, v in kwargs.items() if k in ("revision", "token", "cache_dir", "local_files_only")}
+    try:
+        return cached_file(str(name), filename, _raise_exceptions_for_missing_entries=False,
+                           _raise_exceptions_for_connection_errors=False, **keep)
+    except OSError:
+        return None
+
+
+def sentence_transformers_settings(name: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:
+    """How a sentence-transformers checkpoint embeds: ``pooling`` ("cls"/"mean", from ``1_Pooling/config.json``),
+    ``normalize`` (a ``Normalize`` module in ``modules.json``) and ``max_length`` (``sentence_bert_config.json``);
+    empty for a checkpoint that is not a sentence-transformers model. Another pooling is named in
+    ``unsupported_pooling``.
+    """
+    modules_file = _checkpoint_file(name, "modules.json", **kwargs)
+    if modules_file is None:
+        return {}
+    with open(modules_file) as f:
+        modules = json.load(f)
+    settings: dict[str, Any] = {"normalize": any(str(m.get("type", "")).endswith(".Normalize") for m in modules)}
+    for module in modules:
+        if not str(module.get("type", "")).endswith(".Pooling"):
+            continue
+        pooling_file = _checkpoint_file(name, f"{module.get('path') or '1_Pooling'}/config.json", **kwargs)
+        if pooling_file is None:
+            continue
+        with open(pooling_file) as f:
+            pooling = json.load(f)
+        modes = [key for key, value in pooling.items() if key.startswith("pooling_mode_") and value]
+        if len(modes) == 1 and modes[0] in _ST_POOLINGS:
+            settings["pooling"] = _ST_POOLINGS[modes[0]]
+        else:
+            settings["unsupported_pooling"] = modes
+    config_file = _checkpoint_file(name, "sentence_bert_config.json", **kwargs)
+    if config_file is not None:
+        with open(config_file) as f:
+            max_length = json.load(f).get("max_seq_length")
+        if max_length:
+            settings["max_length"] = int(max_length)
+    return settings

@@ -178,8 +178,10 @@ class NeuralScorer(pt.Transformer):
             bar.close()
         return scores
 
-    def train_scores(self, queries: Sequence[str], texts: Sequence[str]) -> torch.Tensor:
-        """Differentiable scores of (query, text) pairs, shape ``[len(queries)]`` (for training)."""
+    def train_scores(self, queries: Sequence[str], texts: Sequence[str],
+                     first_stage: Sequence[float] | None = None) -> torch.Tensor:
+        """Differentiable scores of (query, text) pairs, shape ``[len(queries)]`` (for training).
+        (``first_stage`` is for students that mix in the first stage's score; this one does not.)"""
         items = self._prepare(queries, texts)
         return self._forward(self._to_device(self._collate(items)))
 

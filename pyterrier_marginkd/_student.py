@@ -8,15 +8,34 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 
 from pyterrier_marginkd import io
 from pyterrier_marginkd._hf import TOKENIZER_FILES, TextTokenizer, load_weights, pad, truncate_layers
-from pyterrier_marginkd._scorer import NeuralScorer
+from pyterrier_marginkd._scorer import NeuralScorer, add_scores
+from pyterrier_marginkd.ensemble import NORMALIZATIONS, normalize_scores
 
 Tokens = tuple[list[int], list[int]]  # (input_ids, token_type_ids) of one text
+
+
+class FirstStageMix(nn.Module):
+    """A student's learned interpolation with the first stage: ``neural_weight * neural score + first_stage_weight *
+    normalised first-stage score`` (two scalars trained with the student, saved with it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.neural_weight = nn.Parameter(torch.tensor(1.0))
+        self.first_stage_weight = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, neural: torch.Tensor, first_stage: torch.Tensor) -> torch.Tensor:
+        return self.neural_weight * neural + self.first_stage_weight * first_stage
+
+    def weights(self) -> tuple[float, float]:
+        return float(self.neural_weight.detach()), float(self.first_stage_weight.detach())
 
 
 class TwoSidedScorer(NeuralScorer):
@@ -32,8 +51,53 @@ class TwoSidedScorer(NeuralScorer):
         """Load from a folder saved by ``save_pretrained`` or start from a Hugging Face model (id or folder)."""
         return cls(name_or_path, **kwargs)
 
+    #: per-query normalisation of the incoming first-stage score mixed into the student's score (None: no mixing)
+    first_stage: str | None = None
+
     def _settings(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.DEFAULTS}
+
+    def _check_first_stage(self) -> None:
+        if self.first_stage not in NORMALIZATIONS:
+            raise ValueError(f"first_stage must be one of {[n for n in NORMALIZATIONS if n]} (the per-query "
+                             f"normalisation of the first-stage score to mix in) or None, got {self.first_stage!r}")
+        if self.first_stage is not None and "first_stage" not in self.DEFAULTS:
+            raise ValueError(f"{type(self).__name__} has no first-stage mixing; DotEncoder, ColBERT and PreTT have")
+
+    def _neural_train_scores(self, queries: Sequence[str], texts: Sequence[str]) -> torch.Tensor:
+        return NeuralScorer.train_scores(self, queries, texts)
+
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
+        """Score each (query, text) row; with ``first_stage``, mix in the row's normalised incoming ``score``."""
+        if self.first_stage is None:
+            return super().transform(inp)
+        if isinstance(inp, pd.DataFrame) and "score" not in inp.columns:
+            raise ValueError(f"{self!r} mixes in the first stage's score (first_stage={self.first_stage!r}), but its "
+                             f"input has no 'score' column (found {list(inp.columns)}); re-rank a retriever's "
+                             "results, e.g. bm25 >> get_text >> student")
+        neural = super().transform(inp)
+        if len(inp) == 0:
+            return neural
+        first = pd.to_numeric(inp["score"], errors="coerce").to_numpy(dtype=float)
+        if not np.isfinite(first).all():
+            raise ValueError(f"the first stage's 'score' column holds {int((~np.isfinite(first)).sum())} non-finite "
+                             "value(s) (NaN/inf)")
+        a, b = self.model.interpolation.weights()
+        mixed = a * neural["score"].to_numpy() + b * normalize_scores(inp["qid"], first, self.first_stage)
+        return add_scores(neural, mixed)
+
+    def train_scores(self, queries: Sequence[str], texts: Sequence[str],
+                     first_stage: Sequence[float] | None = None) -> torch.Tensor:
+        """Differentiable scores; with ``first_stage`` mixing, ``first_stage`` holds each pair's normalised
+        first-stage score."""
+        neural = self._neural_train_scores(queries, texts)
+        if self.first_stage is None:
+            return neural
+        if first_stage is None:
+            raise ValueError(f"{self!r} mixes in the first stage's score; training needs each pair's normalised "
+                             "first-stage score (the Distiller reads it from the training results' 'score' column)")
+        mix = torch.as_tensor(np.asarray(first_stage, dtype=np.float32), device=neural.device)
+        return self.model.interpolation(neural, mix.to(neural.dtype))
 
     def _prepare(self, queries: Sequence[str], texts: Sequence[str]) -> list[tuple[Tokens, Tokens]]:
         return list(zip(self._query_sequences(queries), self._doc_sequences(texts)))
@@ -89,6 +153,9 @@ class EncoderStudent(TwoSidedScorer):
 
     def _finish(self, model: nn.Module, ours: bool) -> None:
         """Load the saved extra weights into ``model`` (when ours) and make it ``self.model`` on the device."""
+        self._check_first_stage()
+        if self.first_stage is not None:
+            model.interpolation = FirstStageMix()
         if ours:
             weights = io.load_weights(self.model_name)
             missing, unexpected = model.load_state_dict(weights, strict=False)

@@ -17,7 +17,8 @@ from pyterrier_marginkd import io
 from pyterrier_marginkd.data import GroupSource
 
 #: names of the scoring-head modules that ``head_lr`` applies to (the layers a student adds on top of its encoder)
-HEAD_NAMES = frozenset({"classifier", "pooler", "projection", "score_head", "score", "mixer", "kernel_scale"})
+HEAD_NAMES = frozenset({"classifier", "pooler", "projection", "score_head", "score", "mixer", "kernel_scale",
+                        "interpolation"})
 #: the optimizer / scheduler / RNG / progress state saved next to the weights in every checkpoint
 STATE_FILE = "trainer_state.pt"
 

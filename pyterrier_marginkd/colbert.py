@@ -51,18 +51,21 @@ class ColBERT(EncoderStudent):
     """
 
     ARCHITECTURE = "colbert"
-    DEFAULTS = {"dim": 128, "query_length": 32, "mask_punctuation": False, "normalize": True}
+    DEFAULTS = {"dim": 128, "query_length": 32, "mask_punctuation": False, "normalize": True,
+                "first_stage": None}
     schematic_label = "ColBERT"
 
     def __init__(self, model_name: str | os.PathLike, *, dim: int | None = None, query_length: int | None = None,
-                 mask_punctuation: bool | None = None, normalize: bool | None = None, num_layers: int | None = None,
+                 mask_punctuation: bool | None = None, normalize: bool | None = None, first_stage: str | None = None,
+                 num_layers: int | None = None,
                  max_length: int | None = None, batch_size: int = 32, text_field: str = "text",
                  verbose: bool = False, device: str | torch.device | None = None, **model_kwargs: Any):
         super().__init__(batch_size=batch_size, text_field=text_field, verbose=verbose, device=device)
         encoder, settings, ours = self._load_encoder(
             model_name, num_layers=num_layers, max_length=max_length, model_kwargs=model_kwargs,
             settings={"dim": dim, "query_length": query_length, "mask_punctuation": mask_punctuation,
-                      "normalize": normalize})
+                      "normalize": normalize, "first_stage": first_stage})
+        self.first_stage = settings["first_stage"]
         self.dim, self.query_length = settings["dim"], settings["query_length"]
         self.mask_punctuation, self.normalize = settings["mask_punctuation"], settings["normalize"]
         if self.dim < 1:

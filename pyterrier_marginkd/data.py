@@ -24,6 +24,8 @@ class Group:
     texts: list[str]
     labels: list[float] | None
     teacher: list[float] | None = None
+    #: each document's normalised first-stage score (for students that mix it in; None when not needed)
+    first_stage: list[float] | None = None
 
 
 class GroupSource(Protocol):
@@ -242,3 +244,39 @@ class TeacherRankedExamples:
         """Number of groups per epoch."""
         own = sum(len(q.positives) for q in self.queries)
         return own + (self.judged.num_groups() if self.judged is not None else 0)
+
+
+class AnnotatedGroups:
+    """A group source whose groups get per-(qid, docno) values computed over whole candidate lists: the teacher's
+    scores (a teacher that normalises per query, such as a fused one) and/or the normalised first-stage scores."""
+
+    def __init__(self, source: GroupSource, *, teacher: dict[tuple[str, str], float] | None = None,
+                 first_stage: dict[tuple[str, str], float] | None = None):
+        self.source = source
+        self.teacher = teacher
+        self.first_stage = first_stage
+        self.report = source.report
+
+    @property
+    def has_teacher_scores(self) -> bool:
+        return self.teacher is not None
+
+    def num_groups(self) -> int:
+        return self.source.num_groups()
+
+    def groups(self, epoch: int) -> Iterable[Group]:
+        for group in self.source.groups(epoch):
+            if self.teacher is not None:
+                group.teacher = [self._value(self.teacher, "teacher score", group.qid, d) for d in group.docnos]
+            if self.first_stage is not None:
+                group.first_stage = [self._value(self.first_stage, "first-stage score", group.qid, d)
+                                     for d in group.docnos]
+            yield group
+
+    @staticmethod
+    def _value(values: dict[tuple[str, str], float], what: str, qid: str, docno: str) -> float:
+        try:
+            return values[qid, docno]
+        except KeyError:
+            raise ValueError(f"no {what} for (qid, docno)=({qid!r}, {docno!r}): the training groups hold a document "
+                             "that is not among the query's candidates") from None

@@ -27,6 +27,7 @@ from pyterrier_marginkd._training import (
     save_checkpoint,
 )
 from pyterrier_marginkd.data import (
+    AnnotatedGroups,
     Group,
     GroupSource,
     TeacherRankedExamples,
@@ -35,10 +36,11 @@ from pyterrier_marginkd.data import (
     validate_training_results,
 )
 from pyterrier_marginkd.docpairs import DocPairs
+from pyterrier_marginkd.ensemble import normalize_scores
 from pyterrier_marginkd.intermediate import HiddenStateMSE, check_models, scores_with_layer_loss
 from pyterrier_marginkd.losses import MarginMSE, RankingLoss
 from pyterrier_marginkd.scorefiles import ScoreFile
-from pyterrier_marginkd.teacher import TeacherScores, margin_std
+from pyterrier_marginkd.teacher import TeacherScores, list_teacher_scores, margin_std
 
 __all__ = ["Distiller", "STATE_FILE", "evaluate_ndcg10"]
 
@@ -153,14 +155,59 @@ class Distiller(pt.Estimator):
         With ``tr_qrels=None`` (or ``unjudged="teacher"`` for the queries without qrels) the teacher's own ranking
         of the candidates picks positives and negatives: label-free distillation.
         """
-        examples = self.examples(tr_res, tr_qrels)
-        self.report = dict(examples.report)
         if (va_res is None) != (va_qrels is None):
             raise ValueError("give both va_res and va_qrels for validation, or neither")
         if va_qrels is not None:
             va_qrels = validate_qrels(va_qrels)
+        if va_res is not None and self._mixes_first_stage and "score" not in va_res.columns:
+            raise ValueError("the student mixes in the first stage's score, but the validation results have no "
+                             "'score' column; pass a retriever's results")
+        first_stage = self._first_stage_scores(tr_res)
+        teacher_scores = None
+        if self._teacher_scores_lists and (self.loss.needs_teacher or tr_qrels is None or self.unjudged == "teacher"):
+            teacher_scores = self._list_teacher_scores(tr_res)
+        examples = self.examples(tr_res, tr_qrels, teacher_scores=teacher_scores)
+        self.report = dict(examples.report)
+        if teacher_scores is not None or first_stage is not None:
+            examples = AnnotatedGroups(examples, teacher=teacher_scores if self.loss.needs_teacher else None,
+                                       first_stage=first_stage)
         self.train_examples(examples, va_res, va_qrels)
         return self
+
+    @property
+    def _mixes_first_stage(self) -> bool:
+        return getattr(self.student, "first_stage", None) is not None
+
+    @property
+    def _teacher_scores_lists(self) -> bool:
+        """Whether the teacher's score of a candidate depends on its query's other candidates (fusion with a
+        per-query normalisation): then it scores whole candidate lists up front, not the pairs of each batch."""
+        return bool(getattr(self.teacher, "scores_whole_lists", False))
+
+    def _first_stage_scores(self, tr_res: pd.DataFrame) -> dict[tuple[str, str], float] | None:
+        """Each training candidate's first-stage score, normalised within its query as the student normalises it."""
+        if not self._mixes_first_stage:
+            return None
+        if "score" not in tr_res.columns:
+            raise ValueError(f"the student mixes in the first stage's score (first_stage="
+                             f"{self.student.first_stage!r}), but the training results have no 'score' column; "
+                             "train on a retriever's results, e.g. (bm25 >> get_text >> distiller).fit(...)")
+        rows = tr_res.assign(qid=tr_res["qid"].astype(str), docno=tr_res["docno"].astype(str))
+        rows = rows.drop_duplicates(["qid", "docno"])
+        scores = pd.to_numeric(rows["score"], errors="coerce").to_numpy(dtype=float)
+        if not np.isfinite(scores).all():
+            raise ValueError(f"the training results' 'score' column holds {int((~np.isfinite(scores)).sum())} "
+                             "non-finite value(s) (NaN/inf)")
+        values = normalize_scores(rows["qid"], scores, self.student.first_stage)
+        return dict(zip(zip(rows["qid"], rows["docno"]), values.astype(float)))
+
+    def _list_teacher_scores(self, tr_res: pd.DataFrame) -> dict[tuple[str, str], float]:
+        validate_training_results(tr_res, self.student.text_field)
+        cache_dir = Path(self.cache_dir) if self.cache_dir is not None else self.out_path / "teacher_cache"
+        if self.verbose:
+            print(f"Distiller: the teacher scores the {len(tr_res)} training candidates as whole lists", flush=True)
+        return list_teacher_scores(self.teacher, tr_res, cache_dir, text_field=self.student.text_field,
+                                   verbose=self.verbose)
 
     def fit_file(self, path: str | Path, queries: Any = None, docs: Any = None, va_res: pd.DataFrame | None = None,
                  va_qrels: pd.DataFrame | None = None, *, shuffle_buffer: int = 10_000) -> Distiller:
@@ -222,7 +269,11 @@ class Distiller(pt.Estimator):
         self._clock = None
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: self._lr_factor(s, total_steps))
         teacher = None
-        if self.teacher is not None and self.loss.needs_teacher:
+        if self.teacher is not None and self.loss.needs_teacher and not getattr(source, "has_teacher_scores", False):
+            if self._teacher_scores_lists:
+                raise ValueError(f"the teacher {self.teacher!r} scores whole candidate lists (it normalises per "
+                                 "query), so it cannot score these training pairs one batch at a time; train with "
+                                 "fit(results, qrels) on candidate lists, or score the pairs into a file first")
             teacher = self._teacher_cache()
         self._require_teacher_scores(source, teacher)
         self._teacher_factor = self._teacher_scale_factor(source, teacher)
@@ -233,6 +284,8 @@ class Distiller(pt.Estimator):
             io.recover_dir(folder)  # what a killed run left half-written
         if self.resume and (checkpoint / STATE_FILE).exists():
             state = self._load_checkpoint(checkpoint, optimizer, scheduler, fingerprint)
+        elif self._mixes_first_stage:
+            self._init_first_stage_mix(source, teacher)
         self.history, self.validation = state["history"], state["validation"]
         self._elapsed_before = state.get("elapsed", 0.0)
         self.report.update(groups_per_epoch=groups_per_epoch, total_steps=total_steps, resumed_from=state["step"])
@@ -328,8 +381,10 @@ class Distiller(pt.Estimator):
         return TeacherScores(self.teacher, cache_dir, teacher_id=self.teacher_id, text_field=self.student.text_field,
                              verbose=self.verbose, shard=_distributed.current().shard_name)
 
-    def examples(self, tr_res: pd.DataFrame, tr_qrels: pd.DataFrame | None) -> GroupSource:
-        """The training examples ``fit`` would build from these results and qrels (None: label-free)."""
+    def examples(self, tr_res: pd.DataFrame, tr_qrels: pd.DataFrame | None, *,
+                 teacher_scores: dict[tuple[str, str], float] | None = None) -> GroupSource:
+        """The training examples ``fit`` would build from these results and qrels (None: label-free);
+        ``teacher_scores`` (of the candidates) rank label-free queries instead of the cached teacher."""
         text_field = self.student.text_field
         if tr_qrels is not None and self.unjudged == "skip":
             return TrainingExamples(tr_res, tr_qrels, num_negatives=self.num_negatives,
@@ -350,11 +405,16 @@ class Distiller(pt.Estimator):
                                           graded=self.graded, text_field=text_field, seed=self.seed,
                                           allow_empty=True)
         unjudged = tr_res[~tr_res["qid"].isin(judged_qids)]
-        cache = self._teacher_cache()
-        try:
-            scores = cache.scores(unjudged[["qid", "query", "docno", text_field]])
-        finally:
-            cache.close()
+        if teacher_scores is not None:
+            scores = teacher_scores
+        elif self._teacher_scores_lists:
+            scores = self._list_teacher_scores(unjudged)
+        else:
+            cache = self._teacher_cache()
+            try:
+                scores = cache.scores(unjudged[["qid", "query", "docno", text_field]])
+            finally:
+                cache.close()
         return TeacherRankedExamples(unjudged, scores, num_positives=self.pseudo_positives,
                                      negative_start=self.pseudo_negative_start, num_negatives=self.num_negatives,
                                      judged=judged, text_field=text_field, seed=self.seed)
@@ -391,7 +451,8 @@ class Distiller(pt.Estimator):
         device = self.student._device
         use_amp = self.amp and device.type == "cuda"
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-            student = self._student_scores(queries, texts).float().view(len(part), size)
+            first_stage = [f for g in part for f in g.first_stage] if self._mixes_first_stage else None
+            student = self._student_scores(queries, texts, first_stage).float().view(len(part), size)
         teacher = labels = None
         if all(g.teacher is not None for g in part):
             teacher = torch.tensor([g.teacher for g in part], dtype=torch.float32, device=device) * self._teacher_factor
@@ -399,9 +460,12 @@ class Distiller(pt.Estimator):
             labels = torch.tensor([g.labels for g in part], dtype=torch.float32, device=device)
         return student, teacher, labels
 
-    def _student_scores(self, queries: list[str], texts: list[str]) -> torch.Tensor:
+    def _student_scores(self, queries: list[str], texts: list[str],
+                        first_stage: list[float] | None = None) -> torch.Tensor:
         """Differentiable student scores; with ``intermediate`` (and gradients on) also the layer loss of the same
         forward pass, kept for ``_step`` to add to the ranking loss."""
+        if first_stage is not None:
+            return self.student.train_scores(queries, texts, first_stage=first_stage)
         if self.intermediate is None or not torch.is_grad_enabled():
             return self.student.train_scores(queries, texts)
         scores, self._layer_loss = scores_with_layer_loss(self.intermediate, self.student, self.teacher, queries,
@@ -455,6 +519,39 @@ class Distiller(pt.Estimator):
         factor = 1.0 / std if 0 < std < 0.5 else 1.0
         self.report["teacher_margin_std"], self.report["teacher_scale_factor"] = std, factor
         return factor
+
+    def _init_first_stage_mix(self, source: GroupSource, teacher: TeacherScores | None, sample: int = 256) -> None:
+        """Start a student's first-stage mixing at the weights that best fit the teacher's margins (least squares on
+        the first groups: margins of the student's neural score and of the normalised first-stage score); without
+        teacher scores, at weights that give both the same spread of margins (an even fusion)."""
+        groups = list(itertools.islice(iter(source.groups(0)), sample))
+        if teacher is not None:
+            teacher.fill(groups)
+        if not groups or any(g.first_stage is None for g in groups):
+            return
+        neural = self.student.score_pairs([g.query for g in groups for _ in g.docnos],
+                                          [t for g in groups for t in g.texts])
+        x_neural, x_first, y, start = [], [], [], 0
+        for g in groups:
+            n = neural[start:start + len(g.docnos)]
+            start += len(g.docnos)
+            x_neural += [n[0] - v for v in n[1:]]
+            x_first += [g.first_stage[0] - v for v in g.first_stage[1:]]
+            if g.teacher is not None:
+                y += [(g.teacher[0] - v) * self._teacher_factor for v in g.teacher[1:]]
+        x = np.column_stack([x_neural, x_first])
+        if self.loss.needs_teacher and len(y) == len(x):
+            weights = np.linalg.lstsq(x, np.asarray(y), rcond=None)[0]
+        else:
+            spread = x.std(axis=0)
+            weights = np.array([spread[1] / spread[0] if spread[0] > 0 else 1.0, 1.0])
+        if not np.isfinite(weights).all():
+            return
+        mix = self.student.model.interpolation
+        with torch.no_grad():
+            mix.neural_weight.fill_(float(weights[0]))
+            mix.first_stage_weight.fill_(float(weights[1]))
+        self.report["first_stage_mix_start"] = [float(w) for w in weights]
 
     def _validate(self, va_res: pd.DataFrame, va_qrels: pd.DataFrame, step: int, best: dict | None) -> dict | None:
         run = self.student.transform(va_res)

@@ -10,9 +10,10 @@ import numpy as np
 import pyterrier as pt
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import AutoModel, PreTrainedModel
 
-from pyterrier_marginkd._hf import pad
+from pyterrier_marginkd import io
+from pyterrier_marginkd._hf import load_weights, pad, sentence_transformers_settings
 from pyterrier_marginkd._student import EncoderStudent, encode, load_encoder
 
 POOLINGS = ("cls", "mean")
@@ -63,28 +64,94 @@ class DotEncoder(EncoderStudent):
     """
 
     ARCHITECTURE = "dot"
-    DEFAULTS = {"pooling": "cls", "dim": None, "shared_encoder": True, "normalize": False}
+    DEFAULTS = {"pooling": "cls", "dim": None, "shared_encoder": True, "normalize": False, "first_stage": None,
+                "frozen_docs": False}
+    #: distinct document vectors kept by a frozen-document encoder (beyond it the memory is cleared and refilled)
+    doc_cache_size = 500_000
     schematic_label = "DotEncoder"
 
     def __init__(self, model_name: str | os.PathLike, *, pooling: str | None = None, dim: int | None = None,
-                 shared_encoder: bool | None = None, normalize: bool | None = None, num_layers: int | None = None,
-                 max_length: int | None = None, batch_size: int = 32, text_field: str = "text", verbose: bool = False,
-                 device: str | torch.device | None = None, **model_kwargs: Any):
+                 shared_encoder: bool | None = None, normalize: bool | None = None, first_stage: str | None = None,
+                 frozen_docs: bool | None = None, num_layers: int | None = None, max_length: int | None = None,
+                 batch_size: int = 32,
+                 text_field: str = "text", verbose: bool = False, device: str | torch.device | None = None,
+                 **model_kwargs: Any):
         super().__init__(batch_size=batch_size, text_field=text_field, verbose=verbose, device=device)
+        if frozen_docs and shared_encoder:
+            raise ValueError("frozen_docs=True gives documents their own (frozen) encoder: it cannot be combined "
+                             "with shared_encoder=True")
+        given = {"pooling": pooling, "dim": dim, "shared_encoder": False if frozen_docs else shared_encoder,
+                 "normalize": normalize, "first_stage": first_stage, "frozen_docs": frozen_docs}
+        if not (Path(model_name).is_dir() and io.read_config(model_name) is not None):
+            # a sentence-transformers checkpoint says how it pools and whether it normalises: score as it does
+            st = sentence_transformers_settings(model_name, **model_kwargs)
+            if pooling is None and "unsupported_pooling" in st:
+                raise ValueError(f"{str(model_name)!r} pools its token vectors with {st['unsupported_pooling']}; "
+                                 "DotEncoder pools with 'cls' or 'mean' (pass pooling= to choose one)")
+            given = {**given, **{k: v for k, v in st.items() if k in given and given[k] is None}}
+            max_length = max_length or st.get("max_length")
         encoder, settings, ours = self._load_encoder(
-            model_name, num_layers=num_layers, max_length=max_length, model_kwargs=model_kwargs,
-            settings={"pooling": pooling, "dim": dim, "shared_encoder": shared_encoder, "normalize": normalize})
+            model_name, num_layers=num_layers, max_length=max_length, model_kwargs=model_kwargs, settings=given)
         self.pooling, self.dim, self.shared_encoder = settings["pooling"], settings["dim"], settings["shared_encoder"]
         self.normalize = bool(settings["normalize"])
+        self.first_stage = settings["first_stage"]
+        self.frozen_docs = bool(settings["frozen_docs"])
+        if self.frozen_docs and self.dim is not None:
+            raise ValueError("frozen_docs=True keeps the checkpoint's document vectors: it cannot add a projection "
+                             "(dim=None)")
+        self._doc_vectors: dict[str, np.ndarray] = {}
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.dim is not None and self.dim < 1:
             raise ValueError(f"dim must be a positive number of dimensions (or None for no projection), got {self.dim}")
         doc_encoder = None
         if not self.shared_encoder:
-            doc_encoder = load_encoder(Path(model_name) / "doc_encoder", **model_kwargs) if ours \
-                else copy.deepcopy(encoder)
+            if ours:
+                doc_encoder = load_encoder(Path(model_name) / "doc_encoder", **model_kwargs)
+            elif self.frozen_docs:  # the checkpoint's whole encoder, whatever num_layers gives the query side
+                doc_encoder = load_weights(AutoModel, model_name, None, strict=False, **model_kwargs)
+            else:
+                doc_encoder = copy.deepcopy(encoder)
+            if self.frozen_docs:
+                doc_encoder.requires_grad_(False)
         self._finish(_DotModel(encoder, doc_encoder, self.pooling, self.dim, self.normalize), ours)
+
+    # --- frozen documents -------------------------------------------------------------------------------
+    def precompute_docs(self, docs: Iterable[dict] | Sequence[str], *, batch_size: int | None = None) -> int:
+        """Encode documents (dicts with the text field, or texts) ahead of queries, so that re-ranking them encodes
+        only queries (``frozen_docs=True`` models; each distinct text once). Returns the number of vectors kept."""
+        if not self.frozen_docs:
+            raise ValueError("precompute_docs needs a DotEncoder with frozen_docs=True (otherwise training would "
+                             "make stored document vectors stale)")
+        texts = [d if isinstance(d, str) else str(d[self.text_field]) for d in docs]
+        self.encode_docs(texts, batch_size)
+        return len(self._doc_vectors)
+
+    def _frozen_doc_vectors(self, texts: Sequence[str], batch_size: int | None) -> np.ndarray:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._doc_vectors]
+        if missing:
+            if len(self._doc_vectors) + len(missing) > self.doc_cache_size:
+                self._doc_vectors.clear()
+            bar = pt.tqdm(total=len(missing), desc="documents", unit="doc",
+                          disable=not (self.verbose and len(missing) > 1000))
+            for start in range(0, len(missing), 4096):
+                part = missing[start:start + 4096]
+                self._doc_vectors.update(zip(part, self._encode_side(part, "doc", batch_size)))
+                bar.update(len(part))
+            bar.close()
+        return np.stack([self._doc_vectors[t] for t in texts]) if len(texts) else np.zeros((0, self._width()))
+
+    def _neural_train_scores(self, queries: Sequence[str], texts: Sequence[str]) -> torch.Tensor:
+        if not self.frozen_docs:
+            return super()._neural_train_scores(queries, texts)
+        unique = {q: i for i, q in enumerate(dict.fromkeys(queries))}
+        batch = {f"query_{k}": v for k, v in pad(self._tok.singles(list(unique)), self._tok.pad_id).items()}
+        query_vecs = self.model.embed(self._to_device(batch), "query")[[unique[q] for q in queries]]
+        doc_vecs = torch.from_numpy(self._frozen_doc_vectors([str(t) for t in texts], None)).to(query_vecs)
+        return (query_vecs * doc_vecs).sum(-1)
+
+    def _width(self) -> int:
+        return self.dim or self.model.encoder.config.hidden_size
 
     # --- scoring ----------------------------------------------------------------------------------------
     def score_pairs(self, queries: Sequence[str], texts: Sequence[str], *, batch_size: int | None = None,
@@ -96,17 +163,21 @@ class DotEncoder(EncoderStudent):
             raise ValueError(f"got {len(queries)} queries but {len(texts)} texts; they must pair up one to one")
         scores = np.empty(len(queries), dtype=np.float64)
         bar = pt.tqdm(total=len(queries), desc=desc or type(self).__name__, unit="pair", disable=not self.verbose)
+        queries, texts = [str(q) for q in queries], [str(t) for t in texts]
+        # pairs sorted by text: a chunk then holds few distinct documents, each encoded about once per call
+        order = np.asarray(sorted(range(len(texts)), key=texts.__getitem__), dtype=np.int64)
         try:
             for start in range(0, len(queries), self.chunk_size):
-                chunk_q = [str(q) for q in queries[start:start + self.chunk_size]]
-                chunk_t = [str(t) for t in texts[start:start + self.chunk_size]]
+                rows = order[start:start + self.chunk_size]
+                chunk_q = [queries[i] for i in rows]
+                chunk_t = [texts[i] for i in rows]
                 query_ids = {q: i for i, q in enumerate(dict.fromkeys(chunk_q))}
                 text_ids = {t: i for i, t in enumerate(dict.fromkeys(chunk_t))}
                 query_vecs = self.encode_queries(list(query_ids), batch_size)
                 doc_vecs = self.encode_docs(list(text_ids), batch_size)
                 rows_q = query_vecs[[query_ids[q] for q in chunk_q]]
                 rows_d = doc_vecs[[text_ids[t] for t in chunk_t]]
-                scores[start:start + len(chunk_q)] = np.einsum("ij,ij->i", rows_q, rows_d)
+                scores[rows] = np.einsum("ij,ij->i", rows_q, rows_d)
                 bar.update(len(chunk_q))
         finally:
             bar.close()
@@ -122,9 +193,14 @@ class DotEncoder(EncoderStudent):
         return self._encode(texts, "doc", batch_size)
 
     def _encode(self, texts: Sequence[str], side: str, batch_size: int | None) -> np.ndarray:
+        if side == "doc" and self.frozen_docs:
+            return self._frozen_doc_vectors([str(t) for t in texts], batch_size)
+        return self._encode_side(texts, side, batch_size)
+
+    def _encode_side(self, texts: Sequence[str], side: str, batch_size: int | None) -> np.ndarray:
         sequences = self._tok.singles([str(t) for t in texts])
         batch_size = batch_size or self.batch_size
-        width = self.dim or self.model.encoder.config.hidden_size
+        width = self._width()
         vectors = np.empty((len(sequences), width), dtype=np.float32)
         order = np.argsort([-len(ids) for ids, _ in sequences], kind="stable")
         was_training = self.model.training

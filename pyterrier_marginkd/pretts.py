@@ -58,17 +58,19 @@ class PreTT(EncoderStudent):
     """
 
     ARCHITECTURE = "pretts"
-    DEFAULTS = {"num_separate_layers": None}
+    DEFAULTS = {"num_separate_layers": None, "first_stage": None}
     schematic_label = "PreTT"
 
     def __init__(self, model_name: str | os.PathLike, *, num_separate_layers: int | None = None,
-                 num_layers: int | None = None, max_length: int | None = None, batch_size: int = 32,
-                 text_field: str = "text", verbose: bool = False, device: str | torch.device | None = None,
+                 first_stage: str | None = None, num_layers: int | None = None, max_length: int | None = None,
+                 batch_size: int = 32, text_field: str = "text", verbose: bool = False,
+                 device: str | torch.device | None = None,
                  **model_kwargs: Any):
         super().__init__(batch_size=batch_size, text_field=text_field, verbose=verbose, device=device)
         encoder, settings, ours = self._load_encoder(
             model_name, num_layers=num_layers, max_length=max_length, model_kwargs=model_kwargs,
-            settings={"num_separate_layers": num_separate_layers})
+            settings={"num_separate_layers": num_separate_layers, "first_stage": first_stage})
+        self.first_stage = settings["first_stage"]
         embeddings = getattr(encoder, "embeddings", None)
         if embeddings is None or "token_type_ids" not in inspect.signature(embeddings.forward).parameters:
             raise ValueError(f"PreTT needs a BERT-like encoder whose embeddings take token types; "

@@ -11,6 +11,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 import pyterrier as pt
+import torch
 from pyterrier_caching import Sqlite3ScorerCache
 
 from pyterrier_marginkd._hf import valid_unicode
@@ -60,9 +61,32 @@ class CheckedTeacher(pt.Transformer):
         return repr(self.teacher)
 
 
+def describe(teacher: pt.Transformer) -> str:
+    """What a teacher's scores depend on: for our neural models their class, settings and a digest of the weights'
+    content (a model retrained in the same folder is another teacher); for an Ensemble its members, weights and
+    normalisation; for anything else its repr."""
+    from pyterrier_marginkd._scorer import NeuralScorer
+    from pyterrier_marginkd.ensemble import Ensemble
+
+    if isinstance(teacher, CheckedTeacher):
+        return describe(teacher.teacher)
+    if isinstance(teacher, Ensemble):
+        members = ", ".join(describe(m) for m in teacher.members)
+        return f"Ensemble([{members}], weights={teacher.weights}, normalize={teacher.normalize!r})"
+    if isinstance(teacher, NeuralScorer):
+        digest = hashlib.sha256()
+        for name, tensor in teacher.model.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=torch.uint8).numpy().tobytes())
+        settings = {k: getattr(teacher, k, None) for k in ("max_length", "text_field")}
+        return f"{type(teacher).__name__}:{digest.hexdigest()}:{settings}"
+    return repr(teacher)
+
+
 def teacher_key(teacher: pt.Transformer, teacher_id: str | None = None) -> str:
-    """A short stable name for a teacher's cache (from ``teacher_id`` or the teacher's repr)."""
-    ident = teacher_id if teacher_id is not None else repr(teacher)
+    """A short stable name for a teacher's cache: from ``teacher_id`` when given, else from :func:`describe` (the
+    weights' content for our models, so a retrained teacher never meets the scores of its previous weights)."""
+    ident = teacher_id if teacher_id is not None else describe(teacher)
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
@@ -141,3 +165,52 @@ def margin_std(groups: list) -> float | None:
     fewer than two margins exist."""
     margins = [g.teacher[0] - t for g in groups if g.teacher is not None for t in g.teacher[1:]]
     return float(np.std(margins)) if len(margins) >= 2 else None
+
+
+class _CachedMember(pt.Transformer):
+    """An Ensemble member whose raw scores of (query, docno) pairs go through its own on-disk cache."""
+
+    def __init__(self, member: pt.Transformer, cache_dir: str | os.PathLike, text_field: str, verbose: bool):
+        self.member = member
+        self.scores = TeacherScores(member, cache_dir, text_field=text_field, verbose=verbose)
+        self.text_field = text_field
+
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
+        scores = self.scores.scores(inp[["qid", "query", "docno", self.text_field]])
+        values = [scores[str(q), str(d)] for q, d in zip(inp["qid"], inp["docno"])]
+        return inp.drop(columns=["score", "rank"], errors="ignore").assign(score=np.asarray(values, dtype=float))
+
+    def close(self) -> None:
+        self.scores.close()
+
+    def __repr__(self) -> str:
+        return repr(self.member)
+
+
+def list_teacher_scores(teacher: pt.Transformer, results: pd.DataFrame, cache_dir: str | os.PathLike, *,
+                        text_field: str = "text", verbose: bool = False) -> dict[tuple[str, str], float]:
+    """Scores of a teacher whose score of a row depends on its query's other candidates (an Ensemble with a
+    per-query normalisation), computed over each query's whole candidate list in ``results``.
+
+    An Ensemble's members (except the first stage's own score) keep their raw pair scores in on-disk caches under
+    ``cache_dir`` (one per member, keyed by its weights' content): each pair is scored once by each member, however
+    often the candidates are fused again. Other teachers are called on the whole frame, without a cache.
+    """
+    from pyterrier_marginkd.ensemble import Ensemble, FirstStageScore
+
+    results = results.assign(qid=results["qid"].astype(str), docno=results["docno"].astype(str))
+    results = results.drop_duplicates(["qid", "docno"]).reset_index(drop=True)
+    if not isinstance(teacher, Ensemble):
+        out = CheckedTeacher(teacher, text_field)(results)
+        return dict(zip(zip(out["qid"].astype(str), out["docno"].astype(str)), out["score"].astype(float)))
+    members = [m if isinstance(m, FirstStageScore) else _CachedMember(m, cache_dir, text_field, verbose)
+               for m in teacher.members]
+    try:
+        fused = Ensemble(members, teacher.weights, normalize=teacher.normalize)
+        base, matrix = fused.member_scores(results)
+        values = fused.fuse(base["qid"], matrix)
+    finally:
+        for member in members:
+            if isinstance(member, _CachedMember):
+                member.close()
+    return dict(zip(zip(base["qid"].astype(str), base["docno"].astype(str)), values.astype(float)))
