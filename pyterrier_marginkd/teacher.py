@@ -172,7 +172,8 @@ class _CachedMember(pt.Transformer):
 
     def __init__(self, member: pt.Transformer, cache_dir: str | os.PathLike, text_field: str, verbose: bool):
         self.member = member
-        self.scores = TeacherScores(member, cache_dir, text_field=text_field, verbose=verbose)
+        # big chunks: a bi-encoder member encodes each distinct query and document about once per chunk
+        self.scores = TeacherScores(member, cache_dir, text_field=text_field, verbose=verbose, chunk_size=16384)
         self.text_field = text_field
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:

@@ -1,70 +1,90 @@
-"""`marginkd quickstart` on a tiny model and a slice of Cranfield: a fresh run, a second run reusing everything."""
+"""`marginkd quickstart` on tiny models and a slice of Cranfield: a fresh run, a second run reusing everything."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
 
 import pyterrier_marginkd as mkd
 from pyterrier_marginkd import cli
-from pyterrier_marginkd.quickstart import FAST, Recipe, _download_hint
+from pyterrier_marginkd.quickstart import FAST, FULL, VS_LABELS_FILE, Recipe, _download_hint
 from pyterrier_marginkd.report import CSV_FILE, PLOT_FILE, TABLE_FILE
 
-SYSTEMS = ["BM25", "teacher L2 (labels)", "student L1 (labels only)", "student L1 (Margin-MSE)"]
+
+def systems(teacher: str) -> list[str]:
+    return ["BM25", f"teacher BM25 + {teacher}", "student L1 (Margin-MSE)", "student L1 (labels only)"]
 
 
-def run(cranfield, tiny_bert_dir, output, *extra: str) -> None:
-    cli.main(["quickstart", "--data", str(cranfield.path), "--output", str(output), "--model", str(tiny_bert_dir),
-              "--student-layers", "1", "--fast", "--train-queries", "8", "--test-queries", "4", "--k", "6",
-              "--k-train", "6", "--max-length", "48", *extra])
+def run(data, tiny_bert_dir, output, *extra: str) -> None:
+    cli.main(["quickstart", "--data", str(data), "--output", str(output), "--model", str(tiny_bert_dir),
+              "--student-layers", "1", "--fast", "--train-queries", "10", "--test-queries", "4", "--k", "6",
+              "--max-length", "48", "--pseudo-queries", "12", "--student-steps", "3", *extra])
 
 
 def table_rows(output) -> list[str]:
-    lines = (output / "report" / TABLE_FILE).read_text().splitlines()
+    lines = (output / "report" / TABLE_FILE).read_text().split("\n\nAgainst")[0].splitlines()
     return [line.split(" | ")[0].lstrip("| ") for line in lines[2:] if line.startswith("| ")]
 
 
 def test_fresh_run_then_a_second_run_reuses_every_model(cranfield, tiny_bert_dir, tmp_path, capsys, monkeypatch):
     output = tmp_path / "qs"
-    run(cranfield, tiny_bert_dir, output)
+    run(cranfield.path, tiny_bert_dir, output)
     printed = capsys.readouterr().out
-    assert table_rows(output) == SYSTEMS
-    assert all(name in printed for name in SYSTEMS) and "quickstart finished" in printed
+    expected = systems(tiny_bert_dir.name)
+    assert table_rows(output) == expected
+    assert all(name in printed for name in expected) and "quickstart finished" in printed
+    assert "pseudo-queries (titles of documents)" in printed
     assert (output / "report" / PLOT_FILE).read_bytes().startswith(b"\x89PNG")
+    versus = pd.read_csv(output / "report" / VS_LABELS_FILE)
+    assert list(versus["name"]) == ["student L1 (labels only)", "student L1 (Margin-MSE)"]
+    fusion = json.loads((output / "teacher" / "fusion.json").read_text())
+    assert len(fusion["weights"]) == 2 and fusion["normalize"] == "zscore"
     assert (output / "cranfield.pisa").is_dir() and any((output / "teacher_cache").iterdir())
-    for stage in ("teacher", "student-L1-labels", "student-L1-marginmse"):
+    for stage in ("student-L1-labels", "student-L1-marginmse"):
         done = json.loads((output / stage / "done.json").read_text())
-        assert done["settings"]["max_length"] == 48 and (output / stage / "student" / "marginkd.json").exists()
+        assert done["settings"]["max_length"] == 48 and done["settings"]["steps"] == 3
+        assert mkd.load(output / stage / "student").first_stage == "zscore"
     first = pd.read_csv(output / "report" / CSV_FILE)
 
     def no_training(*args, **kwargs):
         raise AssertionError("a second run must not train again")
     monkeypatch.setattr(mkd.Distiller, "fit", no_training)
-    run(cranfield, tiny_bert_dir, output)
+    monkeypatch.setattr(mkd.Ensemble, "fit", no_training)
+    run(cranfield.path, tiny_bert_dir, output)
     printed = capsys.readouterr().out
     assert printed.count("reusing") == 3 and "training in" not in printed
-    assert table_rows(output) == SYSTEMS
+    assert table_rows(output) == expected
     effectiveness = ["name", "nDCG@10", "RR@10", "AP@100"]
     pd.testing.assert_frame_equal(first[effectiveness], pd.read_csv(output / "report" / CSV_FILE)[effectiveness])
 
-    with pytest.raises(ValueError, match=r"other settings \(changed: \['max_length'\]\)"):
-        run(cranfield, tiny_bert_dir, output, "--max-length", "32")
+    with pytest.raises(ValueError, match=r"other settings \(changed: \['steps'\]\)"):
+        run(cranfield.path, tiny_bert_dir, output, "--student-steps", "2")
 
 
-def test_a_given_teacher_and_time_boxed_students(cranfield, tiny_bert_dir, student_dir, tmp_path, capsys):
+def test_a_given_bi_encoder_teacher_and_time_boxed_students(cranfield, tiny_bert_dir, tmp_path, capsys):
+    st_folder = tmp_path / "tiny-st"
+    shutil.copytree(tiny_bert_dir, st_folder)
+    (st_folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+    (st_folder / "1_Pooling").mkdir()
+    (st_folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
     output = tmp_path / "given"
-    run(cranfield, tiny_bert_dir, output, "--teacher", str(student_dir), "--student-time", "0.001")
-    assert not (output / "teacher").exists()
-    assert table_rows(output)[1] == "teacher L2"
-    assert capsys.readouterr().out.count("budget allowed 1 of") == 2
+    run(cranfield.path, tiny_bert_dir, output, "--teacher", str(st_folder), "--student-time", "0.001")
+    printed = capsys.readouterr().out
+    assert table_rows(output)[1] == "teacher BM25 + tiny-st"
+    assert printed.count("budget allowed") == 2
     done = json.loads((output / "student-L1-marginmse" / "done.json").read_text())
     assert done["report"]["stopped_by_max_time"] and done["settings"]["max_time"] == 0.001
 
 
 def test_recipes_and_offline_hint(cranfield):
     assert Recipe.preset(True) == FAST and Recipe.preset(True, k=7).k == 7
-    assert FAST.teacher_time is not None and FAST.student_time is not None
+    assert FAST.student_time is None and FULL.student_time is None  # step budgets: one table on any machine
+    assert FULL.student_steps > FAST.student_steps and FULL.pseudo_queries > FAST.pseudo_queries
     with pytest.raises(TypeError, match="unknown recipe setting"):
         Recipe.preset(True, epochs=3)
     with pytest.raises(RuntimeError, match="--data ../shared/data/cranfield"):
@@ -77,9 +97,8 @@ def test_recipes_and_offline_hint(cranfield):
 
 def test_quickstart_on_a_collection_without_splits(vaswani, tiny_bert_dir, tmp_path, capsys):
     output = tmp_path / "vaswani"
-    cli.main(["quickstart", "--data", str(vaswani.path), "--output", str(output), "--model", str(tiny_bert_dir),
-              "--student-layers", "1", "--fast", "--train-queries", "6", "--test-queries", "4", "--k", "5",
-              "--k-train", "5", "--max-length", "32"])
+    run(vaswani.path, tiny_bert_dir, output, "--k", "5", "--max-length", "32")
     printed = capsys.readouterr().out
     assert "vaswani ships no train/test split: holding out 30%" in printed
-    assert table_rows(output) == SYSTEMS
+    assert "(first_sentences of documents)" in printed
+    assert table_rows(output) == systems(tiny_bert_dir.name)
