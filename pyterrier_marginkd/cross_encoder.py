@@ -18,11 +18,15 @@ from pyterrier_marginkd._scorer import NeuralScorer
 class CrossEncoder(NeuralScorer):
     """BERT-CAT re-ranker: ``score = head([CLS] query [SEP] text [SEP])``; a teacher or a student.
 
-    Loads any Hugging Face sequence-classification or plain encoder checkpoint (a 1-output head is added when
-    absent). ``num_layers=k`` keeps only the first k transformer layers — the usual way to make a small student
-    from a big checkpoint. Saved folders are plain Hugging Face models too (``AutoModelForSequenceClassification``
-    and sentence-transformers' ``CrossEncoder`` load them and give the same scores). A folder saved by
+    Loads any Hugging Face sequence-classification or plain encoder checkpoint as it is: a 1-output head scores with
+    its logit (``cross-encoder/ms-marco-MiniLM-L12-v2``, ``BAAI/bge-reranker-base``); a 2-output head (monoBERT,
+    monoELECTRA: not relevant, relevant) scores with ``logit[1] - logit[0]``, which ranks like softmax P(relevant);
+    a plain encoder gets a new 1-output head. ``num_layers=k`` keeps only the first k transformer layers — the usual
+    way to make a small student from a big checkpoint. Saved folders are plain Hugging Face models too
+    (``AutoModelForSequenceClassification`` and sentence-transformers' ``CrossEncoder`` load them and give the same
+    logits; a 2-logit model keeps its head, recorded as ``"head": "two_logit"`` in marginkd.json). A folder saved by
     pyterrier-marginkd loads from safetensors only, and a missing, damaged or mismatched file is a ValueError naming it.
+    A local path that does not exist is a FileNotFoundError naming it (it is not tried as a hub id).
     """
 
     ARCHITECTURE = "cross_encoder"
@@ -32,6 +36,7 @@ class CrossEncoder(NeuralScorer):
                  batch_size: int = 32, text_field: str = "text", verbose: bool = False,
                  device: str | torch.device | None = None, **model_kwargs: Any):
         super().__init__(batch_size=batch_size, text_field=text_field, verbose=verbose, device=device)
+        io.check_model_path(model_name)
         self.model_name = str(model_name)
         saved = io.read_config(model_name) if Path(model_name).is_dir() else None
         if saved is not None and saved["architecture"] != self.ARCHITECTURE:
@@ -41,10 +46,25 @@ class CrossEncoder(NeuralScorer):
             io.check_files(model_name, ["config.json", "model.safetensors", TOKENIZER_FILES])
         self.max_length = max_length or (saved or {}).get("max_length", 256)
         config = AutoConfig.from_pretrained(model_name, **model_kwargs)
-        config.num_labels = 1
-        config.problem_type = "regression"
-        self.model = load_weights(AutoModelForSequenceClassification, model_name, config, strict=saved is not None,
-                                  **model_kwargs)
+        self.head = _head(self.model_name, config, saved)
+        if self.head == "two_logit":
+            config.num_labels = 2
+        else:
+            config.num_labels = 1
+            config.problem_type = "regression"
+        if saved is None and self.head == "two_logit" and not config.architectures:
+            # a config that does not name its architecture says 2 labels by default: a trained 2-logit head, or a
+            # plain encoder? The weights tell: a plain encoder has no head weights, and gets a new 1-output head
+            self.model, info = AutoModelForSequenceClassification.from_pretrained(
+                model_name, config=config, output_loading_info=True, **model_kwargs)
+            if _new_head_weights(self.model, info):
+                config = AutoConfig.from_pretrained(model_name, **model_kwargs)
+                config.num_labels, config.problem_type, self.head = 1, "regression", "one_logit"
+                self.model = AutoModelForSequenceClassification.from_pretrained(model_name, config=config,
+                                                                                **model_kwargs)
+        else:
+            self.model = load_weights(AutoModelForSequenceClassification, model_name, config,
+                                      strict=saved is not None, **model_kwargs)
         if num_layers is not None:
             truncate_layers(self.model, num_layers)
         self.num_layers = num_layers
@@ -64,9 +84,14 @@ class CrossEncoder(NeuralScorer):
         with io.atomic_dir(path) as tmp:
             self.model.config.sentence_transformers = {"activation_fn": "torch.nn.modules.linear.Identity"}
             self.model.save_pretrained(tmp, safe_serialization=True)
-            self.tokenizer.save_pretrained(tmp)
-            io.write_config(tmp, self.ARCHITECTURE, {"max_length": self.max_length})
-            # sentence-transformers reads the maximum length from here
+            # sentence-transformers (>= 5) truncates a plain Hugging Face folder at the tokenizer's model_max_length
+            limit, self.tokenizer.model_max_length = self.tokenizer.model_max_length, self.max_length
+            try:
+                self.tokenizer.save_pretrained(tmp)
+            finally:
+                self.tokenizer.model_max_length = limit
+            io.write_config(tmp, self.ARCHITECTURE, {"max_length": self.max_length, "head": self.head})
+            # older sentence-transformers read the maximum length from here
             (tmp / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": self.max_length}))
 
     def _prepare(self, queries: Sequence[str], texts: Sequence[str]) -> list:
@@ -81,9 +106,16 @@ class CrossEncoder(NeuralScorer):
 
     def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.model.training:
-            return self.model_outputs(batch).logits[:, 0]
+            return self.scores_from_logits(self.model_outputs(batch).logits)
         with lean_inference(self.model):
-            return self.model_outputs(batch).logits[:, 0]
+            return self.scores_from_logits(self.model_outputs(batch).logits)
+
+    def scores_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The relevance score of each row of the head's logits ``[batch, 1 or 2]``: the logit of a 1-output head,
+        ``logit[1] - logit[0]`` (relevant minus not relevant) of a 2-output head."""
+        if self.head == "two_logit":
+            return logits[:, 1] - logits[:, 0]
+        return logits[:, 0]
 
     def model_outputs(self, batch: dict[str, torch.Tensor], **kwargs: Any) -> Any:
         """The Hugging Face model's output for a collated batch (``output_hidden_states=True`` etc. pass through)."""
@@ -94,3 +126,35 @@ class CrossEncoder(NeuralScorer):
     def __repr__(self) -> str:
         extra = f", num_layers={self.num_layers}" if self.num_layers is not None else ""
         return f"CrossEncoder({self.model_name!r}{extra})"
+
+
+#: how a CrossEncoder reads its head (saved as "head" in marginkd.json): one logit, or (not relevant, relevant)
+HEADS = ("one_logit", "two_logit")
+
+
+def _head(name: str, config: Any, saved: dict[str, Any] | None) -> str:
+    """The head a checkpoint is scored with: ours as saved; a sequence-classification checkpoint with 1 or 2 outputs
+    as it is; a plain encoder (its config names no ``...ForSequenceClassification``) gets a new 1-output head."""
+    if saved is not None:
+        head = saved.get("head", "one_logit")  # folders saved before 2-logit heads were supported have one logit
+        if head not in HEADS:
+            raise ValueError(f"{name!r}: unknown head {head!r} in {io.CONFIG_NAME}; known: {list(HEADS)}")
+        return head
+    architectures = getattr(config, "architectures", None) or []
+    if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
+        return "one_logit"  # a plain encoder: a new head
+    if config.num_labels == 1:
+        return "one_logit"
+    if config.num_labels == 2:
+        return "two_logit"
+    raise ValueError(f"{name!r} has a sequence-classification head with {config.num_labels} outputs "
+                     f"({config.id2label}); a re-ranker needs 1 output (a relevance score) or 2 (not relevant, "
+                     "relevant: monoBERT style)")
+
+
+def _new_head_weights(model: Any, info: dict[str, Any]) -> bool:
+    """Whether loading left head weights (outside the base model) missing or mismatched: the checkpoint had none."""
+    prefix = getattr(model, "base_model_prefix", "")
+    keys = [str(k[0] if isinstance(k, tuple) else k) for k in
+            list(info.get("missing_keys") or []) + list(info.get("mismatched_keys") or [])]
+    return any(not (prefix and k.startswith(f"{prefix}.")) for k in keys)

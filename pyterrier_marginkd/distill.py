@@ -79,6 +79,10 @@ class Distiller(pt.Estimator):
             raise ValueError(f"teacher_scale must be 'auto', a number or None, got {teacher_scale!r}")
         if intermediate is not None:
             check_models(student, teacher, attention=intermediate.attention)
+            if getattr(student, "head", "one_logit") != "one_logit":
+                raise ValueError(f"intermediate-layer distillation reads the student's score as its first logit; "
+                                 f"the student {student!r} has a 2-logit head (monoBERT style): distil it without "
+                                 "intermediate=, or start the student from a 1-logit or plain checkpoint")
             intermediate.configure(student.model.config, teacher.model.config)
         self.student = student
         self.teacher = teacher

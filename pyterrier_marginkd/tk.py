@@ -84,6 +84,7 @@ class TK(TwoSidedScorer):
                  batch_size: int = 32, text_field: str = "text", verbose: bool = False,
                  device: str | torch.device | None = None, **model_kwargs: Any):
         super().__init__(batch_size=batch_size, text_field=text_field, verbose=verbose, device=device)
+        io.check_model_path(model_name)
         self.model_name = str(model_name)
         given = {"num_layers": num_layers, "num_heads": num_heads, "ff_dim": ff_dim,
                  "max_query_length": max_query_length, "max_length": max_length}
