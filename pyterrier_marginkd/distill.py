@@ -4,6 +4,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import numbers
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from pyterrier_marginkd._training import (
     save_checkpoint,
 )
 from pyterrier_marginkd.data import (
+    NEGATIVE_SAMPLING,
     AnnotatedGroups,
     Group,
     GroupSource,
@@ -38,11 +40,41 @@ from pyterrier_marginkd.data import (
 from pyterrier_marginkd.docpairs import DocPairs
 from pyterrier_marginkd.ensemble import normalize_scores
 from pyterrier_marginkd.intermediate import HiddenStateMSE, check_models, scores_with_layer_loss
-from pyterrier_marginkd.losses import MarginMSE, RankingLoss
+from pyterrier_marginkd.losses import LOSSES, MarginMSE, RankingLoss, by_name
 from pyterrier_marginkd.scorefiles import ScoreFile
 from pyterrier_marginkd.teacher import TeacherScores, list_teacher_scores, margin_std
 
 __all__ = ["Distiller", "STATE_FILE", "evaluate_ndcg10"]
+
+
+def _loss_names() -> dict[str, str]:
+    """Accepted spellings of each loss name (case, '-' and '_' aside; class names too) -> its name in LOSSES."""
+    names = {}
+    for name, factory in LOSSES.items():
+        for spelling in (name, factory.__name__):
+            names[spelling.lower().replace("-", "").replace("_", "")] = name
+    return names
+
+
+def _resolve_loss(loss: RankingLoss | str | None) -> RankingLoss:
+    """The Distiller's loss: a RankingLoss, or a name of :data:`losses.LOSSES` (any case; ``marginmse``, ``MarginMSE``
+    and ``margin-mse`` alike; ``a+b`` sums losses); None is Margin-MSE."""
+    if loss is None:
+        return MarginMSE()
+    if isinstance(loss, str):
+        names = _loss_names()
+        parts = [p.strip() for p in loss.split("+")]
+        resolved = [names.get(p.lower().replace("-", "").replace("_", ""), p) for p in parts]
+        return by_name("+".join(resolved))  # a ValueError naming the accepted names for an unknown one
+    if isinstance(loss, RankingLoss):
+        return loss
+    hint = ""
+    if isinstance(loss, type) and issubclass(loss, RankingLoss):
+        hint = f" (a class: give an instance, e.g. {loss.__name__}())"
+    elif isinstance(loss, HiddenStateMSE):
+        hint = " (intermediate-layer distillation is given as intermediate=, beside a ranking loss)"
+    raise TypeError(f"loss must be a pyterrier_marginkd.losses.RankingLoss (e.g. losses.MarginMSE()) or one of the "
+                    f"names {sorted(LOSSES)}; got {loss!r}{hint}")
 
 
 class Distiller(pt.Estimator):
@@ -53,6 +85,10 @@ class Distiller(pt.Estimator):
     pipeline) re-ranks with the trained student. With ``teacher=None`` and a label loss (``RankNet``) it trains from
     labels alone — the no-distillation baseline. ``intermediate=losses.HiddenStateMSE()`` adds intermediate-layer
     distillation (CrossEncoder teacher and student only; its projections train with the student).
+
+    ``loss`` is a :class:`~pyterrier_marginkd.losses.RankingLoss` or a name from ``losses.LOSSES`` in any case
+    (``"margin-mse"``/``"MarginMSE"``, ``"ranknet"``, ``"margin-mse+ranknet"``...). Settings are checked here, at
+    construction, not when ``fit`` reaches them.
     """
 
     def __init__(self, student: NeuralScorer, teacher: pt.Transformer | None = None, *,
@@ -69,10 +105,21 @@ class Distiller(pt.Estimator):
         if not isinstance(student, NeuralScorer):
             raise TypeError(f"student must be a pyterrier_marginkd re-ranker (CrossEncoder, ...), got "
                             f"{type(student).__name__}")
-        loss = loss if loss is not None else MarginMSE()
-        for name, value in (("epochs", epochs), ("batch_size", batch_size), ("grad_accum_steps", grad_accum_steps)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+        loss = _resolve_loss(loss)
+        for name, value in (("epochs", epochs), ("batch_size", batch_size), ("grad_accum_steps", grad_accum_steps),
+                            ("num_negatives", num_negatives), ("save_steps", save_steps), ("max_steps", max_steps),
+                            ("eval_steps", eval_steps)):
+            if value is None and name in ("max_steps", "eval_steps"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}"
+                                 + (" (None: no periodic validation, only at the end of each epoch)"
+                                    if name == "eval_steps" else "")
+                                 + (" (None: the steps of all epochs)" if name == "max_steps" else ""))
+        if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a positive learning rate, got {lr!r}")
+        if negative_sampling not in NEGATIVE_SAMPLING:
+            raise ValueError(f"negative_sampling must be one of {NEGATIVE_SAMPLING}, got {negative_sampling!r}")
         if unjudged not in ("skip", "teacher"):
             raise ValueError(f"unjudged must be 'skip' or 'teacher', got {unjudged!r}")
         if not (teacher_scale is None or teacher_scale == "auto" or isinstance(teacher_scale, (int, float))):
@@ -159,13 +206,7 @@ class Distiller(pt.Estimator):
         With ``tr_qrels=None`` (or ``unjudged="teacher"`` for the queries without qrels) the teacher's own ranking
         of the candidates picks positives and negatives: label-free distillation.
         """
-        if (va_res is None) != (va_qrels is None):
-            raise ValueError("give both va_res and va_qrels for validation, or neither")
-        if va_qrels is not None:
-            va_qrels = validate_qrels(va_qrels)
-        if va_res is not None and self._mixes_first_stage and "score" not in va_res.columns:
-            raise ValueError("the student mixes in the first stage's score, but the validation results have no "
-                             "'score' column; pass a retriever's results")
+        va_qrels = self._check_validation(va_res, va_qrels)  # before any example is built or teacher pair scored
         first_stage = self._first_stage_scores(tr_res)
         teacher_scores = None
         if self._teacher_scores_lists and (self.loss.needs_teacher or tr_qrels is None or self.unjudged == "teacher"):
@@ -177,6 +218,19 @@ class Distiller(pt.Estimator):
                                        first_stage=first_stage)
         self.train_examples(examples, va_res, va_qrels)
         return self
+
+    def _check_validation(self, va_res: pd.DataFrame | None, va_qrels: pd.DataFrame | None) -> pd.DataFrame | None:
+        """Refuse validation arguments that cannot be used (checked first, before anything expensive); return the
+        validated qrels."""
+        if (va_res is None) != (va_qrels is None):
+            raise ValueError("give both va_res and va_qrels for validation, or neither "
+                             f"(got only {'va_res' if va_qrels is None else 'va_qrels'})")
+        if va_qrels is not None:
+            va_qrels = validate_qrels(va_qrels)
+        if va_res is not None and self._mixes_first_stage and "score" not in va_res.columns:
+            raise ValueError("the student mixes in the first stage's score, but the validation results have no "
+                             "'score' column; pass a retriever's results")
+        return va_qrels
 
     @property
     def _mixes_first_stage(self) -> bool:
@@ -220,6 +274,7 @@ class Distiller(pt.Estimator):
         The ids version needs ``queries`` (topics frame, dict or ir_datasets dataset) and ``docs`` (dict,
         :class:`~pyterrier_marginkd.Collection` or ir_datasets docstore/dataset); the text version needs neither.
         """
+        va_qrels = self._check_validation(va_res, va_qrels)
         source = ScoreFile(path, queries, docs, shuffle_buffer=shuffle_buffer, seed=self.seed,
                            text_field=self.student.text_field)
         return self._fit_source(source, va_res, va_qrels)
@@ -229,16 +284,16 @@ class Distiller(pt.Estimator):
                   shuffle_buffer: int = 10_000) -> Distiller:
         """Train on ir_datasets docpairs (an id such as ``msmarco-passage/train/triples-small`` or a dataset),
         streamed with labels ``[1, 0]``; the teacher, if any, scores them through its cache."""
+        va_qrels = self._check_validation(va_res, va_qrels)
         source = DocPairs(dataset, queries=queries, docs=docs, max_pairs=max_pairs, shuffle_buffer=shuffle_buffer,
                           seed=self.seed, text_field=self.student.text_field)
         return self._fit_source(source, va_res, va_qrels)
 
     def _fit_source(self, source: GroupSource, va_res: pd.DataFrame | None,
                     va_qrels: pd.DataFrame | None) -> Distiller:
-        if (va_res is None) != (va_qrels is None):
-            raise ValueError("give both va_res and va_qrels for validation, or neither")
+        va_qrels = self._check_validation(va_res, va_qrels)
         self.report = dict(source.report)
-        self.train_examples(source, va_res, validate_qrels(va_qrels) if va_qrels is not None else None)
+        self.train_examples(source, va_res, va_qrels)
         return self
 
     def train_examples(self, source: GroupSource, va_res: pd.DataFrame | None = None,
