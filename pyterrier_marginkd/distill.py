@@ -5,6 +5,8 @@ import itertools
 import json
 import math
 import numbers
+import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -77,6 +79,17 @@ def _resolve_loss(loss: RankingLoss | str | None) -> RankingLoss:
                     f"names {sorted(LOSSES)}; got {loss!r}{hint}")
 
 
+def _remove_checkpoint(checkpoint: Path) -> None:
+    """Delete the checkpoint of a completed run: first renamed out of the way in one step (a kill during the deletion
+    leaves a ``.checkpoint.tmp-<pid>-*`` folder, which the next run tidies, never a half-deleted checkpoint that
+    would be resumed), then removed."""
+    if not checkpoint.exists():
+        return
+    doomed = checkpoint.with_name(f".{checkpoint.name}.tmp-{os.getpid()}-finished")
+    os.replace(checkpoint, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 class Distiller(pt.Estimator):
     """Knowledge distillation of a teacher into a student re-ranker, as a PyTerrier estimator.
 
@@ -89,6 +102,10 @@ class Distiller(pt.Estimator):
     ``loss`` is a :class:`~pyterrier_marginkd.losses.RankingLoss` or a name from ``losses.LOSSES`` in any case
     (``"margin-mse"``/``"MarginMSE"``, ``"ranknet"``, ``"margin-mse+ranknet"``...). Settings are checked here, at
     construction, not when ``fit`` reaches them.
+
+    A fit that completes all its steps deletes its resume checkpoint (``output_dir/checkpoint``: weights, optimizer
+    and trainer state) once the student is saved, unless ``keep_checkpoint=True``; a fit stopped by ``max_time``
+    keeps it, so that fitting again resumes it.
     """
 
     def __init__(self, student: NeuralScorer, teacher: pt.Transformer | None = None, *,
@@ -101,7 +118,8 @@ class Distiller(pt.Estimator):
                  teacher_id: str | None = None, unjudged: str = "skip", pseudo_positives: int = 1,
                  pseudo_negative_start: int | None = None, teacher_scale: float | str | None = "auto",
                  select_best: bool = True, validate_start: bool = True, resume: bool = True, verbose: bool = False,
-                 intermediate: HiddenStateMSE | None = None, head_lr: float | None = None):
+                 intermediate: HiddenStateMSE | None = None, head_lr: float | None = None,
+                 keep_checkpoint: bool = False):
         if not isinstance(student, NeuralScorer):
             raise TypeError(f"student must be a pyterrier_marginkd re-ranker (CrossEncoder, ...), got "
                             f"{type(student).__name__}")
@@ -164,6 +182,7 @@ class Distiller(pt.Estimator):
         self.select_best = select_best
         self.validate_start = validate_start
         self.resume = resume
+        self.keep_checkpoint = keep_checkpoint
         self._train_seconds = 0.0
         self.verbose = verbose
         self.history: list[dict[str, Any]] = []
@@ -404,6 +423,8 @@ class Distiller(pt.Estimator):
         self.student.model.eval()
         if dist.is_main:
             self.student.save_pretrained(out / "student")
+            if not stopped_early and not self.keep_checkpoint:
+                _remove_checkpoint(checkpoint)
         dist.barrier()
         if self.verbose and dist.is_main:
             print(f"Distiller: {json.dumps(self.report)}")

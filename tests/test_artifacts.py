@@ -67,7 +67,7 @@ def trained(saved, small_results_module, tmp_path_factory) -> Path:
     output = tmp_path_factory.mktemp("trained") / "run"
     qrels = pd.DataFrame({"qid": ["q1", "q2"], "docno": ["d1", "d4"], "label": [1, 1]})
     mkd.Distiller(mkd.CrossEncoder.from_pretrained(saved), CountingTeacher(), batch_size=1, epochs=2,
-                  output_dir=output).fit(small_results_module, qrels)
+                  output_dir=output, keep_checkpoint=True).fit(small_results_module, qrels)
     return output
 
 

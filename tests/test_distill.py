@@ -52,7 +52,7 @@ def test_second_fit_runs_zero_teacher_calls(train_data, student_dir, tmp_path):
 
 def test_resume_after_interruption_equals_uninterrupted(train_data, student_dir, tmp_path, monkeypatch):
     res, qrels = train_data
-    full = make(student_dir, CountingTeacher(), tmp_path, name="full", save_steps=2)
+    full = make(student_dir, CountingTeacher(), tmp_path, name="full", save_steps=2, keep_checkpoint=True)
     full.fit(res, qrels)
     expected = load_file(str(tmp_path / "full" / "checkpoint" / "model.safetensors"))
 
@@ -68,7 +68,7 @@ def test_resume_after_interruption_equals_uninterrupted(train_data, student_dir,
     with pytest.raises(KeyboardInterrupt):
         make(student_dir, CountingTeacher(), tmp_path, name="killed", save_steps=2).fit(res, qrels)
     monkeypatch.setattr(mkd.Distiller, "_step", original)
-    resumed = make(student_dir, CountingTeacher(), tmp_path, name="killed", save_steps=2)
+    resumed = make(student_dir, CountingTeacher(), tmp_path, name="killed", save_steps=2, keep_checkpoint=True)
     resumed.fit(res, qrels)
     assert resumed.report["resumed_from"] == 2
     got = load_file(str(tmp_path / "killed" / "checkpoint" / "model.safetensors"))
@@ -78,7 +78,7 @@ def test_resume_after_interruption_equals_uninterrupted(train_data, student_dir,
 
 def test_resume_refuses_a_different_run(train_data, student_dir, tmp_path):
     res, qrels = train_data
-    make(student_dir, CountingTeacher(), tmp_path).fit(res, qrels)
+    make(student_dir, CountingTeacher(), tmp_path, keep_checkpoint=True).fit(res, qrels)
     with pytest.raises(ValueError, match="different run"):
         make(student_dir, CountingTeacher(), tmp_path, lr=1e-4).fit(res, qrels)
 

@@ -77,7 +77,7 @@ def test_fit_lowers_the_layer_loss_and_trains_the_projections(cranfield_train, t
     teacher = mkd.CrossEncoder.from_pretrained(wide_teacher_dir, max_length=64)
     intermediate = losses.HiddenStateMSE(attention=attention)
     distiller = mkd.Distiller(student, teacher, intermediate=intermediate, epochs=3, batch_size=4, lr=5e-3, seed=1,
-                              output_dir=tmp_path / "run")
+                              output_dir=tmp_path / "run", keep_checkpoint=True)
     assert intermediate.pairs == [(1, 2), (2, 4)]
     projection = intermediate.projections["1"].weight.detach().clone()
     pairs = res.head(24)
