@@ -115,6 +115,11 @@ class TrainingExamples:
             raise ValueError(f"the qrels are for queries not in the results: none of the {len(result_qids)} result "
                              f"queries (e.g. {sorted(result_qids)[:3]}) has qrels (qrels qids e.g. "
                              f"{sorted(qrels_qids)[:3]}); pass the qrels of the same topics")
+        unretrieved = sorted(qrels_qids - result_qids)
+        if unretrieved:
+            warnings.warn(f"{len(unretrieved)} of the {len(qrels_qids)} queries in the training qrels are not in the "
+                          f"training results (e.g. {unretrieved[:3]}); their judgements are not used. Pass the qrels "
+                          "of the training topics (or the topics of these qrels)", stacklevel=2)
         merged = results.merge(qrels, on=["qid", "docno"], how="left")
         merged["label"] = merged["label"].fillna(0.0)
 
