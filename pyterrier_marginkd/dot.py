@@ -57,7 +57,10 @@ class DotEncoder(EncoderStudent):
     projection to that many dimensions; ``shared_encoder=False`` trains a separate document encoder (a copy of the
     query encoder at the start); ``normalize=True`` scales vectors to unit length (cosine similarity, as
     sentence-transformers models such as all-MiniLM-L6-v2 are trained). As a PyTerrier transformer it re-ranks
-    ``qid, query, docno, text`` rows. For first-stage retrieval,
+    ``qid, query, docno, text`` rows. ``frozen_docs=True`` encodes documents with the checkpoint's whole encoder,
+    frozen (vectors computed once per distinct text), and makes the first ``num_layers`` layers a trainable query
+    encoder (token embeddings frozen); ``first_stage="zscore"`` mixes in the normalised first-stage score with two
+    learned weights. For first-stage retrieval,
     ``index(docs, path)`` encodes a corpus once into a pyterrier-dr ``FlexIndex`` and
     ``retriever(index, num_results=k)`` returns the top k documents of each query by dot product;
     ``query_encoder()``/``doc_encoder()`` add ``query_vec``/``doc_vec`` columns for any pyterrier-dr pipeline.
@@ -114,6 +117,11 @@ class DotEncoder(EncoderStudent):
                 doc_encoder = copy.deepcopy(encoder)
             if self.frozen_docs:
                 doc_encoder.requires_grad_(False)
+                # the query side learns to map queries into the frozen document space; its token embeddings (most
+                # of a small encoder's weights, and a vocabulary the two sides share) stay as they are too
+                words = getattr(getattr(encoder, "embeddings", None), "word_embeddings", None)
+                if words is not None:
+                    words.requires_grad_(False)
         self._finish(_DotModel(encoder, doc_encoder, self.pooling, self.dim, self.normalize), ours)
 
     # --- frozen documents -------------------------------------------------------------------------------

@@ -146,7 +146,11 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     pq = pseudo_queries(collection, method, num=recipe.pseudo_queries, seed=seed)
     _log(verbose, f"{len(pq)} pseudo-queries ({method}s of documents) for the teacher to label")
     train_res = pd.concat([fit_res, candidates(pq[["qid", "query"]])], ignore_index=True)
-    shared_docs: dict = {}  # the students' frozen document encoder is the same model: one set of document vectors
+    # the students' frozen document encoder is the model itself: one set of document vectors for all of them, and
+    # the teacher's when it fuses that same bi-encoder
+    shared_docs: dict = next((m._doc_vectors for m in members if isinstance(m, DotEncoder) and m.frozen_docs
+                              and _resolve(m.model_name) == model and m.max_length == recipe.max_length
+                              and m.num_layers is None), {})
 
     def student(num_layers: int) -> DotEncoder:
         made = DotEncoder.from_pretrained(model, num_layers=num_layers, frozen_docs=True, first_stage="zscore",
