@@ -128,6 +128,7 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     text = collection.get_text()
     candidates = bm25 % recipe.k >> text
     fit_res, valid_res = candidates(fit_topics), candidates(valid_topics)
+    fit_qrels = train_qrels[train_qrels["qid"].astype(str).isin(set(fit_topics["qid"].astype(str)))]
     identity = {"data": _resolve(collection.data), "train_split": train_split, "seed": seed, "k": recipe.k,
                 "max_length": recipe.max_length, "fit_qids": _digest(sorted(fit_topics["qid"].astype(str)))}
 
@@ -136,7 +137,7 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     torch.manual_seed(seed)  # a checkpoint without a score head gets the same new head every run
     members = [_teacher_member(name, scorer_kwargs) for name in teachers]
     fused = Ensemble([FirstStageScore(), *members], normalize="zscore")
-    _fit_fusion(fused, output / "teacher", {**identity, "teachers": teachers}, fit_res, train_qrels, verbose)
+    _fit_fusion(fused, output / "teacher", {**identity, "teachers": teachers}, fit_res, fit_qrels, verbose)
     teacher_name = "teacher BM25 + " + " + ".join(_short(t) for t in teachers)
     _log(verbose, f"{teacher_name}: weights {fused.weights} (BM25 first; {fused.fit_report.get('queries')} "
                   f"judged queries, nDCG@10 {fused.fit_report.get('ndcg@10', float('nan')):.4f} on them)")
@@ -165,11 +166,11 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     for num_layers in layers:
         distilled[num_layers] = trainer(
             output / f"student-L{num_layers}-marginmse", f"student L{num_layers} (Margin-MSE)",
-            lambda n=num_layers: student(n), fused, losses.MarginMSE(), (train_res, train_qrels),
+            lambda n=num_layers: student(n), fused, losses.MarginMSE(), (train_res, fit_qrels),
             layers=num_layers, teacher_id=teacher_id, unjudged="teacher", cache_dir=output / "teacher_cache")
     baseline_layers = layers[0]
     label_only = trainer(output / f"student-L{baseline_layers}-labels", f"student L{baseline_layers} (labels only)",
-                         lambda: student(baseline_layers), None, losses.RankNet(), (fit_res, train_qrels),
+                         lambda: student(baseline_layers), None, losses.RankNet(), (fit_res, fit_qrels),
                          layers=baseline_layers)
 
     # --- the report ------------------------------------------------------------------------------------------
