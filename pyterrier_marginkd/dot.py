@@ -17,6 +17,8 @@ from pyterrier_marginkd._hf import load_weights, pad, sentence_transformers_sett
 from pyterrier_marginkd._student import EncoderStudent, encode, load_encoder
 
 POOLINGS = ("cls", "mean")
+#: file beside a dense index naming the weights that built it
+INDEX_STAMP = "marginkd_encoder.txt"
 
 
 class _DotModel(nn.Module):
@@ -238,14 +240,23 @@ class DotEncoder(EncoderStudent):
 
     def index(self, docs: Iterable[dict], path: str | os.PathLike, *, overwrite: bool = False):
         """Encode ``docs`` (dicts with ``docno`` and the text field) once into a pyterrier-dr FlexIndex at ``path``;
-        returns the ``FlexIndex``."""
+        returns the ``FlexIndex``. Like ``Collection.bm25``, a second call reuses the index it built — but only when
+        this model's weights built it (a digest is stored beside it); an index of other weights is refused (its
+        vectors would be stale) unless ``overwrite=True`` rebuilds it."""
         import pyterrier_dr
 
+        from pyterrier_marginkd.teacher import describe
+
+        stamp_file = Path(path) / INDEX_STAMP
+        stamp = describe(self)
         index = pyterrier_dr.FlexIndex(str(path), verbose=self.verbose)
         if index.built() and not overwrite:
-            raise ValueError(f"an index already exists at {str(path)!r}; pass overwrite=True to replace it, or use "
-                             "it with retriever(path)")
+            if stamp_file.exists() and stamp_file.read_text() == stamp:
+                return index
+            raise ValueError(f"the index at {str(path)!r} was built by other weights (or without a record of them): "
+                             "its vectors would not match this model; pass overwrite=True to rebuild it")
         (self.doc_encoder() >> index.indexer(mode="overwrite" if overwrite else "create")).index(docs)
+        stamp_file.write_text(stamp)
         return index
 
     def retriever(self, index: Any, *, num_results: int = 1000) -> pt.Transformer:

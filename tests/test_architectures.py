@@ -179,9 +179,14 @@ def test_dense_retrieval_equals_brute_force_scoring(name, tiny_bert_dir, cranfie
 def test_dense_index_errors_are_clear(tiny_bert_dir, tmp_path):
     dot = build("dot", tiny_bert_dir)
     docs = [{"docno": "d1", "text": "wing flutter"}, {"docno": "d2", "text": "heat transfer"}]
-    dot.index(docs, tmp_path / "flex")
-    with pytest.raises(ValueError, match="overwrite=True"):
-        dot.index(docs, tmp_path / "flex")
+    first = dot.index(docs, tmp_path / "flex")
+    again = dot.index(docs, tmp_path / "flex")  # reused, like Collection.bm25
+    assert len(again) == len(first) == 2
+    other = build("dot", tiny_bert_dir)
+    with torch.no_grad():
+        next(other.model.parameters()).add_(0.1)
+    with pytest.raises(ValueError, match="built by other weights"):
+        other.index(docs, tmp_path / "flex")
     assert len(dot.index(docs + [{"docno": "d3", "text": "a"}], tmp_path / "flex", overwrite=True)) == 3
     with pytest.raises(ValueError, match="no dense index"):
         dot.retriever(tmp_path / "nothing")
