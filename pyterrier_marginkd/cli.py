@@ -228,8 +228,9 @@ def cmd_score_teacher(args: argparse.Namespace) -> None:
         if args.num_queries:
             topics = topics.head(args.num_queries)
         results = (_bm25(collection, args, Path(args.output).parent) >> collection.get_text())(topics)
-        source = TrainingExamples(results, collection.qrels(args.split), num_negatives=args.num_negatives,
-                                  seed=args.seed)
+        qrels = collection.qrels(args.split)
+        qrels = qrels[qrels["qid"].astype(str).isin(set(topics["qid"].astype(str)))]  # the chosen queries' only
+        source = TrainingExamples(results, qrels, num_negatives=args.num_negatives, seed=args.seed)
     source_file, source_record = _source_file(args.output), _score_source(args)
     if args.format == "ids" and source_file.exists():
         recorded = json.loads(source_file.read_text())

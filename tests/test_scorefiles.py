@@ -21,7 +21,8 @@ from pyterrier_marginkd.scorefiles import (
 def examples(cranfield, cranfield_bm25):
     topics = cranfield.topics("train").head(10)
     res = (cranfield_bm25 % 10 >> cranfield.get_text())(topics)
-    return mkd.data.TrainingExamples(res, cranfield.qrels("train"), num_negatives=2, seed=3)
+    qrels = cranfield.qrels("train")
+    return mkd.data.TrainingExamples(res, qrels[qrels["qid"].isin(topics["qid"])], num_negatives=2, seed=3)
 
 
 @pytest.fixture(scope="module")
