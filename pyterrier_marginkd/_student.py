@@ -64,6 +64,15 @@ class TwoSidedScorer(NeuralScorer):
         if self.first_stage is not None and "first_stage" not in self.DEFAULTS:
             raise ValueError(f"{type(self).__name__} has no first-stage mixing; DotEncoder, ColBERT and PreTT have")
 
+    def set_first_stage_weights(self, neural: float, first_stage: float) -> None:
+        """Set the two mixing weights (``score = neural * neural score + first_stage * normalised first stage``)."""
+        if self.first_stage is None:
+            raise ValueError(f"{self!r} does not mix in the first stage's score (first_stage=None)")
+        mix = self.model.interpolation
+        with torch.no_grad():
+            mix.neural_weight.fill_(float(neural))
+            mix.first_stage_weight.fill_(float(first_stage))
+
     def _neural_train_scores(self, queries: Sequence[str], texts: Sequence[str]) -> torch.Tensor:
         return NeuralScorer.train_scores(self, queries, texts)
 

@@ -627,10 +627,7 @@ class Distiller(pt.Estimator):
             weights = np.array([spread[1] / spread[0] if spread[0] > 0 else 1.0, 1.0])
         if not np.isfinite(weights).all():
             return
-        mix = self.student.model.interpolation
-        with torch.no_grad():
-            mix.neural_weight.fill_(float(weights[0]))
-            mix.first_stage_weight.fill_(float(weights[1]))
+        self.student.set_first_stage_weights(*weights)
         self.report["first_stage_mix_start"] = [float(w) for w in weights]
 
     def _validate(self, va_res: pd.DataFrame, va_qrels: pd.DataFrame, step: int, best: dict | None) -> dict | None:

@@ -71,14 +71,15 @@ FAST = Recipe(train_queries=None, test_queries=None, k=50, max_length=256, pseud
 FULL = dataclasses.replace(FAST, pseudo_queries=3000, student_steps=1200)
 
 
-def load_scorer(name: str | os.PathLike, **kwargs: Any) -> NeuralScorer:
+def load_scorer(name: str | os.PathLike, *, bi_encoder_kwargs: dict | None = None, **kwargs: Any) -> NeuralScorer:
     """A scorer from a name: a folder saved by pyterrier-marginkd (any architecture), a sentence-transformers
-    bi-encoder (id or folder: a ``DotEncoder`` scoring as sentence-transformers does), else a Hugging Face
-    sequence-classification checkpoint (a ``CrossEncoder``: MS MARCO cross-encoders, bge rerankers, monoBERT)."""
+    bi-encoder (id or folder: a ``DotEncoder`` scoring as sentence-transformers does, with ``bi_encoder_kwargs``
+    too), else a Hugging Face sequence-classification checkpoint (a ``CrossEncoder``: MS MARCO cross-encoders, bge
+    rerankers, monoBERT)."""
     if Path(name).is_dir() and read_config(name) is not None:
         return load(name, **kwargs)
     if sentence_transformers_settings(name):
-        return DotEncoder.from_pretrained(name, **kwargs)
+        return DotEncoder.from_pretrained(name, **(bi_encoder_kwargs or {}), **kwargs)
     return CrossEncoder.from_pretrained(name, **kwargs)
 
 
@@ -135,7 +136,8 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     # --- the teacher: BM25 fused with zero-shot scorers, weights fitted on the fitting queries -----------------
     scorer_kwargs = {"max_length": recipe.max_length, "verbose": verbose}
     torch.manual_seed(seed)  # a checkpoint without a score head gets the same new head every run
-    members = [_teacher_member(name, scorer_kwargs) for name in teachers]
+    # a bi-encoder member keeps its document vectors (frozen_docs): each document is encoded once
+    members = [load_scorer(name, bi_encoder_kwargs={"frozen_docs": True}, **scorer_kwargs) for name in teachers]
     fused = Ensemble([FirstStageScore(), *members], normalize="zscore")
     _fit_fusion(fused, output / "teacher", {**identity, "teachers": teachers}, fit_res, fit_qrels, verbose)
     teacher_name = "teacher BM25 + " + " + ".join(_short(t) for t in teachers)
@@ -201,13 +203,6 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
         print(f"report: {output / 'report'}: {files}{hint}")
         print(f"quickstart finished in {time.time() - started:.0f} s")
     return table
-
-
-def _teacher_member(name: str, scorer_kwargs: dict) -> NeuralScorer:
-    """A zero-shot fusion member; a bi-encoder keeps its document vectors (frozen_docs), computed once."""
-    if not (Path(name).is_dir() and read_config(name) is not None) and sentence_transformers_settings(name):
-        return DotEncoder.from_pretrained(name, frozen_docs=True, **scorer_kwargs)
-    return load_scorer(name, **scorer_kwargs)
 
 
 def _fit_fusion(fused: Ensemble, folder: Path, settings: dict, fit_res: pd.DataFrame, qrels: pd.DataFrame,

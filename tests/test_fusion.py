@@ -126,9 +126,7 @@ def test_st_pooling_it_cannot_do_is_refused(tmp_path, tiny_bert_dir):
 
 def test_student_with_first_stage_mixing_saves_loads_and_scores_the_same(tiny_bert_dir, small_results, tmp_path):
     student = mkd.DotEncoder.from_pretrained(tiny_bert_dir, first_stage="zscore", max_length=64)
-    with torch.no_grad():
-        student.model.interpolation.neural_weight.fill_(2.5)
-        student.model.interpolation.first_stage_weight.fill_(0.7)
+    student.set_first_stage_weights(2.5, 0.7)
     results = small_results.assign(score=[3.0, 1.0, 2.0, 0.5, 4.0, 1.0])
     scored = student(results)
     neural = mkd.DotEncoder.from_pretrained(tiny_bert_dir, max_length=64)(results)["score"].to_numpy()
