@@ -45,6 +45,14 @@ def run_fingerprint(description: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(description).encode()).hexdigest()
 
 
+def _cuda_rng_states() -> list[torch.Tensor]:
+    """The random states of the CUDA devices once CUDA is in use (a student trained on a GPU draws its dropout
+    masks from them), else none."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.get_rng_state_all()
+    return []
+
+
 def save_checkpoint(path: Path, model: torch.nn.Module, extra: torch.nn.Module | None, optimizer, scheduler, *,
                     step: int, best: dict | None, fingerprint: str, history: list, validation: list,
                     elapsed: float) -> None:
@@ -52,7 +60,8 @@ def save_checkpoint(path: Path, model: torch.nn.Module, extra: torch.nn.Module |
     with io.atomic_dir(path) as tmp:
         save_model(model, str(tmp / "model.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": torch.get_rng_state(), "step": step, "fingerprint": fingerprint,
+                    "rng": torch.get_rng_state(), "cuda_rng": _cuda_rng_states(), "step": step,
+                    "fingerprint": fingerprint,
                     "best": json.dumps(best), "history": json.dumps(history), "validation": json.dumps(validation),
                     "elapsed": elapsed, "intermediate": extra.state_dict() if extra is not None else {}},
                    tmp / STATE_FILE)
@@ -77,6 +86,9 @@ def load_checkpoint(path: Path, model: torch.nn.Module, extra: torch.nn.Module |
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["rng"])
+    cuda_rng = saved.get("cuda_rng") or []
+    if cuda_rng and torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_rng)  # the student's dropout on a GPU draws from these
     print(f"Distiller: resuming from the checkpoint at step {saved['step']} in {path}")
     return {"step": saved["step"], "best": json.loads(saved["best"]), "history": json.loads(saved["history"]),
             "validation": json.loads(saved["validation"]), "elapsed": float(saved.get("elapsed", 0.0))}

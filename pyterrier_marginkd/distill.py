@@ -443,18 +443,29 @@ class Distiller(pt.Estimator):
 
     def _batches(self, groups: Iterable[Group], teacher: TeacherScores | None, *, skip: int = 0,
                  prefetch_steps: int = 16) -> Iterator[list[Group]]:
-        """Optimizer-step batches of groups, skipping ``skip`` groups (resume) and adding teacher scores in chunks."""
+        """Optimizer-step batches of groups, skipping ``skip`` groups (resume) and adding teacher scores in chunks.
+
+        The chunks are ``prefetch_steps`` steps counted from the start of the epoch whatever ``skip`` is: a resumed
+        run asks the teacher for exactly the pairs, in exactly the calls, of an uninterrupted run (the pairs it
+        scored before the kill come from the cache). A teacher scores in padded batches, and a pair's float score
+        depends on its batch-mates in the last bits; chunks starting at the resumed step would give the student
+        other teacher scores than an uninterrupted run, so other weights.
+        """
         per_step = self.batch_size * self.grad_accum_steps
         shard = _distributed.current().shard
-        groups = itertools.islice(iter(groups), skip, None)
+        chunk_groups = per_step * prefetch_steps
+        start_of_chunk = skip - skip % chunk_groups
+        skip_steps = (skip - start_of_chunk) // per_step  # skip is a whole number of steps
+        groups = itertools.islice(iter(groups), start_of_chunk, None)
         while True:
-            chunk = list(itertools.islice(groups, per_step * prefetch_steps))
+            chunk = list(itertools.islice(groups, chunk_groups))
             if not chunk:
                 return
             steps = [shard(chunk[start:start + per_step]) for start in range(0, len(chunk), per_step)]
             if teacher is not None:
                 teacher.fill([g for step in steps for g in step])
-            yield from steps
+            yield from steps[skip_steps:]
+            skip_steps = 0
 
     def _teacher_cache(self) -> TeacherScores:
         cache_dir = Path(self.cache_dir) if self.cache_dir is not None else self.out_path / "teacher_cache"

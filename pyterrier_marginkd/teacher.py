@@ -1,12 +1,13 @@
 """Teacher scores: checked once, cached on disk per (query, docno), looked up for training groups."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import sqlite3
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -90,6 +91,17 @@ def teacher_key(teacher: pt.Transformer, teacher_id: str | None = None) -> str:
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def kept_rng() -> Iterator[None]:
+    """Run a block with torch's global random state (CPU, and CUDA once initialised) saved and restored: a teacher
+    that draws random numbers while scoring (dropout left on, sampling) never shifts the training's random stream,
+    however many of its pairs were already cached (a resumed run scores fewer, or none)."""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    devices = list(range(torch.cuda.device_count())) if cuda else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+
+
 class TeacherScores:
     """Teacher scores of (qid, query, docno, text) pairs, computed once and kept in a pyterrier-caching
     ``Sqlite3ScorerCache`` (one SQLite transaction per chunk: a killed run loses at most the chunk in flight and
@@ -127,10 +139,11 @@ class TeacherScores:
         chunks: Iterable[int] = range(0, len(unique), self.chunk_size)
         if self.verbose:
             chunks = pt.tqdm(chunks, desc="teacher scores", unit="chunk")
-        for start in chunks:
-            chunk = unique.iloc[start:start + self.chunk_size]
-            scored = self._score_chunk(chunk[["qid", "query", "docno", self.text_field]])
-            by_text.update(zip(zip(scored["query"], scored["docno"]), scored["score"].astype(float)))
+        with kept_rng():
+            for start in chunks:
+                chunk = unique.iloc[start:start + self.chunk_size]
+                scored = self._score_chunk(chunk[["qid", "query", "docno", self.text_field]])
+                by_text.update(zip(zip(scored["query"], scored["docno"]), scored["score"].astype(float)))
         return {(str(qid), str(docno)): by_text[key]
                 for qid, docno, key in zip(pairs["qid"], pairs["docno"], zip(queries, docnos))}
 
