@@ -130,9 +130,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def _distiller(args: argparse.Namespace, output: Path) -> Distiller:
+    import torch
+
     from pyterrier_marginkd import losses
     from pyterrier_marginkd.distill import Distiller
 
+    # a checkpoint without a score head (a plain encoder) gets a new random head: the same one in every run of a seed,
+    # so that a fit killed and run again ends as an uninterrupted one (which started from the same weights)
+    torch.manual_seed(args.seed)
     student = load_model(args.student, num_layers=args.num_layers, max_length=args.max_length,
                          batch_size=args.batch_size * 4)
     teacher = None if args.teacher in (None, "none") else load_model(args.teacher, max_length=args.max_length)

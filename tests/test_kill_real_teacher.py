@@ -232,3 +232,17 @@ def test_a_teacher_drawing_random_numbers_leaves_the_training_random_stream_alon
         assert torch.equal(torch.rand(4), expected)
     finally:
         cache.close()
+
+
+def test_the_cli_gives_a_student_without_a_score_head_the_same_new_head_for_a_seed(tiny_bert_dir, tmp_path):
+    """`marginkd train --student <plain encoder>` makes a new random score head: --seed fixes it, so that a fit killed
+    and run again (which resumes its own first run) started from the weights of an uninterrupted fit."""
+    from pyterrier_marginkd import cli
+
+    def new_head(seed: int) -> torch.Tensor:
+        args = cli.build_parser().parse_args(["train", "--student", str(tiny_bert_dir), "--teacher", "none",
+                                              "--loss", "ranknet", "--seed", str(seed), "--output", str(tmp_path)])
+        torch.rand(seed)  # whatever the process drew before
+        return cli._distiller(args, tmp_path).student.model.classifier.weight.detach().clone()
+    assert torch.equal(new_head(7), new_head(7))
+    assert not torch.equal(new_head(7), new_head(8))
