@@ -126,7 +126,7 @@ def scores_with_layer_loss(loss: HiddenStateMSE, student: CrossEncoder, teacher:
              for states in (target.hidden_states, target.attentions if loss.attention else None)]
     value = loss(outputs.hidden_states, moved[0], batch["attention_mask"],
                  outputs.attentions if loss.attention else None, moved[1])
-    return outputs.logits[:, 0], value
+    return student.scores_from_logits(outputs.logits), value
 
 
 def layer_loss(loss: HiddenStateMSE, student: CrossEncoder, teacher: CrossEncoder, results: pd.DataFrame, *,

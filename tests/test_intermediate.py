@@ -97,3 +97,24 @@ def test_non_package_models_are_refused(tiny_ce):
         mkd.Distiller(tiny_ce, scorer, intermediate=losses.HiddenStateMSE())
     with pytest.raises(TypeError, match="the teacher must be a pyterrier_marginkd CrossEncoder"):
         mkd.Distiller(tiny_ce, None, loss=losses.RankNet(), intermediate=losses.HiddenStateMSE())
+
+
+def test_layer_loss_scores_read_a_two_logit_head_as_the_model_does(tmp_path, minilm_dir, small_results):
+    """With intermediate-layer distillation the training scores come from the layer-loss forward pass: a 2-logit
+    student (monoBERT style) must be scored logit[1] - logit[0] there too, not by its first logit."""
+    from test_issue18_two_logit import _classifier_dir
+
+    from pyterrier_marginkd.intermediate import check_models, scores_with_layer_loss
+
+    student = mkd.CrossEncoder.from_pretrained(_classifier_dir(tmp_path / "s", minilm_dir, 2, seed=1), max_length=64)
+    teacher = mkd.CrossEncoder.from_pretrained(_classifier_dir(tmp_path / "t", minilm_dir, 2, seed=2), max_length=64)
+    loss = losses.HiddenStateMSE()
+    check_models(student, teacher)
+    loss.configure(student.model.config, teacher.model.config)
+    queries, texts = small_results["query"].tolist(), small_results["text"].tolist()
+    student.model.eval()
+    with torch.no_grad():
+        scores, value = scores_with_layer_loss(loss, student, teacher, queries, texts)
+    expected = student.score_pairs(queries, texts)
+    assert torch.allclose(scores.double(), torch.from_numpy(expected), atol=1e-4)
+    assert float(value) > 0
