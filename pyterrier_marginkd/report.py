@@ -211,8 +211,10 @@ def _check_matplotlib() -> None:
 
 
 def plot_quality_latency(table: pd.DataFrame, measure: str, path: str | os.PathLike, *,
-                         baseline: str | None = None) -> None:
-    """Write a PNG of ``measure`` against mean response time (log scale), one labelled point per system."""
+                         baseline: str | None = None) -> list[tuple[str, tuple[float, float, float, float]]]:
+    """Write a PNG of ``measure`` against mean response time (log scale), one labelled point per system; labels
+    of close systems are moved apart so that none overlaps another label or a point. Returns each label's box in
+    pixels ``(x0, y0, x1, y1)``."""
     _check_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -224,14 +226,10 @@ def plot_quality_latency(table: pd.DataFrame, measure: str, path: str | os.PathL
     mrt = np.maximum(table["mrt"].to_numpy(dtype=float), 1e-3)
     quality = table[measure].to_numpy(dtype=float)
     low, high = mrt.min() / 2, mrt.max() * 4
-    middle = np.sqrt(low * high)
     for name, x, y in zip(table["name"], mrt, quality):
         is_baseline = name == baseline
         axes.scatter([x], [y], s=60, marker="s" if is_baseline else "o", color="grey" if is_baseline else "C0",
                      zorder=3)
-        right_half = x > middle
-        axes.annotate(str(name), (x, y), textcoords="offset points", xytext=(-6 if right_half else 6, 6), fontsize=8,
-                      ha="right" if right_half else "left")
     axes.set_xscale("log")
     axes.set_xlim(low, high)
     axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
@@ -242,4 +240,45 @@ def plot_quality_latency(table: pd.DataFrame, measure: str, path: str | os.PathL
     axes.set_title(f"{measure} against mean response time")
     axes.grid(True, which="both", alpha=0.3)
     figure.tight_layout()
+    boxes = _place_labels(figure, axes, [str(n) for n in table["name"]], mrt, quality, np.sqrt(low * high))
     figure.savefig(path, format="png")
+    return boxes
+
+
+#: label offsets from a point (in points), tried in order: beside it, then further above and below
+_OFFSETS = [(6, 6), (6, -12)] + [(6, sign * step) for step in range(18, 120, 10) for sign in (1, -1)]
+
+
+def _place_labels(figure, axes, names: list[str], xs: np.ndarray, ys: np.ndarray,
+                  middle: float) -> list[tuple[str, tuple[float, float, float, float]]]:
+    """Annotate each point with its name at the first offset whose text box overlaps no label placed so far and no
+    point (greedy, top to bottom); labels point left of points in the plot's right half. Returns the boxes."""
+    renderer = figure.canvas.get_renderer()
+    to_pixels = axes.transData.transform
+    points = [to_pixels((x, y)) for x, y in zip(xs, ys)]
+    taken: list[tuple[float, float, float, float]] = []
+    placed = []
+    for i in sorted(range(len(names)), key=lambda j: -ys[j]):
+        right_half = xs[i] > middle
+        label = None
+        for dx, dy in _OFFSETS:
+            if label is not None:
+                label.remove()
+            label = axes.annotate(names[i], (xs[i], ys[i]), textcoords="offset points",
+                                  xytext=(-dx if right_half else dx, dy), fontsize=8,
+                                  ha="right" if right_half else "left", va="bottom",
+                                  arrowprops=None if abs(dy) <= 12 else {"arrowstyle": "-", "color": "0.6",
+                                                                         "lw": 0.6})
+            box = label.get_window_extent(renderer)
+            extent = (box.x0, box.y0, box.x1, box.y1)
+            clear = not any(_overlap(extent, other) for other in taken) and not any(
+                _overlap(extent, (px - 4, py - 4, px + 4, py + 4)) for k, (px, py) in enumerate(points) if k != i)
+            if clear:
+                break
+        taken.append(extent)
+        placed.append((names[i], extent))
+    return placed
+
+
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]

@@ -101,3 +101,19 @@ def test_evaluate_command_writes_a_report(cranfield, tiny_bert_dir, tmp_path, ca
     assert "| tiny |" in capsys.readouterr().out
     assert list(pd.read_csv(tmp_path / "report" / CSV_FILE)["name"]) == ["BM25", "tiny"]
     assert (tmp_path / "report" / PLOT_FILE).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_plot_labels_of_close_systems_do_not_overlap(tmp_path):
+    pytest.importorskip("matplotlib")
+    from pyterrier_marginkd.report import _overlap, plot_quality_latency
+
+    # four systems within 0.003 nDCG and 0.2 ms of each other: side by side labels would print on top of each other
+    table = pd.DataFrame({"name": ["BM25", "student L2 (Margin-MSE)", "student L4 (Margin-MSE)",
+                                   "student L2 (labels only)", "teacher BM25 + MiniLM"],
+                          "mrt": [0.2, 2.5, 2.6, 2.4, 7.3], "nDCG@10": [0.402, 0.426, 0.427, 0.425, 0.436]})
+    boxes = plot_quality_latency(table, "nDCG@10", tmp_path / "plot.png", baseline="BM25")
+    assert (tmp_path / "plot.png").stat().st_size > 0
+    assert sorted(name for name, _ in boxes) == sorted(table["name"])
+    for i, (a_name, a) in enumerate(boxes):
+        for b_name, b in boxes[i + 1:]:
+            assert not _overlap(a, b), f"the labels of {a_name!r} and {b_name!r} overlap"
