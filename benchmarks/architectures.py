@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def pairs_per_second(model, pairs: pd.DataFrame) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(mkd.shared_data_dir() / "cranfield"))
+    parser.add_argument("--data", default=os.path.join(os.environ.get("MARGINKD_DATA", "../shared/data"), "cranfield"))
     parser.add_argument("--model", default=default_model(), help="checkpoint the teacher and the students start from")
     parser.add_argument("--teacher", default=None, help="saved teacher folder (default: train one into <output>)")
     parser.add_argument("--architectures", default=",".join(ARCHITECTURES), help="comma-separated subset")

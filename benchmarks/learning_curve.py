@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def make_student(args):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(mkd.shared_data_dir() / "cranfield"))
+    parser.add_argument("--data", default=os.path.join(os.environ.get("MARGINKD_DATA", "../shared/data"), "cranfield"))
     parser.add_argument("--teacher", default=None)
     parser.add_argument("--model", default=default_model(), help="student initialisation")
     parser.add_argument("--student", choices=["cross", "dot"], default="cross")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def conditions(cprd_k: int) -> dict[str, tuple[losses.RankingLoss, bool]]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(mkd.shared_data_dir() / "cranfield"))
+    parser.add_argument("--data", default=os.path.join(os.environ.get("MARGINKD_DATA", "../shared/data"), "cranfield"))
     parser.add_argument("--teacher", required=True, help="saved teacher model folder (or checkpoint)")
     parser.add_argument("--student", default=default_model(), help="student initialisation (folder or hub id)")
     parser.add_argument("--student-layers", type=int, default=2)

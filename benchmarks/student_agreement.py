@@ -10,6 +10,7 @@ that agrees with the teacher on training queries but not on held-out ones has me
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -28,7 +29,7 @@ def agreement(student: pd.DataFrame, teacher: pd.DataFrame) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(mkd.shared_data_dir() / "cranfield"))
+    parser.add_argument("--data", default=os.path.join(os.environ.get("MARGINKD_DATA", "../shared/data"), "cranfield"))
     parser.add_argument("--run", default="runs/cranfield-kd3", help="output folder of examples/distill_cranfield.py")
     parser.add_argument("--students", nargs="+", default=["student-labels", "student-marginmse"])
     parser.add_argument("--layers", type=int, default=2, help="layers of the untrained reference student")

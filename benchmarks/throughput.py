@@ -324,7 +324,7 @@ def markdown(report: dict) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=str(mkd.shared_data_dir() / "cranfield"),
+    parser.add_argument("--data", default=os.path.join(os.environ.get("MARGINKD_DATA", "../shared/data"), "cranfield"),
                         help="collection folder or irds: id (default ../shared/data/cranfield)")
     parser.add_argument("--model", nargs="+", default=None, help="checkpoints (default: all-MiniLM-L6-v2, local)")
     parser.add_argument("--num-layers", nargs="+", type=int, default=[0, 2],

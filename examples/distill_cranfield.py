@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def train(name: str, output: Path, student, teacher, loss, fit_args, **settings)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(mkd.shared_data_dir() / "cranfield"))
+    parser.add_argument("--data", default=os.path.join(os.environ.get("MARGINKD_DATA", "../shared/data"), "cranfield"))
     parser.add_argument("--model", default=default_model(), help="teacher/student checkpoint")
     parser.add_argument("--output", default="runs/cranfield-kd")
     parser.add_argument("--k-train", type=int, default=30, help="BM25 candidates per training query")

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import pyterrier as pt
@@ -25,7 +26,7 @@ def default_model() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(mkd.shared_data_dir() / "cranfield"),
+    parser.add_argument("--data", default=os.path.join(os.environ.get("MARGINKD_DATA", "../shared/data"), "cranfield"),
                         help="irds:<id> or a folder with docs.jsonl.gz, topics*.tsv, qrels*.txt")
     parser.add_argument("--split", default=None, help="topic split to evaluate (default: test if present, else all)")
     parser.add_argument("--model", default=default_model(), help="hub id or folder of the cross-encoder")

@@ -2,7 +2,7 @@
 
 The public names are imported on first use (PEP 562), so that ``import pyterrier_marginkd`` (which PyTerrier does at
 start-up through its ``pyterrier.modules`` entry point) and ``marginkd --help`` import neither torch nor PyTerrier.
-Submodules are attributes as usual (``pyterrier_marginkd.losses``, ``pyterrier_marginkd.collection.DATA_ENV``);
+Submodules are attributes as usual (``pyterrier_marginkd.losses``, ``pyterrier_marginkd.collection.Collection``);
 ``pyterrier_marginkd.report`` is the function :func:`pyterrier_marginkd.report.report`.
 """
 from __future__ import annotations
@@ -38,7 +38,6 @@ _EXPORTS = {
     "pseudo_queries": "pseudo",
     "read_score_file": "scorefiles",
     "report": "report",
-    "shared_data_dir": "collection",
     "write_score_file": "scorefiles",
 }
 
@@ -64,7 +63,6 @@ __all__ = [
     "pseudo_queries",
     "read_score_file",
     "report",
-    "shared_data_dir",
     "write_score_file",
 ]
 
@@ -73,7 +71,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from pyterrier_marginkd.cascade import Cascade
     from pyterrier_marginkd.cli import default_model
     from pyterrier_marginkd.colbert import ColBERT
-    from pyterrier_marginkd.collection import Collection, clean_query, shared_data_dir
+    from pyterrier_marginkd.collection import Collection, clean_query
     from pyterrier_marginkd.cross_encoder import CrossEncoder
     from pyterrier_marginkd.distill import Distiller
     from pyterrier_marginkd.docpairs import DocPairs

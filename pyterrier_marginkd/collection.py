@@ -15,19 +15,12 @@ import pyterrier as pt
 
 from pyterrier_marginkd import io
 
-#: environment variable naming the folder that holds the shared collections (default ../shared/data)
-DATA_ENV = "MARGINKD_DATA"
 #: split names a collection without split files still answers, by holding out part of its queries
 DERIVED_SPLITS = ("train", "test")
 _PUNCT = re.compile(r"[^\w\s]+", re.UNICODE)
 #: file written into a PISA index folder once every document is indexed; a folder without it is built again
 INDEX_MARKER = "marginkd_complete.json"
 logger = logging.getLogger(__name__)
-
-
-def shared_data_dir() -> Path:
-    """Folder of the shared test collections: $MARGINKD_DATA, else ../shared/data next to the working directory."""
-    return Path(os.environ.get(DATA_ENV, Path("..") / "shared" / "data"))
 
 
 def clean_query(query: str) -> str:
@@ -59,7 +52,8 @@ class Collection:
             self.path = Path(self.data)
             if not (self.path / "docs.jsonl.gz").exists():
                 raise FileNotFoundError(f"{self.data!r} is neither an irds: id nor a folder with docs.jsonl.gz "
-                                        "(see ../shared/data/README.md for the layout)")
+                                        "(a local collection is a folder with docs.jsonl.gz, topics.<split>.tsv "
+                                        "and qrels.<split>.txt)")
 
     @property
     def name(self) -> str:

@@ -342,5 +342,5 @@ def _download_hint(collection: Collection) -> Iterator[None]:
         if not collection.data.startswith("irds:"):
             raise
         raise RuntimeError(f"could not load {collection.data}: ir_datasets downloads it on first use and that failed "
-                           f"({error}). Offline, pass a local folder laid out like ../shared/data/<name>, e.g. "
-                           "--data ../shared/data/cranfield") from error
+                           f"({error}). Offline, pass a local folder with docs.jsonl.gz, topics.{{train,test}}.tsv and "
+                           "qrels.{train,test}.txt: --data path/to/folder") from error

@@ -15,6 +15,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pyterrier_marginkd as mkd  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parents[1]
+#: environment variable naming the folder of the shared collections (default: ../shared/data beside the project)
+DATA_ENV = "MARGINKD_DATA"
 
 
 def minilm_path() -> Path | None:
@@ -27,7 +29,7 @@ def minilm_path() -> Path | None:
 
 
 def data_dir() -> Path:
-    env = os.environ.get(mkd.collection.DATA_ENV)
+    env = os.environ.get(DATA_ENV)
     return Path(env) if env else PROJECT.parent / "shared" / "data"
 
 
@@ -63,7 +65,7 @@ def tiny_ce(tiny_bert_dir):
 def _collection(name: str) -> mkd.Collection:
     path = data_dir() / name
     if not (path / "docs.jsonl.gz").exists():
-        pytest.skip(f"shared collection {name!r} absent at {path} (set {mkd.collection.DATA_ENV} to its folder)")
+        pytest.skip(f"shared collection {name!r} absent at {path} (set {DATA_ENV} to its folder)")
     return mkd.Collection(path)
 
 

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from conftest import PROJECT
 
+import pyterrier_marginkd as mkd
 from pyterrier_marginkd import cli
 from pyterrier_marginkd.report import CSV_FILE
 
@@ -129,10 +130,15 @@ def test_the_parser_copies_of_library_constants_agree_with_the_library(monkeypat
     assert cli.FORMATS == scorefiles.FORMATS
     assert cli.LOSS_NAMES == tuple(sorted(losses.LOSSES))
     assert (cli.QUICKSTART_DATA, cli.QUICKSTART_OUTPUT) == (quickstart.DEFAULT_DATA, quickstart.DEFAULT_OUTPUT)
-    assert cli.DATA_ENV == collection.DATA_ENV
-    assert cli._default_data() == str(collection.shared_data_dir() / "cranfield")
-    monkeypatch.setenv(collection.DATA_ENV, str(tmp_path))
-    assert cli._default_data() == str(collection.shared_data_dir() / "cranfield") == str(tmp_path / "cranfield")
+    # every command defaults to the same public collection; nothing in the library points at this repository's
+    # data layout (../shared/data is for the tests, examples and benchmarks)
+    assert _command_parser("train").get_default("data") == cli.DEFAULT_DATA == cli.QUICKSTART_DATA
+    assert not hasattr(collection, "shared_data_dir") and "shared_data_dir" not in dir(mkd)
+    for command in ("train", "evaluate", "score-teacher", "quickstart"):
+        assert "shared" not in _command_parser(command).format_help()
+    with pytest.raises(FileNotFoundError, match="docs.jsonl.gz, topics.<split>.tsv") as error:
+        collection.Collection(tmp_path)
+    assert "shared" not in str(error.value)
     # the model defaults stay importable from the CLI (the quickstart and the benchmarks use them)
     assert callable(cli.default_model) and callable(cli.load_model)
 

@@ -48,7 +48,7 @@ def test_report_stays_the_function_after_its_module_is_imported():
 
 
 def test_submodules_are_attributes_and_unknown_names_are_attribute_errors():
-    assert mkd.collection.DATA_ENV == "MARGINKD_DATA"
+    assert mkd.collection.DERIVED_SPLITS == ("train", "test")
     assert isinstance(mkd.data, types.ModuleType) and isinstance(mkd.io, types.ModuleType)
     try:
         mkd.no_such_name
