@@ -46,8 +46,9 @@ class _Query:
     query: str
     docnos: list[str]
     texts: list[str]
-    labels: np.ndarray
+    labels: np.ndarray | None  #: each candidate's qrels label (None for a teacher-ranked query)
     positives: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    teacher: np.ndarray | None = None  #: each candidate's teacher score (teacher-ranked queries)
 
 
 def validate_qrels(qrels: pd.DataFrame) -> pd.DataFrame:
@@ -217,8 +218,8 @@ class TeacherRankedExamples:
                 too_short += 1
                 continue
             self.queries.append(_Query(qid, group["query"].iloc[0], group["docno"].to_numpy()[order].tolist(),
-                                       group[text_field].to_numpy()[order].tolist(), scores[order],
-                                       np.arange(min(num_positives, len(order) - 1))))
+                                       group[text_field].to_numpy()[order].tolist(), None,
+                                       np.arange(min(num_positives, len(order) - 1)), teacher=scores[order]))
         self.report = {"teacher_ranked_queries": len(self.queries), "judged_queries": len(judged_qids),
                        "skipped_too_few_candidates": too_short}
         if judged is not None:
@@ -241,7 +242,7 @@ class TeacherRankedExamples:
                 idx = [int(pos)] + [int(n) for n in negs]
                 out.append(Group(query.qid, query.query, [query.docnos[i] for i in idx],
                                  [query.texts[i] for i in idx], [1.0] + [0.0] * len(negs),
-                                 [float(query.labels[i]) for i in idx]))
+                                 [float(query.teacher[i]) for i in idx]))
         order = rng.permutation(len(out))
         return [out[i] for i in order]
 

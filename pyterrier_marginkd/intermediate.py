@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-import pandas as pd
 import torch
 from torch import nn
 
@@ -128,21 +127,3 @@ def scores_with_layer_loss(loss: HiddenStateMSE, student: CrossEncoder, teacher:
                  outputs.attentions if loss.attention else None, moved[1])
     return student.scores_from_logits(outputs.logits), value
 
-
-def layer_loss(loss: HiddenStateMSE, student: CrossEncoder, teacher: CrossEncoder, results: pd.DataFrame, *,
-               batch_size: int = 16) -> float:
-    """Mean layer loss of the student over the (query, text) pairs of a result frame (no gradient, eval mode)."""
-    text_field = student.text_field
-    queries, texts = results["query"].tolist(), results[text_field].tolist()
-    was_training = student.model.training
-    student.model.eval()
-    total = 0.0
-    try:
-        with torch.no_grad():
-            for start in range(0, len(queries), batch_size):
-                part = slice(start, start + batch_size)
-                _, value = scores_with_layer_loss(loss, student, teacher, queries[part], texts[part])
-                total += float(value) * len(queries[part])
-    finally:
-        student.model.train(was_training)
-    return total / max(len(queries), 1)

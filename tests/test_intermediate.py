@@ -9,7 +9,7 @@ import torch
 
 import pyterrier_marginkd as mkd
 from pyterrier_marginkd import losses
-from pyterrier_marginkd.intermediate import layer_loss
+from pyterrier_marginkd.intermediate import scores_with_layer_loss
 
 
 def config(layers: int, width: int, heads: int = 2) -> SimpleNamespace:
@@ -51,6 +51,26 @@ def test_attention_maps_are_compared_per_head_or_head_averaged():
     assert float(loss(hidden, hidden, mask, student_attention, teacher_attention)) == pytest.approx(0.0)
     with pytest.raises(ValueError, match="attention maps"):
         loss(hidden, hidden, mask)
+
+
+def layer_loss(loss: losses.HiddenStateMSE, student: mkd.CrossEncoder, teacher: mkd.CrossEncoder, results, *,
+               batch_size: int = 16) -> float:
+    """Mean layer loss of the student over the (query, text) pairs of a result frame (no gradient, eval mode): what
+    the fit test watches fall."""
+    text_field = student.text_field
+    queries, texts = results["query"].tolist(), results[text_field].tolist()
+    was_training = student.model.training
+    student.model.eval()
+    total = 0.0
+    try:
+        with torch.no_grad():
+            for start in range(0, len(queries), batch_size):
+                part = slice(start, start + batch_size)
+                _, value = scores_with_layer_loss(loss, student, teacher, queries[part], texts[part])
+                total += float(value) * len(queries[part])
+    finally:
+        student.model.train(was_training)
+    return total / max(len(queries), 1)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +124,7 @@ def test_layer_loss_scores_read_a_two_logit_head_as_the_model_does(tmp_path, min
     student (monoBERT style) must be scored logit[1] - logit[0] there too, not by its first logit."""
     from test_issue18_two_logit import _classifier_dir
 
-    from pyterrier_marginkd.intermediate import check_models, scores_with_layer_loss
+    from pyterrier_marginkd.intermediate import check_models
 
     student = mkd.CrossEncoder.from_pretrained(_classifier_dir(tmp_path / "s", minilm_dir, 2, seed=1), max_length=64)
     teacher = mkd.CrossEncoder.from_pretrained(_classifier_dir(tmp_path / "t", minilm_dir, 2, seed=2), max_length=64)

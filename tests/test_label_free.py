@@ -132,3 +132,19 @@ def test_pseudo_qrels_errors():
         mkd.pseudo_qrels(pd.DataFrame({"qid": ["a"], "docno": ["1"]}), label=0)
     with pytest.raises(TypeError, match="pseudo_qrels needs the frame"):
         mkd.pseudo_qrels([("a", "1")])
+
+
+def test_teacher_ranked_queries_keep_teacher_scores_apart_from_labels():
+    """A teacher-ranked query holds its teacher scores as such (no qrels labels), best first; groups carry them."""
+    from pyterrier_marginkd.data import TeacherRankedExamples
+
+    results = pd.DataFrame({"qid": ["q"] * 4, "query": ["a b"] * 4, "docno": ["d1", "d2", "d3", "d4"],
+                            "text": ["w", "x", "y", "z"]})
+    scores = {("q", "d1"): 0.1, ("q", "d2"): 0.9, ("q", "d3"): 0.5, ("q", "d4"): -1.0}
+    examples = TeacherRankedExamples(results, scores, num_negatives=2)
+    (query,) = examples.queries
+    assert query.labels is None and query.docnos == ["d2", "d3", "d1", "d4"]
+    assert list(query.teacher) == [0.9, 0.5, 0.1, -1.0]
+    (group,) = examples.groups(0)
+    assert group.docnos[0] == "d2" and group.labels == [1.0, 0.0, 0.0]
+    assert group.teacher == [scores["q", d] for d in group.docnos]
