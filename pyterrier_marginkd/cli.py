@@ -217,12 +217,17 @@ def _score_file_texts(args: argparse.Namespace, collection: Collection | None) -
 
 
 def cmd_score_teacher(args: argparse.Namespace) -> None:
+    import torch
+
     from pyterrier_marginkd.collection import Collection
     from pyterrier_marginkd.data import TrainingExamples
     from pyterrier_marginkd.docpairs import DocPairs
     from pyterrier_marginkd.ensemble import Ensemble
     from pyterrier_marginkd.scorefiles import score_teacher
 
+    # a teacher checkpoint without a score head gets a new random one: the same in every run of a seed, so that a
+    # score file resumed by a second run is scored by the model that began it
+    torch.manual_seed(args.seed)
     teachers = [load_model(t, max_length=args.max_length, batch_size=args.batch_size) for t in args.teacher]
     teacher = teachers[0] if len(teachers) == 1 and not args.weights else Ensemble(teachers, args.weights)
     if args.docpairs:
@@ -357,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     scores.add_argument("--max-pairs", type=int, default=None, help="score only the first N docpairs (default: all)")
     scores.add_argument("--split", default="train", help="topic split whose candidates are scored")
     scores.add_argument("--num-negatives", type=int, default=1, help="sampled negatives per positive")
-    scores.add_argument("--seed", type=int, default=0, help="seed of the negatives' sampling")
+    scores.add_argument("--seed", type=int, default=0, help="seed of the negatives' sampling and of a new score "
+                        "head (a teacher checkpoint without one)")
     scores.add_argument("--max-length", type=int, default=256, help="tokens per (query, document) pair")
     scores.add_argument("--batch-size", type=int, default=32, help="pairs the teacher scores at once")
     scores.set_defaults(func=cmd_score_teacher)

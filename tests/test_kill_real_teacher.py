@@ -246,3 +246,33 @@ def test_the_cli_gives_a_student_without_a_score_head_the_same_new_head_for_a_se
         return cli._distiller(args, tmp_path).student.model.classifier.weight.detach().clone()
     assert torch.equal(new_head(7), new_head(7))
     assert not torch.equal(new_head(7), new_head(8))
+
+
+def test_score_teacher_gives_a_teacher_without_a_score_head_the_same_new_head_for_a_seed(tiny_bert_dir, tmp_path,
+                                                                                        monkeypatch):
+    """`marginkd score-teacher --teacher <plain encoder>` makes a new random score head: --seed fixes it, so that a
+    score file resumed by a second run is scored by the same model."""
+    from pyterrier_marginkd import cli, docpairs
+
+    heads = []
+    real_load = cli.load_model
+
+    def load_and_record(*args, **kwargs):
+        model = real_load(*args, **kwargs)
+        heads.append(model.model.classifier.weight.detach().clone())
+        return model
+
+    def stop(*args, **kwargs):
+        raise SystemExit(0)  # stop once the teacher is loaded: only its weights matter here
+
+    monkeypatch.setattr(cli, "load_model", load_and_record)
+    monkeypatch.setattr(docpairs, "DocPairs", stop)
+
+    def new_head(seed: int) -> torch.Tensor:
+        torch.rand(seed)  # whatever the process drew before
+        with pytest.raises(SystemExit):
+            cli.main(["score-teacher", "--docpairs", "marginkd-test/none", "--teacher", str(tiny_bert_dir),
+                      "--seed", str(seed), "--output", str(tmp_path / "scores.tsv")])
+        return heads[-1]
+    assert torch.equal(new_head(7), new_head(7))
+    assert not torch.equal(new_head(7), new_head(8))
