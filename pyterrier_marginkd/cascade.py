@@ -70,9 +70,6 @@ class Cascade(pt.Transformer):
     def schematic(self, *, input_columns=None):
         return {"label": self.schematic_label, "help_url": None}
 
-    def fuse_rank_cutoff(self, k):
-        return None
-
     def __repr__(self) -> str:
         return (f"Cascade({self.selector!r}, {self.scorer!r}, k={self.k}, passage_length={self.passage_length}, "
                 f"stride={self.stride}, aggregate={self.aggregate!r})")

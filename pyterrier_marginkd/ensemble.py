@@ -62,9 +62,6 @@ class FirstStageScore(pt.Transformer):
                              "non-finite value(s) (NaN/inf)")
         return add_scores(inp, scores)
 
-    def fuse_rank_cutoff(self, k):
-        return None
-
     def __repr__(self) -> str:
         return "FirstStageScore()"
 
@@ -268,9 +265,6 @@ class Ensemble(pt.Estimator):
 
     def schematic(self, *, input_columns=None):
         return {"label": "Ensemble", "help_url": None}
-
-    def fuse_rank_cutoff(self, k):
-        return None
 
     def __repr__(self) -> str:
         weights = f", weights={self.weights}" if self.weights is not None else ""

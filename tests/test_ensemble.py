@@ -87,3 +87,19 @@ class TextLength(pt.Transformer):
 @pt.testing.transformer_test_class
 def test_ensemble_is_a_pyterrier_transformer():
     return mkd.Ensemble([TextLength(), TextLength()], weights=[1, 2])
+
+
+def test_rank_cutoff_after_a_reranker_keeps_its_top_k(small_results, tiny_ce):
+    """``reranker % k`` re-ranks every candidate, then keeps the top k of each query; no re-ranker of ours claims to
+    fuse the cutoff into itself (a ``fuse_rank_cutoff`` that only returned None was dead code)."""
+    from pyterrier.transformer import SupportsFuseRankCutoff
+
+    frame = small_results.assign(score=[3.0, 2.0, 1.0, 3.0, 2.0, 1.0])
+    rerankers = [mkd.Ensemble([mkd.FirstStageScore(), tiny_ce], normalize="zscore"), mkd.FirstStageScore(),
+                 mkd.Cascade(tiny_ce, tiny_ce, k=2, passage_length=8, stride=4)]
+    for reranker in rerankers:
+        assert not isinstance(reranker, SupportsFuseRankCutoff), reranker
+        full = reranker(frame).sort_values(["qid", "score"], ascending=[True, False], kind="stable")
+        top = (reranker % 2)(frame)
+        assert sorted(zip(top["qid"], top["docno"])) == sorted(zip(full.groupby("qid").head(2)["qid"],
+                                                                   full.groupby("qid").head(2)["docno"])), reranker
