@@ -2,12 +2,23 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 import pyterrier as pt
 import torch
+
+from pyterrier_marginkd import io
+from pyterrier_marginkd._quantize import (
+    QUANTIZATIONS,
+    check_quantize,
+    dequantized,
+    is_quantized,
+    num_int8_weights,
+    quantize_int8,
+)
 
 RESULT_COLUMNS = ["qid", "query", "docno"]
 
@@ -97,6 +108,7 @@ class NeuralScorer(pt.Transformer):
     Subclasses turn (query, text) pairs into per-pair items (``_prepare``), collate a batch of items into tensors
     (``_collate``) and score a batch (``_forward``). This base sorts pairs by length so that each batch pads little,
     runs under ``torch.inference_mode()``, shows a progress bar when ``verbose`` and keeps row order.
+    ``quantize="int8"`` (or ``quantize("int8")``) makes it an int8 model for CPU inference.
     """
 
     schematic_label = "NeuralScorer"
@@ -104,12 +116,17 @@ class NeuralScorer(pt.Transformer):
     chunk_size = 16384
 
     def __init__(self, *, batch_size: int = 32, text_field: str = "text", verbose: bool = False,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, quantize: str | None = None):
         self.batch_size = batch_size
         self.text_field = text_field
         self.verbose = verbose
         self.device = device
         self._device = resolve_device(device)
+        # under the private name (pt.inspect reads it there): the public one is the method quantize()
+        self._quantize = check_quantize(quantize)
+        if self._quantize is not None:
+            self._check_cpu(device)
+            self._device = torch.device("cpu")
 
     # --- what subclasses provide -------------------------------------------------------------------
     model: torch.nn.Module
@@ -185,17 +202,65 @@ class NeuralScorer(pt.Transformer):
         items = self._prepare(queries, texts)
         return self._forward(self._to_device(self._collate(items)))
 
+    # --- int8 ----------------------------------------------------------------------------------------------
+    @property
+    def quantization(self) -> str | None:
+        """``"int8"`` for a quantized model, None for fp32."""
+        return self._quantize
+
+    def quantize(self, mode: str = "int8") -> NeuralScorer:
+        """Make this an int8 model for CPU inference, in place; returns self.
+
+        The linear layers of the transformer layers (attention and feed-forward) get int8 weights (one scale per
+        output row) and quantize their inputs on the fly (PyTorch dynamic quantization); embeddings, attention
+        scores, norms and heads stay fp32. Scores change slightly (see the README for the measured effect); an int8
+        model cannot be trained, and ``save_pretrained`` writes its dequantized weights with ``quantize: int8`` in
+        marginkd.json, so that loading quantizes it again to the same int8 weights.
+        """
+        if check_quantize(mode) is None:
+            raise ValueError(f"quantize() takes one of {list(QUANTIZATIONS)}, got None; an int8 model cannot be "
+                             "turned back into fp32 (load the fp32 weights again)")
+        if self._device.type != "cpu":
+            self._check_cpu(self.device)
+            self._device = torch.device("cpu")  # the device was picked for the user: take the CPU
+            self.model.to(self._device)
+        if not is_quantized(self.model) and quantize_int8(self.model) == 0:
+            raise ValueError(f"found no transformer layers to quantize in {self!r} (int8 quantization looks for the "
+                             "linear layers in an nn.ModuleList named 'layer' or 'layers')")
+        self._quantize = mode
+        self.model.eval()
+        return self
+
+    @staticmethod
+    def _check_cpu(device: str | torch.device | None) -> None:
+        if device is not None and torch.device(device).type != "cpu":
+            raise ValueError(f"int8 models run on the CPU only, not on {device!r} (pass device='cpu' or None)")
+
+    def _apply_saved_quantization(self) -> None:
+        """Quantize as asked when the model was built, else as saved in its folder (subclasses call this once
+        ``self.model`` exists)."""
+        if self._quantize is None and Path(self.model_name).is_dir():
+            self._quantize = check_quantize((io.read_config(self.model_name) or {}).get("quantize"))
+        if self._quantize is not None:
+            self.quantize(self._quantize)
+
+    def _fp32_model(self):
+        """Context manager: ``self.model`` with fp32 (dequantized) weights in place of int8 ones, for saving."""
+        return dequantized(self.model)
+
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: (v.to(self._device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
                 for k, v in batch.items()}
 
     def to(self, device: str | torch.device) -> NeuralScorer:
         """Move the model to ``device``; returns self."""
+        if self._quantize is not None:
+            self._check_cpu(device)
         self.device = device
         self._device = torch.device(device)
         self.model.to(self._device)
         return self
 
     def num_parameters(self) -> int:
-        """Number of parameters of the model."""
-        return sum(p.numel() for p in self.model.parameters())
+        """Number of parameters of the model (int8 weights included)."""
+        return sum(p.numel() for p in self.model.parameters()) + num_int8_weights(self.model)

@@ -133,7 +133,8 @@ class TwoSidedScorer(NeuralScorer):
     def __repr__(self) -> str:
         shown = [repr(self.model_name)] + [f"{name}={getattr(self, name)!r}" for name, default in
                                            self.DEFAULTS.items() if getattr(self, name) != default]
-        return f"{type(self).__name__}({', '.join(shown + self._repr_extra())})"
+        quantized = [f"quantize={self._quantize!r}"] if self._quantize is not None else []
+        return f"{type(self).__name__}({', '.join(shown + self._repr_extra() + quantized)})"
 
 
 class EncoderStudent(TwoSidedScorer):
@@ -174,18 +175,20 @@ class EncoderStudent(TwoSidedScorer):
                 raise ValueError(f"{self.model_name!r}: {io.WEIGHTS_NAME} does not fit this {type(self).__name__} "
                                  f"(missing {missing}, unexpected {unexpected}); save the model again")
         self.model = model.to(self._device).eval()
+        self._apply_saved_quantization()
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write the encoder(s) and tokenizer as Hugging Face files, the other weights as safetensors and our config
         (atomically: all or nothing)."""
         encoders = _encoder_children(self.model)
-        with io.atomic_dir(path) as tmp:
+        with io.atomic_dir(path) as tmp, self._fp32_model():
             for name, encoder in encoders.items():
                 encoder.save_pretrained(tmp if name == "encoder" else tmp / name, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
             io.save_weights({k: v for k, v in self.model.state_dict().items() if k.split(".")[0] not in encoders},
                             tmp)
-            io.write_config(tmp, self.ARCHITECTURE, {"max_length": self.max_length, **self._settings()})
+            io.write_config(tmp, self.ARCHITECTURE, {"max_length": self.max_length, **self._settings(),
+                                                     "quantize": self._quantize})
 
     def _repr_extra(self) -> list[str]:
         return [f"num_layers={self.num_layers}"] if self.num_layers is not None else []

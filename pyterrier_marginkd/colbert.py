@@ -59,8 +59,10 @@ class ColBERT(EncoderStudent):
                  mask_punctuation: bool | None = None, normalize: bool | None = None, first_stage: str | None = None,
                  num_layers: int | None = None,
                  max_length: int | None = None, batch_size: int = 32, text_field: str = "text",
-                 verbose: bool = False, device: str | torch.device | None = None, **model_kwargs: Any):
-        super().__init__(batch_size=batch_size, text_field=text_field, verbose=verbose, device=device)
+                 verbose: bool = False, device: str | torch.device | None = None, quantize: str | None = None,
+                 **model_kwargs: Any):
+        super().__init__(batch_size=batch_size, text_field=text_field, verbose=verbose, device=device,
+                         quantize=quantize)
         encoder, settings, ours = self._load_encoder(
             model_name, num_layers=num_layers, max_length=max_length, model_kwargs=model_kwargs,
             settings={"dim": dim, "query_length": query_length, "mask_punctuation": mask_punctuation,

@@ -34,8 +34,9 @@ class CrossEncoder(NeuralScorer):
 
     def __init__(self, model_name: str | os.PathLike, *, num_layers: int | None = None, max_length: int | None = None,
                  batch_size: int = 32, text_field: str = "text", verbose: bool = False,
-                 device: str | torch.device | None = None, **model_kwargs: Any):
-        super().__init__(batch_size=batch_size, text_field=text_field, verbose=verbose, device=device)
+                 device: str | torch.device | None = None, quantize: str | None = None, **model_kwargs: Any):
+        super().__init__(batch_size=batch_size, text_field=text_field, verbose=verbose, device=device,
+                         quantize=quantize)
         io.check_model_path(model_name)
         self.model_name = str(model_name)
         saved = io.read_config(model_name) if Path(model_name).is_dir() else None
@@ -72,6 +73,7 @@ class CrossEncoder(NeuralScorer):
         self._tok = TextTokenizer(self.tokenizer, self.max_length)
         self._use_token_types = "token_type_ids" in inspect.signature(self.model.forward).parameters
         self.model.to(self._device).eval()
+        self._apply_saved_quantization()
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> CrossEncoder:
@@ -81,7 +83,7 @@ class CrossEncoder(NeuralScorer):
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write a folder that ``CrossEncoder.from_pretrained``, ``pyterrier_marginkd.load``, transformers and
         sentence-transformers all load to identical scores (written atomically: all or nothing)."""
-        with io.atomic_dir(path) as tmp:
+        with io.atomic_dir(path) as tmp, self._fp32_model():
             self.model.config.sentence_transformers = {"activation_fn": "torch.nn.modules.linear.Identity"}
             self.model.save_pretrained(tmp, safe_serialization=True)
             # sentence-transformers (>= 5) truncates a plain Hugging Face folder at the tokenizer's model_max_length
@@ -90,7 +92,8 @@ class CrossEncoder(NeuralScorer):
                 self.tokenizer.save_pretrained(tmp)
             finally:
                 self.tokenizer.model_max_length = limit
-            io.write_config(tmp, self.ARCHITECTURE, {"max_length": self.max_length, "head": self.head})
+            io.write_config(tmp, self.ARCHITECTURE, {"max_length": self.max_length, "head": self.head,
+                                                     "quantize": self._quantize})
             # older sentence-transformers read the maximum length from here
             (tmp / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": self.max_length}))
 
@@ -125,6 +128,7 @@ class CrossEncoder(NeuralScorer):
 
     def __repr__(self) -> str:
         extra = f", num_layers={self.num_layers}" if self.num_layers is not None else ""
+        extra += f", quantize={self._quantize!r}" if self._quantize is not None else ""
         return f"CrossEncoder({self.model_name!r}{extra})"
 
 

@@ -90,6 +90,13 @@ def _remove_checkpoint(checkpoint: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
+def _check_trainable(student: NeuralScorer) -> None:
+    if student.quantization is not None:
+        raise ValueError(f"the student {student!r} is quantized ({student.quantization}) for inference and cannot be "
+                         "trained: train the fp32 model, then quantize it (student.quantize('int8'), or load the saved "
+                         "student with quantize='int8')")
+
+
 class Distiller(pt.Estimator):
     """Knowledge distillation of a teacher into a student re-ranker, as a PyTerrier estimator.
 
@@ -123,6 +130,7 @@ class Distiller(pt.Estimator):
         if not isinstance(student, NeuralScorer):
             raise TypeError(f"student must be a pyterrier_marginkd re-ranker (CrossEncoder, ...), got "
                             f"{type(student).__name__}")
+        _check_trainable(student)
         loss = _resolve_loss(loss)
         for name, value in (("epochs", epochs), ("batch_size", batch_size), ("grad_accum_steps", grad_accum_steps),
                             ("num_negatives", num_negatives), ("save_steps", save_steps), ("max_steps", max_steps),
@@ -322,6 +330,7 @@ class Distiller(pt.Estimator):
         ``source`` has ``groups(epoch)`` (an iterable of :class:`Group`, possibly streamed) and ``num_groups()``;
         groups without teacher scores get them from the (cached) teacher in chunks.
         """
+        _check_trainable(self.student)  # quantized since the Distiller was made?
         out = self.out_path
         out.mkdir(parents=True, exist_ok=True)
         dist = _distributed.current()

@@ -80,8 +80,10 @@ class DotEncoder(EncoderStudent):
                  frozen_docs: bool | None = None, num_layers: int | None = None, max_length: int | None = None,
                  batch_size: int = 32,
                  text_field: str = "text", verbose: bool = False, device: str | torch.device | None = None,
+                 quantize: str | None = None,
                  **model_kwargs: Any):
-        super().__init__(batch_size=batch_size, text_field=text_field, verbose=verbose, device=device)
+        super().__init__(batch_size=batch_size, text_field=text_field, verbose=verbose, device=device,
+                         quantize=quantize)
         if frozen_docs and shared_encoder:
             raise ValueError("frozen_docs=True gives documents their own (frozen) encoder: it cannot be combined "
                              "with shared_encoder=True")

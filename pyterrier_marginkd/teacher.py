@@ -76,10 +76,13 @@ def describe(teacher: pt.Transformer) -> str:
         return f"Ensemble([{members}], weights={teacher.weights}, normalize={teacher.normalize!r})"
     if isinstance(teacher, NeuralScorer):
         digest = hashlib.sha256()
-        for name, tensor in teacher.model.state_dict().items():
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=torch.uint8).numpy().tobytes())
+        with teacher._fp32_model():  # an int8 model's weights as the fp32 ones it saves
+            for name, tensor in teacher.model.state_dict().items():
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=torch.uint8).numpy().tobytes())
         settings = {k: getattr(teacher, k, None) for k in ("max_length", "text_field")}
+        if teacher.quantization is not None:  # int8 scores differ from those of the same weights in fp32
+            settings["quantize"] = teacher.quantization
         return f"{type(teacher).__name__}:{digest.hexdigest()}:{settings}"
     return repr(teacher)
 

@@ -82,8 +82,9 @@ class TK(TwoSidedScorer):
     def __init__(self, model_name: str | os.PathLike, *, num_layers: int | None = None, num_heads: int | None = None,
                  ff_dim: int | None = None, max_query_length: int | None = None, max_length: int | None = None,
                  batch_size: int = 32, text_field: str = "text", verbose: bool = False,
-                 device: str | torch.device | None = None, **model_kwargs: Any):
-        super().__init__(batch_size=batch_size, text_field=text_field, verbose=verbose, device=device)
+                 device: str | torch.device | None = None, quantize: str | None = None, **model_kwargs: Any):
+        super().__init__(batch_size=batch_size, text_field=text_field, verbose=verbose, device=device,
+                         quantize=quantize)
         io.check_model_path(model_name)
         self.model_name = str(model_name)
         given = {"num_layers": num_layers, "num_heads": num_heads, "ff_dim": ff_dim,
@@ -122,15 +123,17 @@ class TK(TwoSidedScorer):
             model.embedding.weight.data.copy_(embeddings * (math.sqrt(embeddings.shape[1] / 2) /
                                                             embeddings.norm(dim=1).mean()))
         self.model = model.to(self._device).eval()
+        self._apply_saved_quantization()
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write the tokenizer, the weights (safetensors) and our config (atomically: all or nothing)."""
         vocab_size, embedding_dim = self.model.embedding.weight.shape
-        with io.atomic_dir(path) as tmp:
+        with io.atomic_dir(path) as tmp, self._fp32_model():
             self.tokenizer.save_pretrained(tmp)
             io.save_weights(self.model.state_dict(), tmp)
             io.write_config(Path(tmp), self.ARCHITECTURE, {**self._settings(), "max_length": self.max_length,
-                                                           "vocab_size": vocab_size, "embedding_dim": embedding_dim})
+                                                           "vocab_size": vocab_size, "embedding_dim": embedding_dim,
+                                                           "quantize": self._quantize})
 
     def _words(self, tokenizer: TextTokenizer, texts: Sequence[str]) -> list[Tokens]:
         # a text without tokens becomes one unknown token, so that attention always has something to attend to

@@ -109,10 +109,13 @@ def test_benchmark_runs_end_to_end_on_real_pairs(benchmark, cranfield, minilm_di
     out = tmp_path / "throughput.json"
     report = benchmark.main(["--data", str(cranfield.path), "--model", str(minilm_dir), "--num-layers", "1",
                              "--lengths", "64", "--pairs", "8", "--batch-size", "4", "--repeats", "1",
-                             "--systems", "ours", "st", "ort", "hf", "--out", str(out)])
+                             "--systems", "ours", "int8", "st", "ort", "ort-int8", "hf", "--out", str(out)])
     assert json.loads(out.read_text())["results"] == json.loads(json.dumps(report["results"]))
     rows = {row["system"]: row for row in report["results"]}
-    expected = {"ours", "ST", "HF unsorted"} | ({"ONNX Runtime"} if importlib.util.find_spec("onnxruntime") else set())
+    onnx = {"ONNX Runtime", "ONNX Runtime int8"} if importlib.util.find_spec("onnxruntime") else set()
+    expected = {"ours", "ours int8", "ST", "HF unsorted"} | onnx
     assert set(rows) == expected
-    assert all(rows[name]["max_abs_diff_vs_ours"] < 1e-4 for name in expected - {"ours"})
-    assert "| ours |" in out.with_suffix(".md").read_text()
+    assert all(rows[name]["max_abs_diff_vs_ours"] < 1e-4 for name in expected - {"ours"} if "int8" not in name)
+    assert all(rows[name]["vs_ours"] > 0 for name in expected)
+    assert not report["notes"]  # int8 rows differ from fp32 by design: no disagreement note
+    assert "| ours |" in out.with_suffix(".md").read_text() and "| ours int8 |" in out.with_suffix(".md").read_text()
