@@ -159,9 +159,6 @@ class NeuralScorer(pt.Transformer):
     def schematic(self, *, input_columns=None):
         return {"label": self.schematic_label, "help_url": None}
 
-    def fuse_rank_cutoff(self, k):
-        return None
-
     # --- scoring -------------------------------------------------------------------------------------
     def score_pairs(self, queries: Sequence[str], texts: Sequence[str], *, batch_size: int | None = None,
                     desc: str | None = None) -> np.ndarray:

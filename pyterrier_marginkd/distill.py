@@ -209,9 +209,6 @@ class Distiller(pt.Estimator):
     def schematic(self, *, input_columns=None):
         return {"label": "Distiller", "help_url": None}
 
-    def fuse_rank_cutoff(self, k):
-        return None
-
     def __repr__(self) -> str:
         extra = f", intermediate={self.intermediate!r}" if self.intermediate is not None else ""
         return f"Distiller(student={self.student!r}, teacher={self.teacher!r}, loss={self.loss!r}{extra})"

@@ -96,7 +96,8 @@ def test_rank_cutoff_after_a_reranker_keeps_its_top_k(small_results, tiny_ce):
 
     frame = small_results.assign(score=[3.0, 2.0, 1.0, 3.0, 2.0, 1.0])
     rerankers = [mkd.Ensemble([mkd.FirstStageScore(), tiny_ce], normalize="zscore"), mkd.FirstStageScore(),
-                 mkd.Cascade(tiny_ce, tiny_ce, k=2, passage_length=8, stride=4)]
+                 mkd.Cascade(tiny_ce, tiny_ce, k=2, passage_length=8, stride=4), tiny_ce]
+    assert not isinstance(mkd.Distiller(tiny_ce), SupportsFuseRankCutoff)
     for reranker in rerankers:
         assert not isinstance(reranker, SupportsFuseRankCutoff), reranker
         full = reranker(frame).sort_values(["qid", "score"], ascending=[True, False], kind="stable")
