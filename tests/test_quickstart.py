@@ -87,9 +87,10 @@ def test_recipes_and_offline_hint(cranfield):
     assert FULL.student_steps > FAST.student_steps and FULL.pseudo_queries > FAST.pseudo_queries
     with pytest.raises(TypeError, match="unknown recipe setting"):
         Recipe.preset(True, epochs=3)
-    with pytest.raises(RuntimeError, match="--data ../shared/data/cranfield"):
+    with pytest.raises(RuntimeError, match=r"Offline, pass a local folder with docs\.jsonl\.gz.*--data") as error:
         with _download_hint(mkd.Collection("irds:beir/scifact")):
             raise ConnectionError("Name or service not known")
+    assert "shared" not in str(error.value)  # the library's messages do not name this repository's data layout
     with pytest.raises(FileNotFoundError):
         with _download_hint(cranfield):
             raise FileNotFoundError("a local file is missing")
