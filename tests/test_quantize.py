@@ -75,17 +75,9 @@ def test_quantize_method_equals_loading_quantized(saved_fp32, small_results):
 
 @pt.testing.transformer_test_class
 def test_int8_cross_encoder_is_a_pyterrier_transformer():
-    import tempfile
+    from conftest import tiny_encoder_folder
 
-    from conftest import minilm_path
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    path = tempfile.mkdtemp()
-    tokenizer = BertTokenizerFast.from_pretrained(minilm_path())
-    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32)).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return mkd.CrossEncoder.from_pretrained(path, quantize="int8")
+    return mkd.CrossEncoder.from_pretrained(tiny_encoder_folder(), quantize="int8")
 
 
 def test_training_an_int8_model_is_refused(tiny_bert_dir, small_results, tmp_path):
