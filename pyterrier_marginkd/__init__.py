@@ -38,6 +38,7 @@ _EXPORTS = {
     "pseudo_queries": "pseudo",
     "read_score_file": "scorefiles",
     "report": "report",
+    "spread_layers": "_hf",
     "write_score_file": "scorefiles",
 }
 
@@ -63,11 +64,13 @@ __all__ = [
     "pseudo_queries",
     "read_score_file",
     "report",
+    "spread_layers",
     "write_score_file",
 ]
 
 if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from pyterrier_marginkd import losses
+    from pyterrier_marginkd._hf import spread_layers
     from pyterrier_marginkd.cascade import Cascade
     from pyterrier_marginkd.cli import default_model
     from pyterrier_marginkd.colbert import ColBERT

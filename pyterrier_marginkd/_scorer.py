@@ -221,12 +221,16 @@ class NeuralScorer(pt.Transformer):
             self._check_cpu(self.device)
             self._device = torch.device("cpu")  # the device was picked for the user: take the CPU
             self.model.to(self._device)
-        if not is_quantized(self.model) and quantize_int8(self.model) == 0:
+        if not is_quantized(self.model) and quantize_int8(self._quantized_part()) == 0:
             raise ValueError(f"found no transformer layers to quantize in {self!r} (int8 quantization looks for the "
                              "linear layers in an nn.ModuleList named 'layer' or 'layers')")
         self._quantize = mode
         self.model.eval()
         return self
+
+    def _quantized_part(self) -> torch.nn.Module:
+        """The part of ``self.model`` that ``quantize`` makes int8 (all of it; a subclass may keep a part fp32)."""
+        return self.model
 
     @staticmethod
     def _check_cpu(device: str | torch.device | None) -> None:

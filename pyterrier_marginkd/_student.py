@@ -143,7 +143,8 @@ class EncoderStudent(TwoSidedScorer):
     ``marginkd.safetensors``, the ``DEFAULTS`` settings (which shape the weights) in ``marginkd.json``.
     """
 
-    def _load_encoder(self, model_name: str | os.PathLike, *, num_layers: int | None, max_length: int | None,
+    def _load_encoder(self, model_name: str | os.PathLike, *, num_layers: int | Sequence[int] | None,
+                      max_length: int | None,
                       settings: dict[str, Any], model_kwargs: dict[str, Any]) -> tuple[PreTrainedModel, dict, bool]:
         """Set model_name, num_layers, max_length, tokenizer; return the encoder, the settings and whether the
         folder is one we saved (then its extra weights load with ``_finish``)."""

@@ -54,6 +54,15 @@ def load_model(path: str, **kwargs):
     return CrossEncoder.from_pretrained(path, **kwargs)
 
 
+def _layers(text: str) -> int | list[int]:
+    """``--num-layers``: a count (the first k layers) or comma-separated layer indices."""
+    try:
+        return int(text) if "," not in text else [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a layer count (4) or layer indices (0,2,3,5), got {text!r}") \
+            from None
+
+
 def unique_names(models: list[str], reserved: tuple[str, ...] = ("BM25",)) -> list[str]:
     """A distinct name for each model: the shortest trailing part of its path that no other model (nor a ``reserved``
     name) shares, e.g. ``kd/student`` and ``labels/student`` for ``runs/kd/student`` and ``runs/labels/student``.
@@ -321,8 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--valid-split", default=None, help="topic split for validation (best checkpoint; default: "
                        "no validation)")
     train.add_argument("--student", default=default_model(), help="student checkpoint (hub id or folder)")
-    train.add_argument("--num-layers", type=int, default=None, help="keep the student's first k layers (default: "
-                       "all)")
+    train.add_argument("--num-layers", type=_layers, default=None, help="keep the student's first k layers (K), or "
+                       "the layers with these indices (e.g. 0,2,3,5: spread over the depth; default: all)")
     train.add_argument("--teacher", default=None, help="teacher checkpoint, or 'none' for label-only training "
                        "(needed by teacher losses unless --scores gives the teacher's scores)")
     train.add_argument("--loss", default="margin-mse", help=f"one of {', '.join(LOSS_NAMES)}, or a sum 'a+b'")

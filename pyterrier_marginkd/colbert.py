@@ -57,7 +57,7 @@ class ColBERT(EncoderStudent):
 
     def __init__(self, model_name: str | os.PathLike, *, dim: int | None = None, query_length: int | None = None,
                  mask_punctuation: bool | None = None, normalize: bool | None = None, first_stage: str | None = None,
-                 num_layers: int | None = None,
+                 num_layers: int | Sequence[int] | None = None,
                  max_length: int | None = None, batch_size: int = 32, text_field: str = "text",
                  verbose: bool = False, device: str | torch.device | None = None, quantize: str | None = None,
                  **model_kwargs: Any):

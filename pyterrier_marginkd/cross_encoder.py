@@ -18,11 +18,12 @@ from pyterrier_marginkd._scorer import NeuralScorer
 class CrossEncoder(NeuralScorer):
     """BERT-CAT re-ranker: ``score = head([CLS] query [SEP] text [SEP])``; a teacher or a student.
 
-    Loads any Hugging Face sequence-classification or plain encoder checkpoint as it is: a 1-output head scores with
-    its logit (``cross-encoder/ms-marco-MiniLM-L12-v2``, ``BAAI/bge-reranker-base``); a 2-output head (monoBERT,
-    monoELECTRA: not relevant, relevant) scores with ``logit[1] - logit[0]``, which ranks like softmax P(relevant);
-    a plain encoder gets a new 1-output head. ``num_layers=k`` keeps only the first k transformer layers — the usual
-    way to make a small student from a big checkpoint. Saved folders are plain Hugging Face models too
+    Loads any Hugging Face sequence-classification or plain encoder checkpoint as it is: a 1-output head scores with its
+    logit (``cross-encoder/ms-marco-MiniLM-L12-v2``, ``BAAI/bge-reranker-base``); a 2-output head (monoBERT,
+    monoELECTRA: not relevant, relevant) scores with ``logit[1] - logit[0]``, which ranks like softmax P(relevant); a
+    plain encoder gets a new 1-output head. ``num_layers=k`` keeps only the first k transformer layers — the usual way
+    to make a small student from a big checkpoint; a list of layer indices keeps those layers (``spread_layers(total,
+    k)``: spread over the depth, the last one included). Saved folders are plain Hugging Face models too
     (``AutoModelForSequenceClassification`` and sentence-transformers' ``CrossEncoder`` load them and give the same
     logits; a 2-logit model keeps its head, recorded as ``"head": "two_logit"`` in marginkd.json). A folder saved by
     pyterrier-marginkd loads from safetensors only, and a missing, damaged or mismatched file is a ValueError naming it.
@@ -32,7 +33,8 @@ class CrossEncoder(NeuralScorer):
     ARCHITECTURE = "cross_encoder"
     schematic_label = "CrossEncoder"
 
-    def __init__(self, model_name: str | os.PathLike, *, num_layers: int | None = None, max_length: int | None = None,
+    def __init__(self, model_name: str | os.PathLike, *, num_layers: int | Sequence[int] | None = None,
+                 max_length: int | None = None,
                  batch_size: int = 32, text_field: str = "text", verbose: bool = False,
                  device: str | torch.device | None = None, quantize: str | None = None, **model_kwargs: Any):
         super().__init__(batch_size=batch_size, text_field=text_field, verbose=verbose, device=device,

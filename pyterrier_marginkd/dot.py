@@ -77,7 +77,8 @@ class DotEncoder(EncoderStudent):
 
     def __init__(self, model_name: str | os.PathLike, *, pooling: str | None = None, dim: int | None = None,
                  shared_encoder: bool | None = None, normalize: bool | None = None, first_stage: str | None = None,
-                 frozen_docs: bool | None = None, num_layers: int | None = None, max_length: int | None = None,
+                 frozen_docs: bool | None = None, num_layers: int | Sequence[int] | None = None,
+                 max_length: int | None = None,
                  batch_size: int = 32,
                  text_field: str = "text", verbose: bool = False, device: str | torch.device | None = None,
                  quantize: str | None = None,
@@ -161,6 +162,11 @@ class DotEncoder(EncoderStudent):
         query_vecs = self.model.embed(self._to_device(batch), "query")[[unique[q] for q in queries]]
         doc_vecs = torch.from_numpy(self._frozen_doc_vectors([str(t) for t in texts], None)).to(query_vecs)
         return (query_vecs * doc_vecs).sum(-1)
+
+    def _quantized_part(self) -> torch.nn.Module:
+        # frozen documents keep the checkpoint's fp32 vectors (computed once, ahead of queries, where their cost
+        # does not count): only the query encoder becomes int8
+        return self.model.encoder if self.frozen_docs else self.model
 
     def _width(self) -> int:
         return self.dim or self.model.encoder.config.hidden_size

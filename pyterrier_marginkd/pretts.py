@@ -62,7 +62,8 @@ class PreTT(EncoderStudent):
     schematic_label = "PreTT"
 
     def __init__(self, model_name: str | os.PathLike, *, num_separate_layers: int | None = None,
-                 first_stage: str | None = None, num_layers: int | None = None, max_length: int | None = None,
+                 first_stage: str | None = None, num_layers: int | Sequence[int] | None = None,
+                 max_length: int | None = None,
                  batch_size: int = 32, text_field: str = "text", verbose: bool = False,
                  device: str | torch.device | None = None, quantize: str | None = None,
                  **model_kwargs: Any):

@@ -14,9 +14,10 @@ from typing import Any, Iterator, Sequence
 import pandas as pd
 import pyterrier as pt
 import torch
+from transformers import AutoConfig
 
 from pyterrier_marginkd import losses
-from pyterrier_marginkd._hf import sentence_transformers_settings
+from pyterrier_marginkd._hf import sentence_transformers_settings, spread_layers
 from pyterrier_marginkd._scorer import NeuralScorer
 from pyterrier_marginkd.collection import Collection
 from pyterrier_marginkd.cross_encoder import CrossEncoder
@@ -64,8 +65,9 @@ class Recipe:
         return dataclasses.replace(base, **overrides)
 
 
-# Students: the first k layers of the model as a query encoder, against the model's own (frozen) document vectors,
-# mixing in the normalised BM25 score; only the query side trains, so a step costs a few milliseconds per query.
+# Students: k layers of the model (spread over its depth) as a query encoder, against the model's own (frozen) document
+# vectors, mixing in the normalised BM25 score; only the query side trains, so a step costs a few milliseconds per
+# query.
 FAST = Recipe(train_queries=None, test_queries=None, k=50, max_length=256, pseudo_queries=1000, valid_fraction=0.2,
               num_negatives=7, batch_size=32, student_steps=300, student_lr=3e-4, mix_lr=1e-3, student_time=None)
 FULL = dataclasses.replace(FAST, pseudo_queries=3000, student_steps=1200)
@@ -93,11 +95,11 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     BM25 (PISA) gives ``recipe.k`` candidates per query. The teacher fuses BM25 with zero-shot neural scorers
     (``teacher``: names or folders of sentence-transformers bi-encoders or Hugging Face cross-encoders; default
     ``model``, all-MiniLM-L6-v2): per-query z-scores, weights fitted on the train split's labels (one-standard-error
-    rule). No teacher is trained. Students are the first k layers of ``model`` (each of ``student_layers``) as query
-    encoders against its document vectors, mixing in the normalised BM25 score, distilled with Margin-MSE on the
-    train queries and teacher-labelled pseudo-queries; a label-only student (the smallest size, RankNet on the train
-    labels) is the baseline. Everything lands in ``output``; a later run reuses the index, the fusion weights, the
-    teacher cache and every trained student.
+    rule). No teacher is trained. Students are k layers of ``model`` (each of ``student_layers``; spread over its depth,
+    the last included: ``spread_layers``) as query encoders against its document vectors, mixing in the normalised BM25
+    score, distilled with Margin-MSE on the train queries and teacher-labelled pseudo-queries; a label-only student (the
+    smallest size, RankNet on the train labels) is the baseline. Everything lands in ``output``; a later run reuses the
+    index, the fusion weights, the teacher cache and every trained student.
     """
     from pyterrier_marginkd.cli import default_model  # the model default lives with the CLI (no heavy imports there)
 
@@ -155,8 +157,13 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
                               and _resolve(m.model_name) == model and m.max_length == recipe.max_length
                               and m.num_layers is None), {})
 
+    # k of the model's layers spread over its depth, the last one included: the query vectors then come from the
+    # layer whose space the document vectors live in (the first k layers end elsewhere)
+    depth = AutoConfig.from_pretrained(model).num_hidden_layers
+    kept = {n: spread_layers(depth, n) for n in layers}
+
     def student(num_layers: int) -> DotEncoder:
-        made = DotEncoder.from_pretrained(model, num_layers=num_layers, frozen_docs=True, first_stage="zscore",
+        made = DotEncoder.from_pretrained(model, num_layers=kept[num_layers], frozen_docs=True, first_stage="zscore",
                                           **scorer_kwargs)
         made._doc_vectors = shared_docs
         return made
@@ -169,11 +176,11 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
         distilled[num_layers] = trainer(
             output / f"student-L{num_layers}-marginmse", f"student L{num_layers} (Margin-MSE)",
             lambda n=num_layers: student(n), fused, losses.MarginMSE(), (train_res, fit_qrels),
-            layers=num_layers, teacher_id=teacher_id, unjudged="teacher", cache_dir=output / "teacher_cache")
+            layers=kept[num_layers], teacher_id=teacher_id, unjudged="teacher", cache_dir=output / "teacher_cache")
     baseline_layers = layers[0]
     label_only = trainer(output / f"student-L{baseline_layers}-labels", f"student L{baseline_layers} (labels only)",
                          lambda: student(baseline_layers), None, losses.RankNet(), (fit_res, fit_qrels),
-                         layers=baseline_layers)
+                         layers=kept[baseline_layers])
 
     # --- the report ------------------------------------------------------------------------------------------
     test_res = candidates(test_topics)
@@ -242,7 +249,7 @@ class _Trainer:
         self.shared_docs = shared_docs
 
     def __call__(self, folder: Path, label: str, make_student, teacher: pt.Transformer | None,
-                 loss: losses.RankingLoss, fit_args: tuple, *, layers: int, teacher_id: str | None = None,
+                 loss: losses.RankingLoss, fit_args: tuple, *, layers: list[int], teacher_id: str | None = None,
                  **extra: Any) -> DotEncoder:
         r = self.recipe
         settings = {**self.identity, "loss": repr(loss), "steps": r.student_steps, "lr": r.student_lr,

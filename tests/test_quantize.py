@@ -118,3 +118,16 @@ def test_real_minilm_int8_keeps_its_cosine_scores(minilm_dir, small_results):
     fp32_scores, int8_scores = fp32.score_pairs(*pairs(small_results)), int8.score_pairs(*pairs(small_results))
     assert np.abs(int8_scores - fp32_scores).max() < 0.08
     assert np.corrcoef(int8_scores, fp32_scores)[0, 1] > 0.98
+
+
+def test_int8_frozen_docs_keep_fp32_document_vectors(tiny_bert_dir, small_results):
+    """Frozen document vectors are the checkpoint's, computed once ahead of queries: int8 makes only the query
+    encoder int8, so a student sharing its teacher's stored vectors never writes other vectors beside them."""
+    torch.manual_seed(0)
+    fp32 = BUILDERS["dot-frozen-docs"](tiny_bert_dir)
+    int8 = BUILDERS["dot-frozen-docs"](tiny_bert_dir, quantize="int8")
+    texts = small_results["text"].drop_duplicates().tolist()
+    np.testing.assert_array_equal(int8.encode_docs(texts), fp32.encode_docs(texts))
+    assert is_quantized(int8.model.encoder) and not is_quantized(int8.model.doc_encoder)
+    queries = small_results["query"].drop_duplicates().tolist()
+    assert not np.array_equal(int8.encode_queries(queries), fp32.encode_queries(queries))

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
+from conftest import tiny_encoder_folder
 
 import pyterrier_marginkd as mkd
 from pyterrier_marginkd import cli
@@ -106,6 +108,13 @@ def test_marginkd_model_overrides_the_default_model(monkeypatch, tmp_path):
     monkeypatch.setenv(cli.MODEL_ENV, str(tmp_path))
     assert mkd.default_model() == str(tmp_path)
     assert cli.build_parser().parse_args(["train", "--output", "x"]).student == str(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_dir():
+    """A tiny random BERT as deep as all-MiniLM-L6-v2 (6 layers): snippets pick layers of MiniLM by index."""
+    torch.manual_seed(0)
+    return Path(tiny_encoder_folder(num_layers=6))
 
 
 def test_readme_snippets_run_in_order(cranfield, tiny_bert_dir, tmp_path, monkeypatch, capsys):
