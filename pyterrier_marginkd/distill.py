@@ -1,6 +1,7 @@
 """Distiller: a pt.Estimator that trains a student re-ranker from a teacher's scores (and/or labels)."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -22,9 +23,12 @@ from pyterrier_marginkd import _distributed, io
 from pyterrier_marginkd._scorer import NeuralScorer
 from pyterrier_marginkd._training import (
     STATE_FILE,
+    checkpointable_models,
     evaluate_ndcg10,
+    gradient_checkpointing,
     load_checkpoint,
     param_groups,
+    release_freed_memory,
     run_fingerprint,
     sample_groups,
     save_checkpoint,
@@ -113,6 +117,10 @@ class Distiller(pt.Estimator):
     A fit that completes all its steps deletes its resume checkpoint (``output_dir/checkpoint``: weights, optimizer
     and trainer state) once the student is saved, unless ``keep_checkpoint=True``; a fit stopped by ``max_time``
     keeps it, so that fitting again resumes it.
+
+    ``gradient_checkpointing=True`` keeps only each transformer layer's input during the forward pass and recomputes
+    the layer in the backward pass (the student's Hugging Face encoders; the same dropout masks, so the same
+    training): memory then no longer holds every layer's attention maps, for about a third more compute per step.
     """
 
     def __init__(self, student: NeuralScorer, teacher: pt.Transformer | None = None, *,
@@ -126,7 +134,7 @@ class Distiller(pt.Estimator):
                  pseudo_negative_start: int | None = None, teacher_scale: float | str | None = "auto",
                  select_best: bool = True, validate_start: bool = True, resume: bool = True, verbose: bool = False,
                  intermediate: HiddenStateMSE | None = None, head_lr: float | None = None,
-                 keep_checkpoint: bool = False):
+                 keep_checkpoint: bool = False, gradient_checkpointing: bool = False):
         if not isinstance(student, NeuralScorer):
             raise TypeError(f"student must be a pyterrier_marginkd re-ranker (CrossEncoder, ...), got "
                             f"{type(student).__name__}")
@@ -148,6 +156,11 @@ class Distiller(pt.Estimator):
             raise ValueError(f"negative_sampling must be one of {NEGATIVE_SAMPLING}, got {negative_sampling!r}")
         if unjudged not in ("skip", "teacher"):
             raise ValueError(f"unjudged must be 'skip' or 'teacher', got {unjudged!r}")
+        if not isinstance(gradient_checkpointing, bool):
+            raise ValueError(f"gradient_checkpointing must be True or False, got {gradient_checkpointing!r}")
+        if gradient_checkpointing and not checkpointable_models(student.model):
+            raise ValueError(f"gradient_checkpointing=True needs a student built on a Hugging Face encoder that "
+                             f"supports it; {student!r} has none: train it without gradient checkpointing")
         if not (teacher_scale is None or teacher_scale == "auto" or isinstance(teacher_scale, (int, float))):
             raise ValueError(f"teacher_scale must be 'auto', a number or None, got {teacher_scale!r}")
         if intermediate is not None:
@@ -191,6 +204,7 @@ class Distiller(pt.Estimator):
         self.validate_start = validate_start
         self.resume = resume
         self.keep_checkpoint = keep_checkpoint
+        self.gradient_checkpointing = gradient_checkpointing
         self._train_seconds = 0.0
         self.verbose = verbose
         self.history: list[dict[str, Any]] = []
@@ -380,6 +394,9 @@ class Distiller(pt.Estimator):
         bar = pt.tqdm(total=total_steps, initial=step, desc="distil", unit="step",
                       disable=not (self.verbose and dist.is_main))
         stopped_early = False
+        memory_saving = contextlib.ExitStack()
+        if self.gradient_checkpointing:
+            memory_saving.enter_context(gradient_checkpointing(model))
         try:
             if va_res is not None and self.validate_start and step == 0:
                 # the starting weights compete for "best" too: a fit that only makes the student worse on the
@@ -416,6 +433,8 @@ class Distiller(pt.Estimator):
                     raise ValueError(f"epoch {epoch} of the training data yielded fewer groups than the "
                                      f"{groups_per_epoch} announced")
         finally:
+            memory_saving.close()
+            release_freed_memory()
             bar.close()
             if teacher is not None:
                 self.report["teacher_pairs_scored"] = teacher.teacher.pairs_scored
