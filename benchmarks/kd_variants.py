@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_model
 
 import pyterrier_marginkd as mkd
+from pyterrier_marginkd._hf import layer_list
 from pyterrier_marginkd.distill import evaluate_ndcg10
 from pyterrier_marginkd.ensemble import normalize_scores
 from pyterrier_marginkd.quickstart import FAST, FUSION_FILE, _has_titles, load_scorer
@@ -70,6 +71,9 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", required=True, help="LAYERS:NEGATIVES:LOSS:STEPS:LR")
     parser.add_argument("--pseudo-queries", type=int, default=FAST.pseudo_queries)
     parser.add_argument("--output", required=True, help="folder for the students, the teacher cache and results")
+    parser.add_argument("--layer-choice", choices=["spread", "first"], default="spread",
+                        help="which LAYERS of the model a student keeps: mkd.spread_layers (as the quickstart) or the "
+                             "first ones")
     args = parser.parse_args()
     variants = [(text, parse_variant(text)) for text in args.variants]
     run, out, seed, r = Path(args.run), Path(args.output), 0, FAST
@@ -100,7 +104,9 @@ def main() -> None:
     print(f"BM25 {rows[0]['last']:.4f}, teacher {teacher_ndcg:.4f}, linear mix {reference:.4f}", flush=True)
     for text, v in variants:
         torch.manual_seed(seed)
-        student = mkd.DotEncoder.from_pretrained(model, num_layers=v["layers"], frozen_docs=True,
+        depth = len(layer_list(member.model.encoder))
+        keep = mkd.spread_layers(depth, v["layers"]) if args.layer_choice == "spread" else v["layers"]
+        student = mkd.DotEncoder.from_pretrained(model, num_layers=keep, frozen_docs=True,
                                                  first_stage="zscore", max_length=r.max_length)
         student._doc_vectors = member._doc_vectors  # the same frozen document vectors as the teacher's member
         folder = out / text.replace(":", "_")

@@ -308,7 +308,9 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
 
     overrides = {name: getattr(args, name) for name in ("train_queries", "test_queries", "k", "max_length",
                                                          "pseudo_queries", "student_steps", "student_time")}
-    recipe = Recipe.preset(args.fast, **{k: v for k, v in overrides.items() if v is not None})
+    if args.quantize is not None:
+        overrides["quantize"] = None if args.quantize == "none" else args.quantize
+    recipe = Recipe.preset(args.fast, **{k: v for k, v in overrides.items() if v is not None or k == "quantize"})
     quickstart(args.data, args.output, model=args.model, teacher=args.teacher, student_layers=args.student_layers,
                recipe=recipe, train_split=args.train_split, test_split=args.test_split, seed=args.seed, verbose=True)
 
@@ -417,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--student-steps", type=int, default=None, help="optimizer steps per student" + recipe)
     quick.add_argument("--student-time", type=float, default=None,
                        help="also stop each student after this many seconds (results then depend on the machine)")
+    quick.add_argument("--quantize", choices=["int8", "none"], default=None,
+                       help="precision of the students as deployed, compared with the teacher in a last table "
+                            "(default: int8; none: skip that table)")
     quick.add_argument("--seed", type=int, default=0, help="seed of samples and training")
     quick.set_defaults(func=cmd_quickstart)
     return parser

@@ -9,7 +9,7 @@ import pytest
 
 import pyterrier_marginkd as mkd
 from pyterrier_marginkd import cli
-from pyterrier_marginkd.quickstart import FAST, FULL, VS_LABELS_FILE, Recipe, _download_hint
+from pyterrier_marginkd.quickstart import DEPLOYED_FILE, FAST, FULL, VS_LABELS_FILE, Recipe, _download_hint
 from pyterrier_marginkd.report import CSV_FILE, PLOT_FILE, TABLE_FILE
 
 
@@ -39,6 +39,10 @@ def test_fresh_run_then_a_second_run_reuses_every_model(cranfield, tiny_bert_dir
     assert (output / "report" / PLOT_FILE).read_bytes().startswith(b"\x89PNG")
     versus = pd.read_csv(output / "report" / VS_LABELS_FILE)
     assert list(versus["name"]) == ["student L1 (labels only)", "student L1 (Margin-MSE)"]
+    deployed = pd.read_csv(output / "report" / DEPLOYED_FILE)
+    assert list(deployed["name"]) == [expected[1], "student L1 (Margin-MSE, int8)", "student L1 (labels only, int8)"]
+    assert deployed["x teacher pairs/s"].iloc[0] == 1.0 and (deployed["x teacher pairs/s"] > 0).all()
+    assert "The students as deployed (int8" in (output / "report" / TABLE_FILE).read_text()
     fusion = json.loads((output / "teacher" / "fusion.json").read_text())
     assert len(fusion["weights"]) == 2 and fusion["normalize"] == "zscore"
     assert (output / "cranfield.pisa").is_dir() and any((output / "teacher_cache").iterdir())
@@ -73,9 +77,11 @@ def test_a_given_bi_encoder_teacher_and_time_boxed_students(cranfield, tiny_bert
     (st_folder / "1_Pooling").mkdir()
     (st_folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
     output = tmp_path / "given"
-    run(cranfield.path, tiny_bert_dir, output, "--teacher", str(st_folder), "--student-time", "0.001")
+    run(cranfield.path, tiny_bert_dir, output, "--teacher", str(st_folder), "--student-time", "0.001",
+        "--quantize", "none")
     printed = capsys.readouterr().out
     assert table_rows(output)[1] == "teacher BM25 + tiny-st"
+    assert not (output / "report" / DEPLOYED_FILE).exists() and "as deployed" not in printed
     assert printed.count("budget allowed") == 2
     done = json.loads((output / "student-L1-marginmse" / "done.json").read_text())
     assert done["report"]["stopped_by_max_time"] and done["settings"]["max_time"] == 0.001
