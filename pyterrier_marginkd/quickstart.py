@@ -72,7 +72,7 @@ class Recipe:
 # vectors, mixing in the normalised BM25 score; only the query side trains, so a step costs a few milliseconds per
 # query.
 FAST = Recipe(train_queries=None, test_queries=None, k=50, max_length=256, pseudo_queries=1000, valid_fraction=0.2,
-              num_negatives=7, batch_size=32, student_steps=300, student_lr=3e-4, mix_lr=1e-3, student_time=None)
+              num_negatives=7, batch_size=32, student_steps=300, student_lr=1e-4, mix_lr=1e-3, student_time=None)
 FULL = dataclasses.replace(FAST, pseudo_queries=3000, student_steps=1200)
 
 
