@@ -24,7 +24,7 @@ import torch
 from ir_measures import RR, nDCG
 
 import pyterrier_marginkd as mkd
-from pyterrier_marginkd.cli import default_model, load_model
+from pyterrier_marginkd.cli import default_model, load_reranker
 
 ARCHITECTURES = ("dot", "colbert", "pretts", "tk")
 
@@ -98,7 +98,7 @@ def main() -> None:
 
     if args.teacher:
         teacher_path = Path(args.teacher)
-        teacher = load_model(str(teacher_path), max_length=args.max_length)
+        teacher = load_reranker(str(teacher_path), max_length=args.max_length)
     else:
         teacher_path = output / "teacher" / "student"
         torch.manual_seed(0)

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 import pyterrier_marginkd as mkd
-from pyterrier_marginkd.cli import default_model, load_model
+from pyterrier_marginkd.cli import default_model, load_reranker
 from pyterrier_marginkd.distill import evaluate_ndcg10
 
 
@@ -44,7 +44,7 @@ def split_topics(data: mkd.Collection, seed: int = 0) -> tuple[pd.DataFrame, pd.
 def make_teacher(path: str | None, max_length: int):
     """The given teacher, else the zero-shot MiniLM bi-encoder (DotEncoder, mean pooling)."""
     if path:
-        return load_model(path, max_length=max_length)
+        return load_reranker(path, max_length=max_length)
     if not hasattr(mkd, "DotEncoder"):
         raise SystemExit("no --teacher given and DotEncoder is not available in this version")
     return mkd.DotEncoder.from_pretrained(default_model(), pooling="mean", normalize=True, max_length=max_length)

@@ -31,7 +31,7 @@ from ir_measures import RR, nDCG
 
 import pyterrier_marginkd as mkd
 from pyterrier_marginkd import losses
-from pyterrier_marginkd.cli import default_model, load_model
+from pyterrier_marginkd.cli import default_model, load_reranker
 
 
 def conditions(cprd_k: int) -> dict[str, tuple[losses.RankingLoss, bool]]:
@@ -86,13 +86,13 @@ def main(argv: list[str] | None = None) -> None:
         test_topics = test_topics.head(args.test_queries)
     train_qrels, test_qrels = data.qrels("train"), data.qrels("test")
     train_res, test_res = (bm25 >> text)(train_topics), (bm25 >> text)(test_topics)
-    teacher = load_model(args.teacher, max_length=args.max_length)
+    teacher = load_reranker(args.teacher, max_length=args.max_length)
 
     runs, names, reports = [test_res, teacher(test_res)], ["BM25", "teacher"], {}
     for name in args.conditions:
         loss, with_qrels = chosen[name]
         torch.manual_seed(args.seed)
-        student = load_model(args.student, num_layers=args.student_layers, max_length=args.max_length)
+        student = load_reranker(args.student, num_layers=args.student_layers, max_length=args.max_length)
         distiller = mkd.Distiller(student, teacher, loss=loss, epochs=args.epochs, max_steps=args.max_steps,
                                   batch_size=args.batch_size, lr=args.lr, num_negatives=args.num_negatives,
                                   seed=args.seed, output_dir=out / name.replace(" ", "_"),

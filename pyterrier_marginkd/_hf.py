@@ -39,7 +39,7 @@ def layer_list(model: nn.Module) -> nn.ModuleList:
                      "BERT-like encoders (an nn.ModuleList named 'layer' or 'layers')")
 
 
-def load_weights(auto_class: Any, path: str | os.PathLike, config: Any, *, strict: bool, **kwargs: Any) -> nn.Module:
+def load_hf_model(auto_class: Any, path: str | os.PathLike, config: Any, *, strict: bool, **kwargs: Any) -> nn.Module:
     """``auto_class.from_pretrained(path, config=config)``; with ``strict`` (a folder pyterrier-marginkd saved) the
     weights come from safetensors only (never a pickle) and must all be there with the right shapes, else a
     ValueError names the folder's files — a model with silently re-initialised layers would give wrong scores."""

@@ -15,7 +15,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 
 from pyterrier_marginkd import io
-from pyterrier_marginkd._hf import TOKENIZER_FILES, TextTokenizer, load_weights, pad, truncate_layers
+from pyterrier_marginkd._hf import TOKENIZER_FILES, TextTokenizer, load_hf_model, pad, truncate_layers
 from pyterrier_marginkd._scorer import NeuralScorer, add_scores
 from pyterrier_marginkd.ensemble import NORMALIZATIONS, normalize_scores
 
@@ -155,7 +155,7 @@ class EncoderStudent(TwoSidedScorer):
         self.max_length = resolved.pop("max_length")
         if ours:
             io.check_files(model_name, ["config.json", "model.safetensors", io.WEIGHTS_NAME, TOKENIZER_FILES])
-        encoder = load_weights(AutoModel, model_name, None, strict=ours, **model_kwargs)
+        encoder = load_hf_model(AutoModel, model_name, None, strict=ours, **model_kwargs)
         if num_layers is not None:
             truncate_layers(encoder, num_layers)
         self.num_layers = num_layers
@@ -169,7 +169,7 @@ class EncoderStudent(TwoSidedScorer):
         if self.first_stage is not None:
             model.interpolation = FirstStageMix()
         if ours:
-            weights = io.load_weights(self.model_name)
+            weights = io.load_extra_weights(self.model_name)
             missing, unexpected = model.load_state_dict(weights, strict=False)
             missing = [k for k in missing if k.split(".")[0] not in _encoder_children(model)]
             if missing or unexpected:
@@ -186,7 +186,7 @@ class EncoderStudent(TwoSidedScorer):
             for name, encoder in encoders.items():
                 encoder.save_pretrained(tmp if name == "encoder" else tmp / name, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
-            io.save_weights({k: v for k, v in self.model.state_dict().items() if k.split(".")[0] not in encoders},
+            io.save_extra_weights({k: v for k, v in self.model.state_dict().items() if k.split(".")[0] not in encoders},
                             tmp)
             io.write_config(tmp, self.ARCHITECTURE, {"max_length": self.max_length, **self._settings(),
                                                      "quantize": self._quantize})
@@ -204,7 +204,7 @@ def load_encoder(path: str | os.PathLike, **model_kwargs: Any) -> PreTrainedMode
     if not Path(path).is_dir():
         raise ValueError(f"{str(path)!r} is missing; the saved folder is damaged — save the model again")
     io.check_files(path, ["config.json", "model.safetensors"])
-    return load_weights(AutoModel, path, None, strict=True, **model_kwargs)
+    return load_hf_model(AutoModel, path, None, strict=True, **model_kwargs)
 
 
 def two_sided_batch(items: Sequence[tuple[Tokens, Tokens]], pad_id: int) -> dict[str, torch.Tensor]:

@@ -43,7 +43,7 @@ def default_model() -> str:
     return "sentence-transformers/all-MiniLM-L6-v2"
 
 
-def load_model(path: str, **kwargs):
+def load_reranker(path: str, **kwargs):
     """A saved pyterrier-marginkd model (any architecture), else a Hugging Face checkpoint as a CrossEncoder."""
     from pyterrier_marginkd.cross_encoder import CrossEncoder
     from pyterrier_marginkd.io import check_model_path, load, read_config
@@ -142,9 +142,9 @@ def _distiller(args: argparse.Namespace, output: Path) -> Distiller:
     # a checkpoint without a score head (a plain encoder) gets a new random head: the same one in every run of a seed,
     # so that a fit killed and run again ends as an uninterrupted one (which started from the same weights)
     torch.manual_seed(args.seed)
-    student = load_model(args.student, num_layers=args.num_layers, max_length=args.max_length,
+    student = load_reranker(args.student, num_layers=args.num_layers, max_length=args.max_length,
                          batch_size=args.batch_size * 4)
-    teacher = None if args.teacher in (None, "none") else load_model(args.teacher, max_length=args.max_length)
+    teacher = None if args.teacher in (None, "none") else load_reranker(args.teacher, max_length=args.max_length)
     return Distiller(student, teacher, loss=losses.by_name(args.loss), epochs=args.epochs,
                      batch_size=args.batch_size, lr=args.lr, num_negatives=args.num_negatives,
                      max_steps=args.max_steps, max_time=args.max_time, save_steps=args.save_steps, seed=args.seed,
@@ -237,7 +237,7 @@ def cmd_score_teacher(args: argparse.Namespace) -> None:
     # a teacher checkpoint without a score head gets a new random one: the same in every run of a seed, so that a
     # score file resumed by a second run is scored by the model that began it
     torch.manual_seed(args.seed)
-    teachers = [load_model(t, max_length=args.max_length, batch_size=args.batch_size) for t in args.teacher]
+    teachers = [load_reranker(t, max_length=args.max_length, batch_size=args.batch_size) for t in args.teacher]
     teacher = teachers[0] if len(teachers) == 1 and not args.weights else Ensemble(teachers, args.weights)
     if args.docpairs:
         source = DocPairs(args.docpairs, max_pairs=args.max_pairs)
@@ -286,7 +286,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if name in taken:
             raise SystemExit(f"--names: {name!r} is used twice (BM25 is the baseline's name); give unique names")
         taken.append(name)
-    systems = [bm25] + [bm25 >> collection.get_text() >> load_model(m, verbose=True) for m in args.models]
+    systems = [bm25] + [bm25 >> collection.get_text() >> load_reranker(m, verbose=True) for m in args.models]
     if args.report:
         report(systems, topics, qrels, args.report, names=["BM25"] + names, baseline=0)
         print((Path(args.report) / TABLE_FILE).read_text())

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from pyterrier_marginkd import io
-from pyterrier_marginkd._hf import TOKENIZER_FILES, TextTokenizer, lean_inference, load_weights, pad, truncate_layers
+from pyterrier_marginkd._hf import TOKENIZER_FILES, TextTokenizer, lean_inference, load_hf_model, pad, truncate_layers
 from pyterrier_marginkd._scorer import NeuralScorer
 
 
@@ -66,7 +66,7 @@ class CrossEncoder(NeuralScorer):
                 self.model = AutoModelForSequenceClassification.from_pretrained(model_name, config=config,
                                                                                 **model_kwargs)
         else:
-            self.model = load_weights(AutoModelForSequenceClassification, model_name, config,
+            self.model = load_hf_model(AutoModelForSequenceClassification, model_name, config,
                                       strict=saved is not None, **model_kwargs)
         if num_layers is not None:
             truncate_layers(self.model, num_layers)

@@ -13,7 +13,7 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel
 
 from pyterrier_marginkd import io
-from pyterrier_marginkd._hf import load_weights, pad, sentence_transformers_settings
+from pyterrier_marginkd._hf import load_hf_model, pad, sentence_transformers_settings
 from pyterrier_marginkd._student import EncoderStudent, encode, load_encoder
 
 POOLINGS = ("cls", "mean")
@@ -117,7 +117,7 @@ class DotEncoder(EncoderStudent):
             if ours:
                 doc_encoder = load_encoder(Path(model_name) / "doc_encoder", **model_kwargs)
             elif self.frozen_docs:  # the checkpoint's whole encoder, whatever num_layers gives the query side
-                doc_encoder = load_weights(AutoModel, model_name, None, strict=False, **model_kwargs)
+                doc_encoder = load_hf_model(AutoModel, model_name, None, strict=False, **model_kwargs)
             else:
                 doc_encoder = copy.deepcopy(encoder)
             if self.frozen_docs:

@@ -120,15 +120,15 @@ def resolve_settings(model_name: str | os.PathLike, architecture: str, given: di
     return settings, saved is not None
 
 
-def save_weights(tensors: dict[str, Any], path: str | os.PathLike) -> None:
+def save_extra_weights(tensors: dict[str, Any], path: str | os.PathLike) -> None:
     """Write named tensors to the model folder ``path`` as safetensors."""
     from safetensors.torch import save_file
 
     save_file({name: t.detach().contiguous().cpu() for name, t in tensors.items()}, str(Path(path) / WEIGHTS_NAME))
 
 
-def load_weights(path: str | os.PathLike) -> dict[str, Any]:
-    """Named tensors saved by ``save_weights`` in the model folder ``path``."""
+def load_extra_weights(path: str | os.PathLike) -> dict[str, Any]:
+    """Named tensors saved by ``save_extra_weights`` in the model folder ``path``."""
     from safetensors.torch import load_file
 
     check_files(path, [WEIGHTS_NAME])

@@ -112,7 +112,7 @@ class TK(TwoSidedScorer):
         model = _TKModel(embeddings.shape[0], embeddings.shape[1], self.num_layers, self.num_heads, self.ff_dim)
         if ours:
             try:
-                model.load_state_dict(io.load_weights(model_name))
+                model.load_state_dict(io.load_extra_weights(model_name))
             except RuntimeError as err:  # missing, unexpected or mis-shaped tensors
                 raise ValueError(f"{Path(model_name) / io.WEIGHTS_NAME} does not fit the TK that "
                                  f"{Path(model_name) / io.CONFIG_NAME} describes: {str(err).splitlines()[0]} "
@@ -130,7 +130,7 @@ class TK(TwoSidedScorer):
         vocab_size, embedding_dim = self.model.embedding.weight.shape
         with io.atomic_dir(path) as tmp, self._fp32_model():
             self.tokenizer.save_pretrained(tmp)
-            io.save_weights(self.model.state_dict(), tmp)
+            io.save_extra_weights(self.model.state_dict(), tmp)
             io.write_config(Path(tmp), self.ARCHITECTURE, {**self._settings(), "max_length": self.max_length,
                                                            "vocab_size": vocab_size, "embedding_dim": embedding_dim,
                                                            "quantize": self._quantize})

@@ -140,7 +140,7 @@ def test_the_parser_copies_of_library_constants_agree_with_the_library(monkeypat
         collection.Collection(tmp_path)
     assert "shared" not in str(error.value)
     # the model defaults stay importable from the CLI (the quickstart and the benchmarks use them)
-    assert callable(cli.default_model) and callable(cli.load_model)
+    assert callable(cli.default_model) and callable(cli.load_reranker)
 
 
 def test_load_model_names_a_missing_folder_without_asking_the_hub(tmp_path, monkeypatch):
@@ -153,4 +153,4 @@ def test_load_model_names_a_missing_folder_without_asking_the_hub(tmp_path, monk
     (tmp_path / "runs").mkdir()
     for name in ("runs/teacher/student", "./teacher", str(tmp_path / "nothing")):
         with pytest.raises(FileNotFoundError, match=f"model folder {re.escape(repr(name))} does not exist"):
-            cli.load_model(name)
+            cli.load_reranker(name)

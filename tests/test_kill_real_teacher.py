@@ -249,7 +249,7 @@ def test_score_teacher_gives_a_teacher_without_a_score_head_the_same_new_head_fo
     from pyterrier_marginkd import cli, docpairs
 
     heads = []
-    real_load = cli.load_model
+    real_load = cli.load_reranker
 
     def load_and_record(*args, **kwargs):
         model = real_load(*args, **kwargs)
@@ -259,7 +259,7 @@ def test_score_teacher_gives_a_teacher_without_a_score_head_the_same_new_head_fo
     def stop(*args, **kwargs):
         raise SystemExit(0)  # stop once the teacher is loaded: only its weights matter here
 
-    monkeypatch.setattr(cli, "load_model", load_and_record)
+    monkeypatch.setattr(cli, "load_reranker", load_and_record)
     monkeypatch.setattr(docpairs, "DocPairs", stop)
 
     def new_head(seed: int) -> torch.Tensor:
