@@ -26,7 +26,7 @@ import pyterrier_marginkd as mkd
 from pyterrier_marginkd._hf import layer_list
 from pyterrier_marginkd.distill import evaluate_ndcg10
 from pyterrier_marginkd.ensemble import normalize_scores
-from pyterrier_marginkd.quickstart import FAST, FUSION_FILE, _has_titles, load_scorer
+from pyterrier_marginkd.quickstart import FAST, FUSION_FILE, load_scorer
 
 LOSSES = {"marginmse": lambda: mkd.losses.MarginMSE(), "kl": lambda: mkd.losses.KLDiv(normalize="zscore"),
           "mse": lambda: mkd.losses.MSE()}
@@ -91,7 +91,7 @@ def main() -> None:
     member = load_scorer(model, bi_encoder_kwargs={"frozen_docs": True}, max_length=r.max_length)
     teacher = mkd.Ensemble([mkd.FirstStageScore(), member], normalize="zscore")
     teacher.load_weights(run / "teacher" / FUSION_FILE)
-    method = "title" if _has_titles(data) else "first_sentence"
+    method = "title" if data.has_titles() else "first_sentence"
     pq = mkd.pseudo_queries(data, method, num=args.pseudo_queries, seed=seed)
     train_res = pd.concat([fit_res, candidates(pq[["qid", "query"]])], ignore_index=True)
     test_qrels = data.qrels("test")

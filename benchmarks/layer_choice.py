@@ -23,7 +23,7 @@ from kd_variants import linear_mix_reference
 import pyterrier_marginkd as mkd
 from pyterrier_marginkd._hf import layer_list
 from pyterrier_marginkd.distill import evaluate_ndcg10
-from pyterrier_marginkd.quickstart import FAST, _has_titles, load_scorer
+from pyterrier_marginkd.quickstart import FAST, load_scorer
 
 
 def main() -> None:
@@ -47,7 +47,7 @@ def main() -> None:
     member = load_scorer(model, bi_encoder_kwargs={"frozen_docs": True}, max_length=r.max_length)
     teacher = mkd.Ensemble([mkd.FirstStageScore(), member], normalize="zscore")
     teacher.fit(fit_res, fit_qrels)  # the quickstart's fusion weights (same queries, same rule)
-    method = "title" if _has_titles(data) else "first_sentence"
+    method = "title" if data.has_titles() else "first_sentence"
     pq = mkd.pseudo_queries(data, method, num=r.pseudo_queries, seed=seed)
     train_res = pd.concat([fit_res, candidates(pq[["qid", "query"]])], ignore_index=True)
     test_qrels = data.qrels("test")

@@ -84,6 +84,12 @@ class Collection:
                 doc["docno"] = str(doc["docno"])
                 yield doc
 
+    def has_titles(self) -> bool:
+        """Whether the documents have titles (judged by the first document's non-empty ``title``): the quickstart
+        then makes its pseudo-queries from titles, else from first sentences."""
+        first = next(iter(self.docs_iter()), {})
+        return bool(first.get("title"))
+
     def splits(self) -> list[str]:
         """Names of the topic splits the collection ships (e.g. ``['test', 'train']``); [] when it ships none."""
         if self._irds:

@@ -150,7 +150,7 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
                   f"judged queries, nDCG@10 {fused.fit_report.get('ndcg@10', float('nan')):.4f} on them)")
 
     # --- students --------------------------------------------------------------------------------------------
-    method = "title" if _has_titles(collection) else "first_sentence"
+    method = "title" if collection.has_titles() else "first_sentence"
     pq = pseudo_queries(collection, method, num=recipe.pseudo_queries, seed=seed)
     _log(verbose, f"{len(pq)} pseudo-queries ({method}s of documents) for the teacher to label")
     train_res = pd.concat([fit_res, candidates(pq[["qid", "query"]])], ignore_index=True)
@@ -333,11 +333,6 @@ def _markdown(table: pd.DataFrame) -> str:
     for _, row in table[columns].iterrows():
         lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |")
     return "\n".join(lines)
-
-
-def _has_titles(collection: Collection) -> bool:
-    first = next(iter(collection.docs_iter()), {})
-    return bool(first.get("title"))
 
 
 def _short(name: str) -> str:

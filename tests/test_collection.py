@@ -24,6 +24,10 @@ def test_local_folder_topics_qrels_and_text(cranfield):
         cranfield.topics("dev")
 
 
+def test_has_titles(cranfield, vaswani):
+    assert cranfield.has_titles() and not vaswani.has_titles()
+
+
 def test_not_a_collection(tmp_path):
     with pytest.raises(FileNotFoundError, match="docs.jsonl.gz"):
         mkd.Collection(tmp_path)
