@@ -64,6 +64,14 @@ def linear_mix_reference(member: mkd.DotEncoder, teacher: mkd.Ensemble, train_re
     return rows.assign(score=x @ weights)
 
 
+def write_table(rows: list[dict], out: Path) -> None:
+    """Write result rows to ``out/results.csv`` and ``out/results.md`` and print them."""
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "results.csv", index=False)
+    (out / "results.md").write_text(table.to_markdown(index=False, floatfmt=".4g") + "\n")
+    print(table.to_string(index=False))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True, help="collection folder or irds: id (with train/test splits)")
@@ -127,10 +135,7 @@ def main() -> None:
                "train seconds": seconds}
         print(json.dumps(row), flush=True)
         rows.append(row)
-    table = pd.DataFrame(rows)
-    table.to_csv(out / "results.csv", index=False)
-    (out / "results.md").write_text(table.to_markdown(index=False, floatfmt=".4g") + "\n")
-    print(table.to_string(index=False))
+    write_table(rows, out)
 
 
 if __name__ == "__main__":

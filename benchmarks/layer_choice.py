@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from kd_variants import linear_mix_reference
+from kd_variants import linear_mix_reference, write_table
 
 import pyterrier_marginkd as mkd
 from pyterrier_marginkd._hf import layer_list
@@ -70,10 +70,7 @@ def main() -> None:
                "seconds": time.time() - started}
         print(json.dumps(row), flush=True)
         rows.append(row)
-    table = pd.DataFrame(rows)
-    table.to_csv(out / "results.csv", index=False)
-    (out / "results.md").write_text(table.to_markdown(index=False, floatfmt=".4g") + "\n")
-    print(table.to_string(index=False))
+    write_table(rows, out)
 
 
 if __name__ == "__main__":

@@ -199,6 +199,14 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_report(report: dict, text: str, output: str) -> None:
+    """Write ``report`` to OUTPUT.json and its Markdown ``text`` to OUTPUT.md."""
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_name(out.name + ".json").write_text(json.dumps(report, indent=1))
+    out.with_name(out.name + ".md").write_text(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--architectures", nargs="+", choices=ARCHITECTURES, default=list(ARCHITECTURES))
@@ -250,10 +258,7 @@ def main() -> None:
     text = markdown(report)
     print(text)
     if args.output:
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_name(out.name + ".json").write_text(json.dumps(report, indent=1))
-        out.with_name(out.name + ".md").write_text(text)
+        write_report(report, text, args.output)
 
 
 if __name__ == "__main__":

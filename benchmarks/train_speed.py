@@ -34,7 +34,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import cpu_name, load_average  # noqa: E402
-from train_memory import _status_mib, reset_peak  # noqa: E402
+from train_memory import _status_mib, reset_peak, write_report  # noqa: E402
 
 SYSTEMS = ("ours", "st")
 
@@ -273,10 +273,7 @@ def main() -> None:
     text = markdown(report) if set(SYSTEMS) <= set(args.systems) else json.dumps(summary, indent=1)
     print(text)
     if args.output:
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_name(out.name + ".json").write_text(json.dumps(report, indent=1))
-        out.with_name(out.name + ".md").write_text(text)
+        write_report(report, text, args.output)
 
 
 if __name__ == "__main__":
