@@ -24,7 +24,7 @@ import torch
 from ir_measures import RR, nDCG
 
 import pyterrier_marginkd as mkd
-from pyterrier_marginkd.cli import default_model, load_reranker
+from pyterrier_marginkd.models.io import default_model, load_reranker
 
 ARCHITECTURES = ("dot", "colbert", "pretts", "tk")
 

@@ -23,10 +23,11 @@ import torch
 from safetensors.torch import load_model
 
 import pyterrier_marginkd as mkd
-from pyterrier_marginkd._hf import layer_list
-from pyterrier_marginkd.distill import evaluate_ndcg10
-from pyterrier_marginkd.ensemble import normalize_scores
-from pyterrier_marginkd.quickstart import FAST, FUSION_FILE, load_scorer
+from pyterrier_marginkd.data.evaluation import evaluate_ndcg10
+from pyterrier_marginkd.models.ensemble import normalize_scores
+from pyterrier_marginkd.models.hf import layer_list
+from pyterrier_marginkd.models.io import load_scorer
+from pyterrier_marginkd.quickstart import FAST, FUSION_FILE
 
 LOSSES = {"marginmse": lambda: mkd.losses.MarginMSE(), "kl": lambda: mkd.losses.KLDiv(normalize="zscore"),
           "mse": lambda: mkd.losses.MSE()}

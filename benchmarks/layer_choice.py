@@ -21,9 +21,10 @@ import pandas as pd
 from kd_variants import linear_mix_reference, write_table
 
 import pyterrier_marginkd as mkd
-from pyterrier_marginkd._hf import layer_list
-from pyterrier_marginkd.distill import evaluate_ndcg10
-from pyterrier_marginkd.quickstart import FAST, load_scorer
+from pyterrier_marginkd.data.evaluation import evaluate_ndcg10
+from pyterrier_marginkd.models.hf import layer_list
+from pyterrier_marginkd.models.io import load_scorer
+from pyterrier_marginkd.quickstart import FAST
 
 
 def main() -> None:

@@ -28,8 +28,8 @@ import pandas as pd
 import torch
 
 import pyterrier_marginkd as mkd
-from pyterrier_marginkd.cli import default_model, load_reranker
-from pyterrier_marginkd.distill import evaluate_ndcg10
+from pyterrier_marginkd.data.evaluation import evaluate_ndcg10
+from pyterrier_marginkd.models.io import default_model, load_reranker
 
 
 def split_topics(data: mkd.Collection, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:

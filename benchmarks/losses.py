@@ -31,7 +31,7 @@ from ir_measures import RR, nDCG
 
 import pyterrier_marginkd as mkd
 from pyterrier_marginkd import losses
-from pyterrier_marginkd.cli import default_model, load_reranker
+from pyterrier_marginkd.models.io import default_model, load_reranker
 
 
 def conditions(cprd_k: int) -> dict[str, tuple[losses.RankingLoss, bool]]:

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pyterrier_marginkd.scorefiles import ScoreFile, format_line
+from pyterrier_marginkd.data.scorefiles import ScoreFile, format_line
 
 
 def rss_mb() -> float:

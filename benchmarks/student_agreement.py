@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 import pyterrier_marginkd as mkd
-from pyterrier_marginkd.distill import evaluate_ndcg10
+from pyterrier_marginkd.data.evaluation import evaluate_ndcg10
 
 
 def agreement(student: pd.DataFrame, teacher: pd.DataFrame) -> float:

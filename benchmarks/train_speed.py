@@ -92,7 +92,7 @@ def train_ours(folder: Path, groups: list[dict[str, Any]], args: argparse.Namesp
     """Margin-MSE with our Distiller, from a teacher-score file (one negative) or the groups in memory."""
     import pyterrier_marginkd as mkd
     from pyterrier_marginkd.data import Group
-    from pyterrier_marginkd.scorefiles import format_line
+    from pyterrier_marginkd.data.scorefiles import format_line
 
     student = mkd.CrossEncoder.from_pretrained(folder, max_length=args.max_length)
     distiller = mkd.Distiller(student, loss=mkd.losses.MarginMSE(), batch_size=args.batch_size,

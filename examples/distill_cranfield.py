@@ -24,7 +24,7 @@ import torch
 from ir_measures import AP, RR, nDCG
 
 import pyterrier_marginkd as mkd
-from pyterrier_marginkd.cli import default_model
+from pyterrier_marginkd.models.io import default_model
 
 
 def train(name: str, output: Path, student, teacher, loss, fit_args, **settings) -> mkd.CrossEncoder:

@@ -2,7 +2,8 @@
 
 The public names are imported on first use (PEP 562), so that ``import pyterrier_marginkd`` (which PyTerrier does at
 start-up through its ``pyterrier.modules`` entry point) and ``marginkd --help`` import neither torch nor PyTerrier.
-Submodules are attributes as usual (``pyterrier_marginkd.losses``, ``pyterrier_marginkd.collection.Collection``);
+Submodules are attributes as usual (``pyterrier_marginkd.losses``, ``pyterrier_marginkd.data.collection.Collection``;
+the modules of release 0.1.0 that moved into subpackages too, e.g. ``pyterrier_marginkd.collection``);
 ``pyterrier_marginkd.report`` is the function :func:`pyterrier_marginkd.report.report`.
 """
 from __future__ import annotations
@@ -17,29 +18,47 @@ __version__ = "0.1.0"
 
 #: public name -> submodule that defines it (a name equal to its submodule's is the submodule itself, except report)
 _EXPORTS = {
-    "TK": "tk",
-    "Cascade": "cascade",
-    "ColBERT": "colbert",
-    "Collection": "collection",
-    "CrossEncoder": "cross_encoder",
-    "Distiller": "distill",
-    "DocPairs": "docpairs",
-    "DotEncoder": "dot",
-    "Ensemble": "ensemble",
-    "FirstStageScore": "ensemble",
-    "PreTT": "pretts",
-    "ScoreFile": "scorefiles",
-    "clean_query": "collection",
-    "default_model": "cli",
-    "load": "io",
+    "TK": "models.tk",
+    "Cascade": "models.cascade",
+    "ColBERT": "models.colbert",
+    "Collection": "data.collection",
+    "CrossEncoder": "models.cross_encoder",
+    "Distiller": "training.distiller",
+    "DocPairs": "data.docpairs",
+    "DotEncoder": "models.dot",
+    "Ensemble": "models.ensemble",
+    "FirstStageScore": "models.ensemble",
+    "PreTT": "models.pretts",
+    "ScoreFile": "data.scorefiles",
+    "clean_query": "data.collection",
+    "default_model": "models.io",
+    "load": "models.io",
     "losses": None,
-    "normalize_scores": "ensemble",
-    "pseudo_qrels": "pseudo",
-    "pseudo_queries": "pseudo",
-    "read_score_file": "scorefiles",
+    "normalize_scores": "models.ensemble",
+    "pseudo_qrels": "data.pseudo",
+    "pseudo_queries": "data.pseudo",
+    "read_score_file": "data.scorefiles",
     "report": "report",
-    "spread_layers": "_hf",
-    "write_score_file": "scorefiles",
+    "spread_layers": "models.hf",
+    "write_score_file": "data.scorefiles",
+}
+
+#: modules of release 0.1.0 that now live in a subpackage: still attributes of the package (``mkd.io.load``,
+#: ``mkd.collection.Collection``); import them from their new place (``pyterrier_marginkd.models.io``)
+_MOVED = {
+    "cascade": "models.cascade",
+    "colbert": "models.colbert",
+    "collection": "data.collection",
+    "cross_encoder": "models.cross_encoder",
+    "distill": "training.distiller",
+    "docpairs": "data.docpairs",
+    "dot": "models.dot",
+    "ensemble": "models.ensemble",
+    "io": "models.io",
+    "pretts": "models.pretts",
+    "pseudo": "data.pseudo",
+    "scorefiles": "data.scorefiles",
+    "tk": "models.tk",
 }
 
 __all__ = [
@@ -70,28 +89,29 @@ __all__ = [
 
 if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from pyterrier_marginkd import losses
-    from pyterrier_marginkd._hf import spread_layers
-    from pyterrier_marginkd.cascade import Cascade
-    from pyterrier_marginkd.cli import default_model
-    from pyterrier_marginkd.colbert import ColBERT
-    from pyterrier_marginkd.collection import Collection, clean_query
-    from pyterrier_marginkd.cross_encoder import CrossEncoder
-    from pyterrier_marginkd.distill import Distiller
-    from pyterrier_marginkd.docpairs import DocPairs
-    from pyterrier_marginkd.dot import DotEncoder
-    from pyterrier_marginkd.ensemble import Ensemble, FirstStageScore, normalize_scores
-    from pyterrier_marginkd.io import load
-    from pyterrier_marginkd.pretts import PreTT
-    from pyterrier_marginkd.pseudo import pseudo_qrels, pseudo_queries
+    from pyterrier_marginkd.data.collection import Collection, clean_query
+    from pyterrier_marginkd.data.docpairs import DocPairs
+    from pyterrier_marginkd.data.pseudo import pseudo_qrels, pseudo_queries
+    from pyterrier_marginkd.data.scorefiles import ScoreFile, read_score_file, write_score_file
+    from pyterrier_marginkd.models.cascade import Cascade
+    from pyterrier_marginkd.models.colbert import ColBERT
+    from pyterrier_marginkd.models.cross_encoder import CrossEncoder
+    from pyterrier_marginkd.models.dot import DotEncoder
+    from pyterrier_marginkd.models.ensemble import Ensemble, FirstStageScore, normalize_scores
+    from pyterrier_marginkd.models.hf import spread_layers
+    from pyterrier_marginkd.models.io import default_model, load
+    from pyterrier_marginkd.models.pretts import PreTT
+    from pyterrier_marginkd.models.tk import TK
     from pyterrier_marginkd.report import report
-    from pyterrier_marginkd.scorefiles import ScoreFile, read_score_file, write_score_file
-    from pyterrier_marginkd.tk import TK
+    from pyterrier_marginkd.training.distiller import Distiller
 
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         module = importlib.import_module(f"{__name__}.{_EXPORTS[name] or name}")
         value = module if _EXPORTS[name] is None else getattr(module, name)
+    elif name in _MOVED:
+        value = importlib.import_module(f"{__name__}.{_MOVED[name]}")
     elif not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
         value = importlib.import_module(f"{__name__}.{name}")  # a submodule, e.g. pyterrier_marginkd.data
     else:

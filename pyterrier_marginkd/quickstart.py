@@ -17,17 +17,15 @@ import torch
 from transformers import AutoConfig
 
 from pyterrier_marginkd import losses
-from pyterrier_marginkd._hf import sentence_transformers_settings, spread_layers
-from pyterrier_marginkd._scorer import NeuralScorer
-from pyterrier_marginkd.collection import Collection
-from pyterrier_marginkd.cross_encoder import CrossEncoder
-from pyterrier_marginkd.distill import Distiller
-from pyterrier_marginkd.dot import DotEncoder
-from pyterrier_marginkd.ensemble import Ensemble, FirstStageScore
-from pyterrier_marginkd.io import load, read_config
-from pyterrier_marginkd.pseudo import pseudo_queries
+from pyterrier_marginkd.data.collection import Collection
+from pyterrier_marginkd.data.pseudo import pseudo_queries
+from pyterrier_marginkd.models.dot import DotEncoder
+from pyterrier_marginkd.models.ensemble import Ensemble, FirstStageScore
+from pyterrier_marginkd.models.hf import spread_layers
+from pyterrier_marginkd.models.identity import describe
+from pyterrier_marginkd.models.io import default_model, load, load_scorer
 from pyterrier_marginkd.report import TABLE_FILE, report
-from pyterrier_marginkd.teacher import describe
+from pyterrier_marginkd.training.distiller import Distiller
 
 #: an ir_datasets collection with train and test topics and qrels (downloaded on first use)
 DEFAULT_DATA = "irds:beir/scifact"
@@ -76,18 +74,6 @@ FAST = Recipe(train_queries=None, test_queries=None, k=50, max_length=256, pseud
 FULL = dataclasses.replace(FAST, pseudo_queries=3000, student_steps=1200)
 
 
-def load_scorer(name: str | os.PathLike, *, bi_encoder_kwargs: dict | None = None, **kwargs: Any) -> NeuralScorer:
-    """A scorer from a name: a folder saved by pyterrier-marginkd (any architecture), a sentence-transformers
-    bi-encoder (id or folder: a ``DotEncoder`` scoring as sentence-transformers does, with ``bi_encoder_kwargs``
-    too), else a Hugging Face sequence-classification checkpoint (a ``CrossEncoder``: MS MARCO cross-encoders, bge
-    rerankers, monoBERT)."""
-    if Path(name).is_dir() and read_config(name) is not None:
-        return load(name, **kwargs)
-    if sentence_transformers_settings(name):
-        return DotEncoder.from_pretrained(name, **(bi_encoder_kwargs or {}), **kwargs)
-    return CrossEncoder.from_pretrained(name, **kwargs)
-
-
 def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike = DEFAULT_OUTPUT, *,
                model: str | None = None, teacher: str | Sequence[str] | None = None,
                student_layers: Sequence[int] = (2, 4), fast: bool = False, recipe: Recipe | None = None,
@@ -104,8 +90,6 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     smallest size, RankNet on the train labels) is the baseline. Everything lands in ``output``; a later run reuses the
     index, the fusion weights, the teacher cache and every trained student.
     """
-    from pyterrier_marginkd.cli import default_model  # the model default lives with the CLI (no heavy imports there)
-
     started = time.time()
     recipe = recipe or Recipe.preset(fast)
     layers = sorted({int(k) for k in student_layers})

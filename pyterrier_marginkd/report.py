@@ -14,7 +14,7 @@ import pandas as pd
 import pyterrier as pt
 from ir_measures import AP, RR, nDCG
 
-from pyterrier_marginkd._scorer import NeuralScorer
+from pyterrier_marginkd.models.base import NeuralScorer
 
 #: measures of a report unless others are given; the first one is plotted against mean response time
 DEFAULT_MEASURES = (nDCG @ 10, RR @ 10, AP @ 100)

@@ -17,7 +17,8 @@ from conftest import CountingTeacher
 from safetensors.torch import load_file, save_file
 
 import pyterrier_marginkd as mkd
-from pyterrier_marginkd.distill import STATE_FILE
+from pyterrier_marginkd import _files
+from pyterrier_marginkd.training.checkpoints import STATE_FILE
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 
@@ -217,7 +218,7 @@ def test_saved_folders_follow_the_umask(umask, tmp_path, mask, dir_mode, file_mo
     umask(mask)
     target = tmp_path / "model"
     for _ in range(2):  # a new folder, then one replacing it
-        with mkd.io.atomic_dir(target) as tmp:
+        with _files.atomic_dir(target) as tmp:
             (tmp / "plain.json").write_text("{}")
             fd, private = tempfile.mkstemp(dir=tmp)  # what writers that rename a temporary file leave: 0600
             os.close(fd)

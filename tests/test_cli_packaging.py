@@ -29,7 +29,7 @@ def _name(requirement: str) -> str:
 
 
 def test_library_dependencies_are_ranges_and_all_used(project):
-    sources = "\n".join(p.read_text() for p in (PROJECT / "pyterrier_marginkd").glob("*.py"))
+    sources = "\n".join(p.read_text() for p in (PROJECT / "pyterrier_marginkd").rglob("*.py"))
     for requirement in project["dependencies"]:
         assert "==" not in requirement, f"{requirement!r}: a library gives a range, not a pin"
         name = _name(requirement)

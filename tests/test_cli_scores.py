@@ -9,7 +9,8 @@ from ir_datasets.formats import TsvDocPairs, TsvDocs, TsvQueries
 from ir_datasets.util import LocalDownload
 
 import pyterrier_marginkd as mkd
-from pyterrier_marginkd import cli, distill
+from pyterrier_marginkd import cli
+from pyterrier_marginkd.training import distiller as distill
 
 DATASET = "marginkd-test/raw-query-pairs"
 

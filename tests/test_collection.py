@@ -115,7 +115,7 @@ def test_an_index_without_the_completion_marker_is_rebuilt(cranfield, tmp_path, 
     partial = PisaIndex(str(tmp_path / "cranfield.pisa"), stemmer="porter2")
     partial.indexer(text_field="text").index({"docno": d["docno"], "text": d["text"]}
                                              for _, d in zip(range(20), cranfield.docs_iter()))
-    with caplog.at_level("WARNING", logger="pyterrier_marginkd.collection"):
+    with caplog.at_level("WARNING", logger="pyterrier_marginkd.data.collection"):
         bm25 = cranfield.bm25(tmp_path / "cranfield.pisa", num_results=50)
     assert "has no marginkd_complete.json: it is an incomplete index" in caplog.text
     res = bm25(cranfield.topics("test").head(5))

@@ -193,7 +193,7 @@ def test_distiller_is_a_pyterrier_transformer():
 
 def test_fits_sharing_a_teacher_cache_at_once_do_not_crash(small_results, tmp_path):
     """Two processes with one cache_dir: the other one stores some pairs between our lookup and our insert."""
-    from pyterrier_marginkd.teacher import TeacherScores
+    from pyterrier_marginkd.training.teacher_cache import TeacherScores
 
     pairs = small_results[["qid", "query", "docno", "text"]]
     other = TeacherScores(CountingTeacher(), tmp_path, teacher_id="shared")

@@ -17,13 +17,14 @@ from safetensors.torch import load_file
 
 import pyterrier_marginkd as mkd
 from pyterrier_marginkd import cli
-from pyterrier_marginkd._distributed import Distributed
+from pyterrier_marginkd.training.distributed import Distributed
 
 # runs the real CLI, then writes a hash of this rank's trained weights
 DRIVER = textwrap.dedent("""
     import hashlib, os, sys
     from pathlib import Path
-    from pyterrier_marginkd import cli, distill
+    from pyterrier_marginkd import cli
+    from pyterrier_marginkd.training import distiller as distill
 
     train_examples = distill.Distiller.train_examples
 

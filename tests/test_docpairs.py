@@ -11,7 +11,7 @@ from ir_datasets.util import LocalDownload
 
 import pyterrier_marginkd as mkd
 from pyterrier_marginkd import losses
-from pyterrier_marginkd._stream import DocTexts
+from pyterrier_marginkd.data.stream import DocTexts
 
 
 def one_line(text: str) -> str:

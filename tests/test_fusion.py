@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import pyterrier_marginkd as mkd
-from pyterrier_marginkd.ensemble import FirstStageScore, normalize_scores
-from pyterrier_marginkd.teacher import teacher_key
+from pyterrier_marginkd.models.ensemble import FirstStageScore, normalize_scores
+from pyterrier_marginkd.training.teacher_cache import teacher_key
 
 
 def frame_with_scores() -> pd.DataFrame:

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import pyterrier_marginkd as mkd
-from pyterrier_marginkd.scorefiles import format_line, read_score_file
+from pyterrier_marginkd.data.scorefiles import format_line, read_score_file
 
 #: CI runs the same 25 examples per test; MARGINKD_FUZZ_EXAMPLES=500 explores that many fresh random ones instead
 DEEP = int(os.environ.get("MARGINKD_FUZZ_EXAMPLES", "0"))

@@ -7,8 +7,8 @@ import torch
 from conftest import CountingTeacher
 
 import pyterrier_marginkd as mkd
-from pyterrier_marginkd._hf import layer_list
-from pyterrier_marginkd._training import checkpointable_models
+from pyterrier_marginkd.models.hf import layer_list
+from pyterrier_marginkd.training.checkpoints import checkpointable_models
 
 STUDENTS = {
     "CrossEncoder": lambda path: mkd.CrossEncoder.from_pretrained(path, max_length=48),

@@ -9,7 +9,7 @@ import torch
 
 import pyterrier_marginkd as mkd
 from pyterrier_marginkd import losses
-from pyterrier_marginkd.intermediate import scores_with_layer_loss
+from pyterrier_marginkd.training.layer_distillation import scores_with_layer_loss
 
 
 def config(layers: int, width: int, heads: int = 2) -> SimpleNamespace:
@@ -124,7 +124,7 @@ def test_layer_loss_scores_read_a_two_logit_head_as_the_model_does(tmp_path, min
     student (monoBERT style) must be scored logit[1] - logit[0] there too, not by its first logit."""
     from test_issue18_two_logit import _classifier_dir
 
-    from pyterrier_marginkd.intermediate import check_models
+    from pyterrier_marginkd.training.layer_distillation import check_models
 
     student = mkd.CrossEncoder.from_pretrained(_classifier_dir(tmp_path / "s", minilm_dir, 2, seed=1), max_length=64)
     teacher = mkd.CrossEncoder.from_pretrained(_classifier_dir(tmp_path / "t", minilm_dir, 2, seed=2), max_length=64)

@@ -7,7 +7,7 @@ import pytest
 from conftest import CountingTeacher, make
 
 import pyterrier_marginkd as mkd
-from pyterrier_marginkd.distill import STATE_FILE
+from pyterrier_marginkd.training.checkpoints import STATE_FILE
 
 
 @pytest.fixture()

@@ -7,7 +7,8 @@ import pytest
 from conftest import CountingTeacher
 
 import pyterrier_marginkd as mkd
-from pyterrier_marginkd import distill, losses
+from pyterrier_marginkd import losses
+from pyterrier_marginkd.training import distiller as distill
 
 
 @pytest.mark.parametrize(("name", "expected"), [

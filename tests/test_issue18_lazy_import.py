@@ -30,7 +30,7 @@ def test_every_public_name_resolves_and_all_is_complete():
     assert sorted(mkd.__all__) == sorted(mkd._EXPORTS)
     for name in mkd.__all__:
         assert getattr(mkd, name) is not None, name
-    from pyterrier_marginkd.ensemble import FirstStageScore, normalize_scores
+    from pyterrier_marginkd.models.ensemble import FirstStageScore, normalize_scores
 
     assert mkd.FirstStageScore is FirstStageScore and mkd.normalize_scores is normalize_scores
     assert isinstance(mkd.losses, types.ModuleType) and mkd.losses.MarginMSE

@@ -19,8 +19,8 @@ import torch
 from conftest import PROJECT, CountingTeacher, save_kill_test_models
 from safetensors.torch import load_file
 
-import pyterrier_marginkd as mkd
-from pyterrier_marginkd.teacher import TeacherScores, teacher_key
+from pyterrier_marginkd import _files
+from pyterrier_marginkd.training.teacher_cache import TeacherScores, teacher_key
 
 
 @pytest.fixture(scope="module")
@@ -162,12 +162,12 @@ def test_kill_between_the_two_renames_keeps_the_old_checkpoint(tmp_path):
     (tmp_path / ".checkpoint.old-999999999" / "step.txt").write_text("6")
     (tmp_path / ".checkpoint.tmp-999999999-x1").mkdir()
     (tmp_path / ".checkpoint.tmp-999999999-x1" / "step.txt").write_text("8, maybe incomplete")
-    mkd.io.recover_dir(target)
+    _files.recover_dir(target)
     assert (target / "step.txt").read_text() == "6"
     assert leftovers(tmp_path) == []
     alive = tmp_path / f".checkpoint.tmp-{os.getpid()}-x2"  # a write in progress elsewhere is left alone
     alive.mkdir()
-    mkd.io.recover_dir(target)
+    _files.recover_dir(target)
     assert alive.exists()
 
 

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 import pyterrier_marginkd as mkd
 from pyterrier_marginkd.data import Group
-from pyterrier_marginkd.teacher import TeacherScores
+from pyterrier_marginkd.training.teacher_cache import TeacherScores
 
 BATCH_SIZE = 2
 PREFETCH_STEPS = 16  # Distiller._batches scores the teacher pairs of 16 steps at a time
@@ -37,7 +37,7 @@ from pathlib import Path
 import pandas as pd, pyterrier as pt, torch
 import pyterrier_marginkd as mkd
 from pyterrier_marginkd.data import Group
-from pyterrier_marginkd.teacher import TeacherScores
+from pyterrier_marginkd.training.teacher_cache import TeacherScores
 
 data, student, teacher_dir, output = sys.argv[1:5]
 hold = os.environ.get("MKD_HOLD")
@@ -246,7 +246,8 @@ def test_score_teacher_gives_a_teacher_without_a_score_head_the_same_new_head_fo
                                                                                         monkeypatch):
     """`marginkd score-teacher --teacher <plain encoder>` makes a new random score head: --seed fixes it, so that a
     score file resumed by a second run is scored by the same model."""
-    from pyterrier_marginkd import cli, docpairs
+    from pyterrier_marginkd import cli
+    from pyterrier_marginkd.data import docpairs
 
     heads = []
     real_load = cli.load_reranker

@@ -7,8 +7,8 @@ import torch
 from conftest import tiny_encoder_folder
 
 import pyterrier_marginkd as mkd
-from pyterrier_marginkd._hf import layer_list
 from pyterrier_marginkd.cli import _layers
+from pyterrier_marginkd.models.hf import layer_list
 
 
 def test_spread_layers_keeps_both_ends():

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import pyterrier_marginkd as mkd
-from pyterrier_marginkd._quantize import is_quantized
-from pyterrier_marginkd.teacher import describe
+from pyterrier_marginkd.models.identity import describe
+from pyterrier_marginkd.models.quantize import is_quantized
 
 #: tiny models of every architecture, each built the same way every time (new heads are random)
 BUILDERS = {

@@ -22,6 +22,7 @@ from conftest import tiny_encoder_folder
 
 import pyterrier_marginkd as mkd
 from pyterrier_marginkd import cli
+from pyterrier_marginkd.models import io
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 #: hub organisations whose quoted ids in snippets stand for the tiny model
@@ -103,9 +104,9 @@ def test_skipped_snippet(snippet):
 
 
 def test_marginkd_model_overrides_the_default_model(monkeypatch, tmp_path):
-    monkeypatch.delenv(cli.MODEL_ENV, raising=False)
+    monkeypatch.delenv(io.MODEL_ENV, raising=False)
     assert mkd.default_model() == cli.default_model() != str(tmp_path)
-    monkeypatch.setenv(cli.MODEL_ENV, str(tmp_path))
+    monkeypatch.setenv(io.MODEL_ENV, str(tmp_path))
     assert mkd.default_model() == str(tmp_path)
     assert cli.build_parser().parse_args(["train", "--output", "x"]).student == str(tmp_path)
 
@@ -122,7 +123,7 @@ def test_readme_snippets_run_in_order(cranfield, tiny_bert_dir, tmp_path, monkey
     project.mkdir()
     tiny_cranfield(cranfield.path, tmp_path / "shared" / "data" / "cranfield")
     monkeypatch.chdir(project)
-    monkeypatch.setenv(cli.MODEL_ENV, str(tiny_bert_dir))
+    monkeypatch.setenv(io.MODEL_ENV, str(tiny_bert_dir))
     init = mkd.Distiller.__init__
 
     def few_steps(self, *args, **kwargs):

@@ -8,13 +8,7 @@ from conftest import CountingTeacher, overlap_score
 
 import pyterrier_marginkd as mkd
 from pyterrier_marginkd import losses
-from pyterrier_marginkd.scorefiles import (
-    complete_lines,
-    count_lines,
-    examples_triples,
-    format_line,
-    parse_line,
-)
+from pyterrier_marginkd.data.scorefiles import complete_lines, count_lines, examples_triples, format_line, parse_line
 
 
 @pytest.fixture(scope="module")

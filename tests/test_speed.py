@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyterrier_marginkd._hf import lean_inference
+from pyterrier_marginkd.models.hf import lean_inference
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
 

@@ -10,9 +10,17 @@ from typing import Any, Sequence
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from pyterrier_marginkd import io
-from pyterrier_marginkd._hf import TOKENIZER_FILES, TextTokenizer, lean_inference, load_hf_model, pad, truncate_layers
-from pyterrier_marginkd._scorer import NeuralScorer
+from pyterrier_marginkd import _files
+from pyterrier_marginkd.models import io
+from pyterrier_marginkd.models.base import NeuralScorer
+from pyterrier_marginkd.models.hf import (
+    TOKENIZER_FILES,
+    TextTokenizer,
+    lean_inference,
+    load_hf_model,
+    pad,
+    truncate_layers,
+)
 
 
 class CrossEncoder(NeuralScorer):
@@ -85,7 +93,7 @@ class CrossEncoder(NeuralScorer):
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write a folder that ``CrossEncoder.from_pretrained``, ``pyterrier_marginkd.load``, transformers and
         sentence-transformers all load to identical scores (written atomically: all or nothing)."""
-        with io.atomic_dir(path) as tmp, self._fp32_model():
+        with _files.atomic_dir(path) as tmp, self._fp32_model():
             self.model.config.sentence_transformers = {"activation_fn": "torch.nn.modules.linear.Identity"}
             self.model.save_pretrained(tmp, safe_serialization=True)
             # sentence-transformers (>= 5) truncates a plain Hugging Face folder at the tokenizer's model_max_length

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pyterrier as pt
 
-from pyterrier_marginkd._scorer import add_scores, check_id_columns
+from pyterrier_marginkd.data.frames import add_scores, check_id_columns
 
 #: per-query normalisations of member scores before they are weighted and summed
 NORMALIZATIONS = ("zscore", "minmax", None)
@@ -192,7 +192,7 @@ class Ensemble(pt.Estimator):
         import ir_measures
         from ir_measures import nDCG
 
-        from pyterrier_marginkd.data import validate_qrels
+        from pyterrier_marginkd.data.groups import validate_qrels
 
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
@@ -238,7 +238,7 @@ class Ensemble(pt.Estimator):
                            "best_weights": [float(w) for w in best[2]], "best_ndcg@10": float(best[0].mean()),
                            "weightings_tried": len(candidates), "queries": len(judged), "normalize": self.normalize}
         if va_results is not None and va_qrels is not None:
-            from pyterrier_marginkd._training import evaluate_ndcg10
+            from pyterrier_marginkd.data.evaluation import evaluate_ndcg10
 
             self.fit_report["validation_ndcg@10"] = evaluate_ndcg10(self.transform(va_results),
                                                                     validate_qrels(va_qrels))

@@ -1,7 +1,6 @@
 """The base shared by every neural re-ranker: validation, length-sorted batching, inference mode, progress."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -10,8 +9,9 @@ import pandas as pd
 import pyterrier as pt
 import torch
 
-from pyterrier_marginkd import io
-from pyterrier_marginkd._quantize import (
+from pyterrier_marginkd.data.frames import add_scores, check_id_columns, check_text_column, validate_results
+from pyterrier_marginkd.models import io
+from pyterrier_marginkd.models.quantize import (
     QUANTIZATIONS,
     check_quantize,
     dequantized,
@@ -20,8 +20,6 @@ from pyterrier_marginkd._quantize import (
     quantize_int8,
 )
 
-RESULT_COLUMNS = ["qid", "query", "docno"]
-
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """The torch device to use: the one asked for, else CUDA when available, else the CPU."""
@@ -29,77 +27,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
-
-def check_text_column(inp: pd.DataFrame, column: str) -> None:
-    """Raise a ValueError naming the first row whose ``column`` is not a string (NaN, None, bytes, numbers)."""
-    values = inp[column]
-    is_str = values.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool)
-    if not is_str.all():
-        pos = int(np.flatnonzero(~is_str)[0])
-        row = inp.iloc[pos]
-        bad = values.iloc[pos]
-        missing = bad is None or (isinstance(bad, float) and math.isnan(bad))
-        what = "missing (NaN/None)" if missing else type(bad).__name__
-        raise ValueError(
-            f"column {column!r} must hold strings, but row {pos} (qid={row.get('qid')!r}, docno={row.get('docno')!r}) "
-            f"is {what}: {bad!r}. Fill or drop such rows before scoring.")
-
-
-def check_id_columns(inp: pd.DataFrame, columns: Sequence[str] = ("qid", "docno")) -> None:
-    """Raise a ValueError naming the first row whose identifier (``qid``, ``docno``) is missing (None/NaN) or is
-    bytes that are not UTF-8 (ids are compared as strings, ``str(1) == "1"``, bytes decoded as UTF-8).
-
-    Identifiers of any type (str, int, bytes...) are otherwise kept as they are; a re-ranker ranks per ``qid`` value.
-    """
-    for column in columns:
-        values = inp[column]
-        bad = values.isna().to_numpy(dtype=bool)
-        what = "missing (None/NaN)"
-        if not bad.any() and values.dtype == object:
-            bad = values.map(lambda v: isinstance(v, bytes) and not _is_utf8(v)).to_numpy(dtype=bool)
-            what = "bytes that are not UTF-8"
-        if bad.any():
-            pos = int(np.flatnonzero(bad)[0])
-            row = inp.iloc[pos]
-            raise ValueError(f"column {column!r} is {what} in {int(bad.sum())} row(s), e.g. row {pos} "
-                             f"(qid={row.get('qid')!r}, docno={row.get('docno')!r}); every row needs a qid and a "
-                             "docno")
-
-
-def _is_utf8(value: bytes) -> bool:
-    try:
-        value.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def validate_results(inp: pd.DataFrame, text_field: str, context: pt.Transformer | None = None) -> None:
-    """Check that ``inp`` is a result frame with query and text, naming what is missing and how to add it."""
-    if not isinstance(inp, pd.DataFrame):
-        raise TypeError(f"expected a pandas DataFrame of results, got {type(inp).__name__}")
-    try:
-        pt.validate.result_frame(inp, extra_columns=["query", text_field])
-    except pt.validate.InputValidationError as err:
-        missing = [c for c in RESULT_COLUMNS + [text_field] if c not in inp.columns]
-        hint = ""
-        if text_field in missing:
-            hint = (f" Add the document text first, e.g. `retriever >> pt.text.get_text(dataset, {text_field!r}) >> "
-                    f"reranker` (or pyterrier_marginkd.Collection(...).get_text()).")
-        if "query" in missing:
-            hint += " The query text comes from the topics frame (columns qid, query)."
-        name = repr(context) if context is not None else "input"
-        raise pt.validate.InputValidationError(
-            f"{name} is missing column(s) {missing}; found {list(inp.columns)}.{hint}", err.modes) from None
-
-
-def add_scores(inp: pd.DataFrame, scores: np.ndarray) -> pd.DataFrame:
-    """Return ``inp`` (other columns untouched) with a fresh ``score`` column and PyTerrier ranks."""
-    out = inp.drop(columns=["score", "rank"], errors="ignore").assign(score=np.asarray(scores, dtype=np.float64))
-    if len(out) == 0:
-        return out.assign(rank=pd.Series(dtype="int64"))
-    out["rank"] = 0
-    return pt.model.add_ranks(out)
 
 
 class NeuralScorer(pt.Transformer):

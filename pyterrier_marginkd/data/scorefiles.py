@@ -17,11 +17,11 @@ from typing import Any, Iterable, Iterator
 import pandas as pd
 import pyterrier as pt
 
-from pyterrier_marginkd._hf import valid_unicode
-from pyterrier_marginkd._stream import DocTexts, chunked, query_texts, shuffled
-from pyterrier_marginkd.data import Group, TrainingExamples
-from pyterrier_marginkd.docpairs import DocPairs
-from pyterrier_marginkd.teacher import CheckedTeacher
+from pyterrier_marginkd.data.docpairs import DocPairs
+from pyterrier_marginkd.data.frames import valid_unicode
+from pyterrier_marginkd.data.groups import Group, TrainingExamples
+from pyterrier_marginkd.data.stream import DocTexts, chunked, query_texts, shuffled
+from pyterrier_marginkd.data.teacher_check import CheckedTeacher
 
 FORMATS = ("ids", "text")
 _NEWLINES_AND_TABS = str.maketrans({"\t": " ", "\n": " ", "\r": " "})

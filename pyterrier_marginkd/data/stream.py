@@ -8,7 +8,7 @@ from typing import Any, Iterable, Iterator, Sequence, TypeVar
 
 import pandas as pd
 
-from pyterrier_marginkd.collection import Collection
+from pyterrier_marginkd.data.collection import Collection
 
 T = TypeVar("T")
 

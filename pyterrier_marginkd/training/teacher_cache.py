@@ -15,76 +15,10 @@ import pyterrier as pt
 import torch
 from pyterrier_caching import Sqlite3ScorerCache
 
-from pyterrier_marginkd._hf import valid_unicode
-
-
-class CheckedTeacher(pt.Transformer):
-    """Runs a teacher and refuses output that would corrupt training or the cache: no ``score``, lost, extra or
-    duplicated rows, NaN/inf scores (a ValueError naming the teacher, before anything is cached)."""
-
-    def __init__(self, teacher: pt.Transformer, text_field: str = "text"):
-        self.teacher = teacher
-        self.transform_inputs = [["qid", "query", "docno", text_field]]
-        self.calls = 0
-        self.pairs_scored = 0
-
-    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
-        try:
-            out = self.teacher(inp)
-        except pd.errors.IntCastingNaNError as err:  # pt.model.add_ranks inside the teacher met NaN scores
-            raise ValueError(f"the teacher {self.teacher!r} failed to rank its own scores, which are NaN/inf ({err}); "
-                             "fix the teacher (nothing was cached)") from None
-        self.calls += 1
-        self.pairs_scored += len(inp)
-        if not isinstance(out, pd.DataFrame) or "score" not in out.columns:
-            found = list(out.columns) if isinstance(out, pd.DataFrame) else type(out).__name__
-            raise ValueError(f"the teacher {self.teacher!r} must add a 'score' column, but returned {found}; "
-                             "a teacher is a scoring transformer such as a CrossEncoder or `pt.apply.doc_score(...)`")
-        keys_in = set(zip(inp["qid"].astype(str), inp["docno"].astype(str)))
-        keys_out = set(zip(out["qid"].astype(str), out["docno"].astype(str)))
-        if keys_in - keys_out:
-            lost = sorted(keys_in - keys_out)[:3]
-            raise ValueError(f"the teacher {self.teacher!r} dropped {len(keys_in - keys_out)} of the {len(inp)} "
-                             f"(qid, docno) pairs it was given, e.g. {lost}; a teacher must score every pair")
-        if len(out) != len(inp):
-            raise ValueError(f"the teacher {self.teacher!r} returned {len(out)} rows for the {len(inp)} pairs it was "
-                             "given; a teacher must score each pair exactly once (nothing was cached)")
-        scores = pd.to_numeric(out["score"], errors="coerce").to_numpy(dtype=float)
-        bad = ~np.isfinite(scores)
-        if bad.any():
-            row = out.iloc[int(np.flatnonzero(bad)[0])]
-            raise ValueError(f"the teacher {self.teacher!r} gave {int(bad.sum())} non-finite score(s) (NaN/inf), e.g. "
-                             f"{row['score']!r} for qid={row['qid']!r}, docno={row['docno']!r}; fix the teacher "
-                             "(nothing was cached)")
-        return out.assign(score=scores)
-
-    def __repr__(self) -> str:
-        return repr(self.teacher)
-
-
-def describe(teacher: pt.Transformer) -> str:
-    """What a teacher's scores depend on: for our neural models their class, settings and a digest of the weights'
-    content (a model retrained in the same folder is another teacher); for an Ensemble its members, weights and
-    normalisation; for anything else its repr."""
-    from pyterrier_marginkd._scorer import NeuralScorer
-    from pyterrier_marginkd.ensemble import Ensemble
-
-    if isinstance(teacher, CheckedTeacher):
-        return describe(teacher.teacher)
-    if isinstance(teacher, Ensemble):
-        members = ", ".join(describe(m) for m in teacher.members)
-        return f"Ensemble([{members}], weights={teacher.weights}, normalize={teacher.normalize!r})"
-    if isinstance(teacher, NeuralScorer):
-        digest = hashlib.sha256()
-        with teacher._fp32_model():  # an int8 model's weights as the fp32 ones it saves
-            for name, tensor in teacher.model.state_dict().items():
-                digest.update(name.encode())
-                digest.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=torch.uint8).numpy().tobytes())
-        settings = {k: getattr(teacher, k, None) for k in ("max_length", "text_field")}
-        if teacher.quantization is not None:  # int8 scores differ from those of the same weights in fp32
-            settings["quantize"] = teacher.quantization
-        return f"{type(teacher).__name__}:{digest.hexdigest()}:{settings}"
-    return repr(teacher)
+from pyterrier_marginkd.data.frames import valid_unicode
+from pyterrier_marginkd.data.teacher_check import CheckedTeacher
+from pyterrier_marginkd.models.ensemble import Ensemble, FirstStageScore
+from pyterrier_marginkd.models.identity import describe
 
 
 def teacher_key(teacher: pt.Transformer, teacher_id: str | None = None) -> str:
@@ -213,8 +147,6 @@ def list_teacher_scores(teacher: pt.Transformer, results: pd.DataFrame, cache_di
     ``cache_dir`` (one per member, keyed by its weights' content): each pair is scored once by each member, however
     often the candidates are fused again. Other teachers are called on the whole frame, without a cache.
     """
-    from pyterrier_marginkd.ensemble import Ensemble, FirstStageScore
-
     results = results.assign(qid=results["qid"].astype(str), docno=results["docno"].astype(str))
     results = results.drop_duplicates(["qid", "docno"]).reset_index(drop=True)
     if not isinstance(teacher, Ensemble):

@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pyterrier as pt
 
-from pyterrier_marginkd._scorer import add_scores, check_id_columns, check_text_column, validate_results
-from pyterrier_marginkd.data import Group
+from pyterrier_marginkd.data.frames import add_scores, check_id_columns, check_text_column, validate_results
+from pyterrier_marginkd.data.groups import Group
 
 AGGREGATES = ("max", "first-k")
 

@@ -10,15 +10,13 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-import ir_measures
-import pandas as pd
 import torch
-from ir_measures import nDCG
 from safetensors.torch import load_model, save_model
 from transformers import PreTrainedModel
 
-from pyterrier_marginkd import io
-from pyterrier_marginkd.data import GroupSource
+from pyterrier_marginkd import _files
+from pyterrier_marginkd.data.groups import GroupSource
+from pyterrier_marginkd.models import io
 
 #: names of the scoring-head modules that ``head_lr`` applies to (the layers a student adds on top of its encoder)
 HEAD_NAMES = frozenset({"classifier", "pooler", "projection", "score_head", "score", "mixer", "kernel_scale",
@@ -102,7 +100,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, extra: torch.nn.Module |
                     step: int, best: dict | None, fingerprint: str, history: list, validation: list,
                     elapsed: float) -> None:
     """Write weights and trainer state to ``path`` atomically (a kill leaves the previous checkpoint intact)."""
-    with io.atomic_dir(path) as tmp:
+    with _files.atomic_dir(path) as tmp:
         save_model(model, str(tmp / "model.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": torch.get_rng_state(), "cuda_rng": _cuda_rng_states(), "step": step,
@@ -137,15 +135,3 @@ def load_checkpoint(path: Path, model: torch.nn.Module, extra: torch.nn.Module |
     print(f"Distiller: resuming from the checkpoint at step {saved['step']} in {path}")
     return {"step": saved["step"], "best": json.loads(saved["best"]), "history": json.loads(saved["history"]),
             "validation": json.loads(saved["validation"]), "elapsed": float(saved.get("elapsed", 0.0))}
-
-
-def evaluate_ndcg10(run: pd.DataFrame, qrels: pd.DataFrame) -> float:
-    """Mean nDCG@10 of a result frame against qrels (queries of the run only)."""
-    qrels = qrels[qrels["qid"].astype(str).isin(set(run["qid"].astype(str)))]
-    result = ir_measures.calc_aggregate(
-        [nDCG @ 10],
-        pd.DataFrame({"query_id": qrels["qid"].astype(str), "doc_id": qrels["docno"].astype(str),
-                      "relevance": qrels["label"].astype(int)}),
-        pd.DataFrame({"query_id": run["qid"].astype(str), "doc_id": run["docno"].astype(str),
-                      "score": run["score"].astype(float)}))
-    return float(result[nDCG @ 10])

@@ -11,9 +11,10 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 from transformers import AutoModel, AutoTokenizer
 
-from pyterrier_marginkd import io
-from pyterrier_marginkd._hf import TOKENIZER_FILES, TextTokenizer
-from pyterrier_marginkd._student import Tokens, TwoSidedScorer
+from pyterrier_marginkd import _files
+from pyterrier_marginkd.models import io
+from pyterrier_marginkd.models.hf import TOKENIZER_FILES, TextTokenizer
+from pyterrier_marginkd.models.two_sided import Tokens, TwoSidedScorer
 
 #: centres of the RBF kernels over cosine similarity (exact match, then soft matches down to -0.9), as in TK/KNRM
 KERNEL_MU = (1.0, 0.9, 0.7, 0.5, 0.3, 0.1, -0.1, -0.3, -0.5, -0.7, -0.9)
@@ -128,7 +129,7 @@ class TK(TwoSidedScorer):
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write the tokenizer, the weights (safetensors) and our config (atomically: all or nothing)."""
         vocab_size, embedding_dim = self.model.embedding.weight.shape
-        with io.atomic_dir(path) as tmp, self._fp32_model():
+        with _files.atomic_dir(path) as tmp, self._fp32_model():
             self.tokenizer.save_pretrained(tmp)
             io.save_extra_weights(self.model.state_dict(), tmp)
             io.write_config(Path(tmp), self.ARCHITECTURE, {**self._settings(), "max_length": self.max_length,

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pyterrier as pt
 
-from pyterrier_marginkd import io
+from pyterrier_marginkd import _files
 
 #: split names a collection without split files still answers, by holding out part of its queries
 DERIVED_SPLITS = ("train", "test")
@@ -180,7 +180,7 @@ class Collection:
         from pyterrier_pisa import PisaIndex
 
         index_path = Path(index_path)
-        io.recover_dir(index_path)  # tidy up after a process killed while building
+        _files.recover_dir(index_path)  # tidy up after a process killed while building
         if not (index_path / INDEX_MARKER).exists():
             if index_path.exists():
                 _check_rebuildable(index_path)
@@ -197,7 +197,7 @@ class Collection:
         first = docs.peek()  # a failed download raises here, before PISA starts (it aborts on an empty input)
         if first is None:
             raise ValueError(f"{self!r} has no documents to index")
-        with io.atomic_dir(index_path) as tmp:
+        with _files.atomic_dir(index_path) as tmp:
             PisaIndex(str(tmp), stemmer="porter2", threads=threads).indexer(text_field="text").index(docs)
             docs.check()  # PISA indexes what it got when the documents stop early: refuse that index
             (tmp / INDEX_MARKER).write_text(json.dumps({"collection": self.data, "documents": docs.count}))

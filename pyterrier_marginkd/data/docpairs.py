@@ -4,8 +4,8 @@ from __future__ import annotations
 import itertools
 from typing import Any, Iterator
 
-from pyterrier_marginkd._stream import DocTexts, chunked, load_irds, query_texts, shuffled
-from pyterrier_marginkd.data import Group
+from pyterrier_marginkd.data.groups import Group
+from pyterrier_marginkd.data.stream import DocTexts, chunked, load_irds, query_texts, shuffled
 
 
 class DocPairs:

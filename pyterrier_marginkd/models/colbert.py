@@ -10,8 +10,8 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 from transformers import PreTrainedModel
 
-from pyterrier_marginkd._hf import TextTokenizer
-from pyterrier_marginkd._student import EncoderStudent, Tokens, encode, two_sided_batch
+from pyterrier_marginkd.models.hf import TextTokenizer
+from pyterrier_marginkd.models.two_sided import EncoderStudent, Tokens, encode, two_sided_batch
 
 
 class _ColBERTModel(nn.Module):

@@ -10,8 +10,8 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask
 
-from pyterrier_marginkd._hf import layer_list
-from pyterrier_marginkd._student import EncoderStudent, Tokens
+from pyterrier_marginkd.models.hf import layer_list
+from pyterrier_marginkd.models.two_sided import EncoderStudent, Tokens
 
 
 class _PreTTModel(nn.Module):

@@ -8,7 +8,7 @@ from typing import Iterable, Protocol
 import numpy as np
 import pandas as pd
 
-from pyterrier_marginkd._scorer import check_id_columns, check_text_column, validate_results
+from pyterrier_marginkd.data.frames import check_id_columns, check_text_column, validate_results
 
 NEGATIVE_SAMPLING = ("random", "top")
 

@@ -19,21 +19,10 @@ import pyterrier as pt
 import torch
 from safetensors.torch import load_model, save_model
 
-from pyterrier_marginkd import _distributed, io
-from pyterrier_marginkd._scorer import NeuralScorer
-from pyterrier_marginkd._training import (
-    STATE_FILE,
-    checkpointable_models,
-    evaluate_ndcg10,
-    gradient_checkpointing,
-    load_checkpoint,
-    param_groups,
-    release_freed_memory,
-    run_fingerprint,
-    sample_groups,
-    save_checkpoint,
-)
-from pyterrier_marginkd.data import (
+from pyterrier_marginkd import _files
+from pyterrier_marginkd.data.docpairs import DocPairs
+from pyterrier_marginkd.data.evaluation import evaluate_ndcg10
+from pyterrier_marginkd.data.groups import (
     NEGATIVE_SAMPLING,
     AnnotatedGroups,
     Group,
@@ -43,44 +32,27 @@ from pyterrier_marginkd.data import (
     validate_qrels,
     validate_training_results,
 )
-from pyterrier_marginkd.docpairs import DocPairs
-from pyterrier_marginkd.ensemble import normalize_scores
-from pyterrier_marginkd.intermediate import HiddenStateMSE, check_models, scores_with_layer_loss
-from pyterrier_marginkd.losses import LOSSES, MarginMSE, RankingLoss, by_name
-from pyterrier_marginkd.scorefiles import ScoreFile
-from pyterrier_marginkd.teacher import TeacherScores, list_teacher_scores, margin_std
+from pyterrier_marginkd.data.scorefiles import ScoreFile
+from pyterrier_marginkd.losses import RankingLoss, resolve_loss
+from pyterrier_marginkd.losses.layers import HiddenStateMSE
+from pyterrier_marginkd.models.base import NeuralScorer
+from pyterrier_marginkd.models.ensemble import normalize_scores
+from pyterrier_marginkd.training import distributed
+from pyterrier_marginkd.training.checkpoints import (
+    STATE_FILE,
+    checkpointable_models,
+    gradient_checkpointing,
+    load_checkpoint,
+    param_groups,
+    release_freed_memory,
+    run_fingerprint,
+    sample_groups,
+    save_checkpoint,
+)
+from pyterrier_marginkd.training.layer_distillation import check_models, scores_with_layer_loss
+from pyterrier_marginkd.training.teacher_cache import TeacherScores, list_teacher_scores, margin_std
 
-__all__ = ["Distiller", "STATE_FILE", "evaluate_ndcg10"]
-
-
-def _loss_names() -> dict[str, str]:
-    """Accepted spellings of each loss name (case, '-' and '_' aside; class names too) -> its name in LOSSES."""
-    names = {}
-    for name, factory in LOSSES.items():
-        for spelling in (name, factory.__name__):
-            names[spelling.lower().replace("-", "").replace("_", "")] = name
-    return names
-
-
-def _resolve_loss(loss: RankingLoss | str | None) -> RankingLoss:
-    """The Distiller's loss: a RankingLoss, or a name of :data:`losses.LOSSES` (any case; ``marginmse``, ``MarginMSE``
-    and ``margin-mse`` alike; ``a+b`` sums losses); None is Margin-MSE."""
-    if loss is None:
-        return MarginMSE()
-    if isinstance(loss, str):
-        names = _loss_names()
-        parts = [p.strip() for p in loss.split("+")]
-        resolved = [names.get(p.lower().replace("-", "").replace("_", ""), p) for p in parts]
-        return by_name("+".join(resolved))  # a ValueError naming the accepted names for an unknown one
-    if isinstance(loss, RankingLoss):
-        return loss
-    hint = ""
-    if isinstance(loss, type) and issubclass(loss, RankingLoss):
-        hint = f" (a class: give an instance, e.g. {loss.__name__}())"
-    elif isinstance(loss, HiddenStateMSE):
-        hint = " (intermediate-layer distillation is given as intermediate=, beside a ranking loss)"
-    raise TypeError(f"loss must be a pyterrier_marginkd.losses.RankingLoss (e.g. losses.MarginMSE()) or one of the "
-                    f"names {sorted(LOSSES)}; got {loss!r}{hint}")
+__all__ = ["Distiller"]
 
 
 def _remove_checkpoint(checkpoint: Path) -> None:
@@ -139,7 +111,7 @@ class Distiller(pt.Estimator):
             raise TypeError(f"student must be a pyterrier_marginkd re-ranker (CrossEncoder, ...), got "
                             f"{type(student).__name__}")
         _check_trainable(student)
-        loss = _resolve_loss(loss)
+        loss = resolve_loss(loss)
         for name, value in (("epochs", epochs), ("batch_size", batch_size), ("grad_accum_steps", grad_accum_steps),
                             ("num_negatives", num_negatives), ("save_steps", save_steps), ("max_steps", max_steps),
                             ("eval_steps", eval_steps)):
@@ -344,7 +316,7 @@ class Distiller(pt.Estimator):
         _check_trainable(self.student)  # quantized since the Distiller was made?
         out = self.out_path
         out.mkdir(parents=True, exist_ok=True)
-        dist = _distributed.current()
+        dist = distributed.current()
         dist.init()
         dist.place(self.student)
         dist.place(self.teacher)
@@ -379,7 +351,7 @@ class Distiller(pt.Estimator):
         state = {"step": 0, "best": None, "history": [], "validation": []}
         checkpoint = out / "checkpoint"
         for folder in (checkpoint, out / "best"):
-            io.recover_dir(folder)  # what a killed run left half-written
+            _files.recover_dir(folder)  # what a killed run left half-written
         if self.resume and (checkpoint / STATE_FILE).exists():
             state = self._load_checkpoint(checkpoint, optimizer, scheduler, fingerprint)
         elif self._mixes_first_stage:
@@ -477,7 +449,7 @@ class Distiller(pt.Estimator):
         other teacher scores than an uninterrupted run, so other weights.
         """
         per_step = self.batch_size * self.grad_accum_steps
-        shard = _distributed.current().shard
+        shard = distributed.current().shard
         chunk_groups = per_step * prefetch_steps
         start_of_chunk = skip - skip % chunk_groups
         skip_steps = (skip - start_of_chunk) // per_step  # skip is a whole number of steps
@@ -495,7 +467,7 @@ class Distiller(pt.Estimator):
     def _teacher_cache(self) -> TeacherScores:
         cache_dir = Path(self.cache_dir) if self.cache_dir is not None else self.out_path / "teacher_cache"
         return TeacherScores(self.teacher, cache_dir, teacher_id=self.teacher_id, text_field=self.student.text_field,
-                             verbose=self.verbose, shard=_distributed.current().shard_name)
+                             verbose=self.verbose, shard=distributed.current().shard_name)
 
     def examples(self, tr_res: pd.DataFrame, tr_qrels: pd.DataFrame | None, *,
                  teacher_scores: dict[tuple[str, str], float] | None = None) -> GroupSource:
@@ -601,7 +573,7 @@ class Distiller(pt.Estimator):
             loss = loss * (len(part) / len(groups))
             loss.backward()
             total += float(loss.detach())
-        total = _distributed.current().sync_gradients(optimizer, len(groups), total)
+        total = distributed.current().sync_gradients(optimizer, len(groups), total)
         if self.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(model.parameters(), self.max_grad_norm)
         optimizer.step()
@@ -672,7 +644,7 @@ class Distiller(pt.Estimator):
         self.validation.append({"step": step, "ndcg@10": value, "train_seconds": self._train_seconds})
         if best is None or value > best["value"]:
             best = {"step": step, "value": value}
-            with io.atomic_dir(self.out_path / "best") as tmp:
+            with _files.atomic_dir(self.out_path / "best") as tmp:
                 save_model(self.student.model, str(tmp / "model.safetensors"))
         if self.verbose:
             pt.tqdm.write(f"Distiller: step {step} validation nDCG@10 {value:.4f} (best {best['value']:.4f} at step "
@@ -694,7 +666,7 @@ class Distiller(pt.Estimator):
                                 "groups": source.num_groups()})
 
     def _save_checkpoint(self, path: Path, optimizer, scheduler, step: int, best, fingerprint: str) -> None:
-        if _distributed.current().is_main:
+        if distributed.current().is_main:
             save_checkpoint(path, self.student.model, self.intermediate, optimizer, scheduler, step=step, best=best,
                             fingerprint=fingerprint, history=self.history, validation=self.validation,
                             elapsed=self._elapsed_before + time.time() - (self._clock or time.time()))

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 
-from pyterrier_marginkd import io
-from pyterrier_marginkd._hf import load_hf_model, pad, sentence_transformers_settings
-from pyterrier_marginkd._student import EncoderStudent, encode, load_encoder
+from pyterrier_marginkd.models import io
+from pyterrier_marginkd.models.hf import load_hf_model, pad, sentence_transformers_settings
+from pyterrier_marginkd.models.two_sided import EncoderStudent, encode, load_encoder
 
 POOLINGS = ("cls", "mean")
 #: file beside a dense index naming the weights that built it
@@ -253,7 +253,7 @@ class DotEncoder(EncoderStudent):
         vectors would be stale) unless ``overwrite=True`` rebuilds it."""
         import pyterrier_dr
 
-        from pyterrier_marginkd.teacher import describe
+        from pyterrier_marginkd.models.identity import describe
 
         stamp_file = Path(path) / INDEX_STAMP
         stamp = describe(self)

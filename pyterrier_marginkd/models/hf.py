@@ -6,25 +6,15 @@ import copy
 import functools
 import json
 import os
-import re
 from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+from pyterrier_marginkd.data.frames import valid_unicode
+
 #: files of which a saved folder needs one for its tokenizer
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model")
-
-
-def valid_unicode(text: str) -> str:
-    """``text`` with lone surrogates (e.g. from ``errors="surrogateescape"`` decoding), which cannot be encoded as
-    UTF-8 for the Rust tokenizer or SQLite, replaced by U+FFFD (the replacement character)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return _SURROGATE.sub("\ufffd", text)
-    return text
 
 
 def layer_list(model: nn.Module) -> nn.ModuleList:

@@ -14,10 +14,12 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 
-from pyterrier_marginkd import io
-from pyterrier_marginkd._hf import TOKENIZER_FILES, TextTokenizer, load_hf_model, pad, truncate_layers
-from pyterrier_marginkd._scorer import NeuralScorer, add_scores
-from pyterrier_marginkd.ensemble import NORMALIZATIONS, normalize_scores
+from pyterrier_marginkd import _files
+from pyterrier_marginkd.data.frames import add_scores
+from pyterrier_marginkd.models import io
+from pyterrier_marginkd.models.base import NeuralScorer
+from pyterrier_marginkd.models.ensemble import NORMALIZATIONS, normalize_scores
+from pyterrier_marginkd.models.hf import TOKENIZER_FILES, TextTokenizer, load_hf_model, pad, truncate_layers
 
 Tokens = tuple[list[int], list[int]]  # (input_ids, token_type_ids) of one text
 
@@ -182,7 +184,7 @@ class EncoderStudent(TwoSidedScorer):
         """Write the encoder(s) and tokenizer as Hugging Face files, the other weights as safetensors and our config
         (atomically: all or nothing)."""
         encoders = _encoder_children(self.model)
-        with io.atomic_dir(path) as tmp, self._fp32_model():
+        with _files.atomic_dir(path) as tmp, self._fp32_model():
             for name, encoder in encoders.items():
                 encoder.save_pretrained(tmp if name == "encoder" else tmp / name, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)

@@ -8,7 +8,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from pyterrier_marginkd.collection import Collection, clean_query
+from pyterrier_marginkd.data.collection import Collection, clean_query
 
 METHODS = ("title", "first_sentence", "span")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
