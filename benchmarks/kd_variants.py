@@ -117,7 +117,7 @@ def main() -> None:
         keep = mkd.spread_layers(depth, v["layers"]) if args.layer_choice == "spread" else v["layers"]
         student = mkd.DotEncoder.from_pretrained(model, num_layers=keep, frozen_docs=True,
                                                  first_stage="zscore", max_length=r.max_length)
-        student._doc_vectors = member._doc_vectors  # the same frozen document vectors as the teacher's member
+        student.share_doc_vectors(member.doc_vectors)  # the same frozen document vectors as the teacher's member
         folder = out / text.replace(":", "_")
         started = time.time()
         distiller = mkd.Distiller(student, teacher, loss=LOSSES[v["loss"]](), epochs=v["steps"], max_steps=v["steps"],

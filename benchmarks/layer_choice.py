@@ -56,7 +56,7 @@ def main() -> None:
     rows = [{"subset": "BM25", "nDCG@10": evaluate_ndcg10(test_res, test_qrels)},
             {"subset": f"teacher (weights {teacher.weights})", "nDCG@10": teacher_ndcg}]
     query_model = mkd.DotEncoder.from_pretrained(model, frozen_docs=True, max_length=r.max_length)
-    query_model._doc_vectors = member._doc_vectors  # the teacher's document vectors, computed once
+    query_model.share_doc_vectors(member.doc_vectors)  # the teacher's document vectors, computed once
     layers = layer_list(query_model.model.encoder)
     every = list(layers)
     for subset in args.subsets:

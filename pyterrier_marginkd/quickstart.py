@@ -140,7 +140,7 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     train_res = pd.concat([fit_res, candidates(pq[["qid", "query"]])], ignore_index=True)
     # the students' frozen document encoder is the model itself: one set of document vectors for all of them, and
     # the teacher's when it fuses that same bi-encoder
-    shared_docs: dict = next((m._doc_vectors for m in members if isinstance(m, DotEncoder) and m.frozen_docs
+    shared_docs: dict = next((m.doc_vectors for m in members if isinstance(m, DotEncoder) and m.frozen_docs
                               and _resolve(m.model_name) == model and m.max_length == recipe.max_length
                               and m.num_layers is None), {})
 
@@ -152,8 +152,7 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     def student(num_layers: int) -> DotEncoder:
         made = DotEncoder.from_pretrained(model, num_layers=kept[num_layers], frozen_docs=True, first_stage="zscore",
                                           **scorer_kwargs)
-        made._doc_vectors = shared_docs
-        return made
+        return made.share_doc_vectors(shared_docs)
 
     trainer = _Trainer(recipe, identity, seed=seed, verbose=verbose, valid=(valid_res, train_qrels),
                        scorer_kwargs=scorer_kwargs, shared_docs=shared_docs)
@@ -212,7 +211,7 @@ def _deployed_report(output: Path, quantize: str, candidates: pt.Transformer, te
     systems: dict[str, pt.Transformer] = {teacher_name: candidates >> teacher}
     for name, folder in folders.items():
         student = load(folder / "student", quantize=quantize, **scorer_kwargs)
-        student._doc_vectors = shared_docs
+        student.share_doc_vectors(shared_docs)
         systems[f"{name[:-1]}, {quantize})"] = candidates >> student
     _log(verbose, f"the students as deployed ({quantize}) against the teacher, on {len(topics)} queries")
     table = report(systems, topics, qrels, output / "report" / "deployed", baseline=0, plot=False)
@@ -285,8 +284,7 @@ class _Trainer:
                                  f"another --output, or delete {folder} to train it again")
             _log(self.verbose, f"{label}: reusing {folder / 'student'} (trained in {done['train_seconds']:.0f} s)")
             loaded = load(folder / "student", **self.scorer_kwargs)
-            loaded._doc_vectors = self.shared_docs
-            return loaded
+            return loaded.share_doc_vectors(self.shared_docs)
         _log(self.verbose, f"{label}: training in {folder}")
         started = time.time()
         torch.manual_seed(self.seed)

@@ -1,14 +1,17 @@
 """The base shared by every neural re-ranker: validation, length-sorted batching, inference mode, progress."""
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import pyterrier as pt
 import torch
 
+from pyterrier_marginkd import _files
 from pyterrier_marginkd.data.frames import add_scores, check_id_columns, check_text_column, validate_results
 from pyterrier_marginkd.models import io
 from pyterrier_marginkd.models.quantize import (
@@ -57,6 +60,16 @@ class NeuralScorer(pt.Transformer):
 
     # --- what subclasses provide -------------------------------------------------------------------
     model: torch.nn.Module
+    #: the architecture's name in marginkd.json (a key of pyterrier_marginkd.models.io.ARCHITECTURES)
+    ARCHITECTURE = ""
+
+    def _save_files(self, folder: Path) -> None:
+        """Write the model's own files (weights, tokenizer) into ``folder``."""
+        raise NotImplementedError
+
+    def _config(self) -> dict[str, Any]:
+        """The settings that ``marginkd.json`` keeps (besides the architecture and the quantization)."""
+        raise NotImplementedError
 
     def _prepare(self, queries: Sequence[str], texts: Sequence[str]) -> list[Any]:
         raise NotImplementedError
@@ -86,6 +99,21 @@ class NeuralScorer(pt.Transformer):
     def schematic(self, *, input_columns=None):
         return {"label": self.schematic_label, "help_url": None}
 
+    # --- saving and loading --------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> NeuralScorer:
+        """Load from a hub id or a local folder: one written by ``save_pretrained``, or a Hugging Face checkpoint to
+        start from."""
+        return cls(name_or_path, **kwargs)
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write a folder that ``from_pretrained`` and ``pyterrier_marginkd.load`` load to the same scores: the
+        model's files and our config (``marginkd.json``), atomically (all or nothing); an int8 model saves its
+        dequantized weights with ``quantize: int8``."""
+        with _files.atomic_dir(path) as tmp, self._fp32_model():
+            self._save_files(tmp)
+            io.write_config(tmp, self.ARCHITECTURE, {**self._config(), "quantize": self._quantize})
+
     # --- scoring -------------------------------------------------------------------------------------
     def score_pairs(self, queries: Sequence[str], texts: Sequence[str], *, batch_size: int | None = None,
                     desc: str | None = None) -> np.ndarray:
@@ -101,30 +129,36 @@ class NeuralScorer(pt.Transformer):
         if len(queries) == 0:
             return scores
         bar = pt.tqdm(total=len(queries), desc=desc or type(self).__name__, unit="pair", disable=not self.verbose)
-        was_training = self.model.training
-        self.model.eval()
         try:
-            with torch.inference_mode():
-                for chunk_start in range(0, len(queries), self.chunk_size):
-                    chunk_end = min(chunk_start + self.chunk_size, len(queries))
-                    items = self._prepare(queries[chunk_start:chunk_end], texts[chunk_start:chunk_end])
-                    order = np.argsort([-self._item_length(it) for it in items], kind="stable")
-                    for start in range(0, len(order), batch_size):
-                        idx = order[start:start + batch_size]
-                        batch = self._to_device(self._collate([items[i] for i in idx]))
-                        scores[chunk_start + idx] = self._forward(batch).float().cpu().numpy()
-                        bar.update(len(idx))
+            for chunk_start in range(0, len(queries), self.chunk_size):
+                chunk_end = min(chunk_start + self.chunk_size, len(queries))
+                items = self._prepare(queries[chunk_start:chunk_end], texts[chunk_start:chunk_end])
+                self._run_by_length(items, [self._item_length(it) for it in items], self._collate, self._forward,
+                                    scores[chunk_start:chunk_end], batch_size, bar.update)
         finally:
-            self.model.train(was_training)
             bar.close()
         return scores
+
+    def _run_by_length(self, items: Sequence[Any], lengths: Sequence[int],
+                       collate: Callable[[list[Any]], dict[str, torch.Tensor]],
+                       forward: Callable[[dict[str, torch.Tensor]], torch.Tensor], out: np.ndarray, batch_size: int,
+                       done: Callable[[int], Any] | None = None) -> None:
+        """The batching loop: ``forward`` over batches of ``items`` of about one length (longest first, so each
+        batch pads little), in eval and inference mode; each batch's outputs go to ``out`` at its items' positions
+        and ``done(number of items)`` is told of each batch."""
+        order = np.argsort([-n for n in lengths], kind="stable")
+        with self.eval_mode(), torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                out[idx] = forward(self._to_device(collate([items[i] for i in idx]))).float().cpu().numpy()
+                if done is not None:
+                    done(len(idx))
 
     def train_scores(self, queries: Sequence[str], texts: Sequence[str],
                      first_stage: Sequence[float] | None = None) -> torch.Tensor:
         """Differentiable scores of (query, text) pairs, shape ``[len(queries)]`` (for training).
         (``first_stage`` is for students that mix in the first stage's score; this one does not.)"""
-        items = self._prepare(queries, texts)
-        return self._forward(self._to_device(self._collate(items)))
+        return self._forward(self.batch(queries, texts))
 
     # --- int8 ----------------------------------------------------------------------------------------------
     @property
@@ -175,6 +209,25 @@ class NeuralScorer(pt.Transformer):
     def _fp32_model(self):
         """Context manager: ``self.model`` with fp32 (dequantized) weights in place of int8 ones, for saving."""
         return dequantized(self.model)
+
+    @property
+    def torch_device(self) -> torch.device:
+        """The device the model runs on (``device`` keeps the one asked for; None: picked when it was built)."""
+        return self._device
+
+    @contextlib.contextmanager
+    def eval_mode(self) -> Iterator[None]:
+        """The model in eval mode (dropout off) inside the block, then back in the mode it was in."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self.model.train(was_training)
+
+    def batch(self, queries: Sequence[str], texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The tensors of (query, text) pairs as the model's forward pass takes them, on its device."""
+        return self._to_device(self._collate(self._prepare(queries, texts)))
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: (v.to(self._device, non_blocking=True) if isinstance(v, torch.Tensor) else v)

@@ -10,7 +10,6 @@ from typing import Any, Sequence
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from pyterrier_marginkd import _files
 from pyterrier_marginkd.models import io
 from pyterrier_marginkd.models.base import NeuralScorer
 from pyterrier_marginkd.models.hf import (
@@ -85,27 +84,21 @@ class CrossEncoder(NeuralScorer):
         self.model.to(self._device).eval()
         self._apply_saved_quantization()
 
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> CrossEncoder:
-        """Load a cross-encoder from a hub id or a local folder (ours or any Hugging Face checkpoint)."""
-        return cls(name_or_path, **kwargs)
+    def _save_files(self, folder: Path) -> None:
+        # a folder that transformers and sentence-transformers load to identical scores too
+        self.model.config.sentence_transformers = {"activation_fn": "torch.nn.modules.linear.Identity"}
+        self.model.save_pretrained(folder, safe_serialization=True)
+        # sentence-transformers (>= 5) truncates a plain Hugging Face folder at the tokenizer's model_max_length
+        limit, self.tokenizer.model_max_length = self.tokenizer.model_max_length, self.max_length
+        try:
+            self.tokenizer.save_pretrained(folder)
+        finally:
+            self.tokenizer.model_max_length = limit
+        # older sentence-transformers read the maximum length from here
+        (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": self.max_length}))
 
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write a folder that ``CrossEncoder.from_pretrained``, ``pyterrier_marginkd.load``, transformers and
-        sentence-transformers all load to identical scores (written atomically: all or nothing)."""
-        with _files.atomic_dir(path) as tmp, self._fp32_model():
-            self.model.config.sentence_transformers = {"activation_fn": "torch.nn.modules.linear.Identity"}
-            self.model.save_pretrained(tmp, safe_serialization=True)
-            # sentence-transformers (>= 5) truncates a plain Hugging Face folder at the tokenizer's model_max_length
-            limit, self.tokenizer.model_max_length = self.tokenizer.model_max_length, self.max_length
-            try:
-                self.tokenizer.save_pretrained(tmp)
-            finally:
-                self.tokenizer.model_max_length = limit
-            io.write_config(tmp, self.ARCHITECTURE, {"max_length": self.max_length, "head": self.head,
-                                                     "quantize": self._quantize})
-            # older sentence-transformers read the maximum length from here
-            (tmp / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": self.max_length}))
+    def _config(self) -> dict[str, Any]:
+        return {"max_length": self.max_length, "head": self.head}
 
     def _prepare(self, queries: Sequence[str], texts: Sequence[str]) -> list:
         return self._tok.pairs(queries, texts)

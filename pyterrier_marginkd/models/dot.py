@@ -140,6 +140,21 @@ class DotEncoder(EncoderStudent):
         self.encode_docs(texts, batch_size)
         return len(self._doc_vectors)
 
+    @property
+    def doc_vectors(self) -> dict[str, np.ndarray]:
+        """The frozen document vectors computed so far, by text (``frozen_docs=True`` models)."""
+        return self._doc_vectors
+
+    def share_doc_vectors(self, store: dict[str, np.ndarray]) -> DotEncoder:
+        """Keep frozen document vectors in ``store``, a dict shared with other models of the same frozen document
+        encoder (e.g. students cut from one checkpoint, or the ``doc_vectors`` of one of them), so that each document
+        is encoded once for all of them; returns self."""
+        if not self.frozen_docs:
+            raise ValueError("share_doc_vectors needs a DotEncoder with frozen_docs=True (otherwise training would "
+                             "make shared document vectors stale)")
+        self._doc_vectors = store
+        return self
+
     def _frozen_doc_vectors(self, texts: Sequence[str], batch_size: int | None) -> np.ndarray:
         missing = [t for t in dict.fromkeys(texts) if t not in self._doc_vectors]
         if missing:
@@ -217,20 +232,10 @@ class DotEncoder(EncoderStudent):
 
     def _encode_side(self, texts: Sequence[str], side: str, batch_size: int | None) -> np.ndarray:
         sequences = self._tok.singles([str(t) for t in texts])
-        batch_size = batch_size or self.batch_size
-        width = self._width()
-        vectors = np.empty((len(sequences), width), dtype=np.float32)
-        order = np.argsort([-len(ids) for ids, _ in sequences], kind="stable")
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode():
-                for start in range(0, len(order), batch_size):
-                    idx = order[start:start + batch_size]
-                    batch = {f"{side}_{k}": v for k, v in pad([sequences[i] for i in idx], self._tok.pad_id).items()}
-                    vectors[idx] = self.model.embed(self._to_device(batch), side).float().cpu().numpy()
-        finally:
-            self.model.train(was_training)
+        vectors = np.empty((len(sequences), self._width()), dtype=np.float32)
+        self._run_by_length(sequences, [len(ids) for ids, _ in sequences],
+                            lambda items: {f"{side}_{k}": v for k, v in pad(items, self._tok.pad_id).items()},
+                            lambda batch: self.model.embed(batch, side), vectors, batch_size or self.batch_size)
         return vectors
 
     # --- dense retrieval (pyterrier-dr) ------------------------------------------------------------------

@@ -11,7 +11,6 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 from transformers import AutoModel, AutoTokenizer
 
-from pyterrier_marginkd import _files
 from pyterrier_marginkd.models import io
 from pyterrier_marginkd.models.hf import TOKENIZER_FILES, TextTokenizer
 from pyterrier_marginkd.models.two_sided import Tokens, TwoSidedScorer
@@ -126,15 +125,15 @@ class TK(TwoSidedScorer):
         self.model = model.to(self._device).eval()
         self._apply_saved_quantization()
 
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write the tokenizer, the weights (safetensors) and our config (atomically: all or nothing)."""
+    def _save_files(self, folder: Path) -> None:
+        # the tokenizer and all the weights (safetensors): TK has no Hugging Face encoder
+        self.tokenizer.save_pretrained(folder)
+        io.save_extra_weights(self.model.state_dict(), folder)
+
+    def _config(self) -> dict[str, Any]:
         vocab_size, embedding_dim = self.model.embedding.weight.shape
-        with _files.atomic_dir(path) as tmp, self._fp32_model():
-            self.tokenizer.save_pretrained(tmp)
-            io.save_extra_weights(self.model.state_dict(), tmp)
-            io.write_config(Path(tmp), self.ARCHITECTURE, {**self._settings(), "max_length": self.max_length,
-                                                           "vocab_size": vocab_size, "embedding_dim": embedding_dim,
-                                                           "quantize": self._quantize})
+        return {**self._settings(), "max_length": self.max_length, "vocab_size": vocab_size,
+                "embedding_dim": embedding_dim}
 
     def _words(self, tokenizer: TextTokenizer, texts: Sequence[str]) -> list[Tokens]:
         # a text without tokens becomes one unknown token, so that attention always has something to attend to

@@ -14,7 +14,6 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 
-from pyterrier_marginkd import _files
 from pyterrier_marginkd.data.frames import add_scores
 from pyterrier_marginkd.models import io
 from pyterrier_marginkd.models.base import NeuralScorer
@@ -44,14 +43,8 @@ class TwoSidedScorer(NeuralScorer):
     """Base of the students that read query and document as two sequences: ``_prepare`` tokenises each side,
     ``_collate`` pads each distinct query and document once, ``self.model(batch)`` scores the pairs."""
 
-    ARCHITECTURE = ""
     #: the architecture's own settings with their defaults (saved in marginkd.json; shown by repr when not default)
     DEFAULTS: dict[str, Any] = {}
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> TwoSidedScorer:
-        """Load from a folder saved by ``save_pretrained`` or start from a Hugging Face model (id or folder)."""
-        return cls(name_or_path, **kwargs)
 
     #: per-query normalisation of the incoming first-stage score mixed into the student's score (None: no mixing)
     first_stage: str | None = None
@@ -180,18 +173,17 @@ class EncoderStudent(TwoSidedScorer):
         self.model = model.to(self._device).eval()
         self._apply_saved_quantization()
 
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write the encoder(s) and tokenizer as Hugging Face files, the other weights as safetensors and our config
-        (atomically: all or nothing)."""
+    def _save_files(self, folder: Path) -> None:
+        # the encoder(s) and tokenizer as Hugging Face files, the other weights as safetensors
         encoders = _encoder_children(self.model)
-        with _files.atomic_dir(path) as tmp, self._fp32_model():
-            for name, encoder in encoders.items():
-                encoder.save_pretrained(tmp if name == "encoder" else tmp / name, safe_serialization=True)
-            self.tokenizer.save_pretrained(tmp)
-            io.save_extra_weights({k: v for k, v in self.model.state_dict().items() if k.split(".")[0] not in encoders},
-                            tmp)
-            io.write_config(tmp, self.ARCHITECTURE, {"max_length": self.max_length, **self._settings(),
-                                                     "quantize": self._quantize})
+        for name, encoder in encoders.items():
+            encoder.save_pretrained(folder if name == "encoder" else folder / name, safe_serialization=True)
+        self.tokenizer.save_pretrained(folder)
+        io.save_extra_weights({k: v for k, v in self.model.state_dict().items() if k.split(".")[0] not in encoders},
+                              folder)
+
+    def _config(self) -> dict[str, Any]:
+        return {"max_length": self.max_length, **self._settings()}
 
     def _repr_extra(self) -> list[str]:
         return [f"num_layers={self.num_layers}"] if self.num_layers is not None else []

@@ -331,7 +331,7 @@ class Distiller(pt.Estimator):
         self._seed_everything()
         model = self.student.model
         model.train()
-        extra = self.intermediate.to(self.student._device) if self.intermediate is not None else None
+        extra = self.intermediate.to(self.student.torch_device) if self.intermediate is not None else None
         groups = param_groups(model, extra, self.head_lr)
         dist.broadcast([p for group in groups for p in group["params"]])
         optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
@@ -536,7 +536,7 @@ class Distiller(pt.Estimator):
         size = len(part[0].docnos)
         queries = [g.query for g in part for _ in g.docnos]
         texts = [t for g in part for t in g.texts]
-        device = self.student._device
+        device = self.student.torch_device
         use_amp = self.amp and device.type == "cuda"
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
             first_stage = [f for g in part for f in g.first_stage] if self._mixes_first_stage else None

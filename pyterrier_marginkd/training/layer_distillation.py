@@ -33,16 +33,11 @@ def check_models(student: Any, teacher: Any, *, attention: bool = False) -> None
 def scores_with_layer_loss(loss: HiddenStateMSE, student: CrossEncoder, teacher: CrossEncoder,
                            queries: Sequence[str], texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Differentiable student scores of the pairs and the layer loss of the same student forward pass."""
-    batch = student._to_device(student._collate(student._prepare(queries, texts)))
+    batch = student.batch(queries, texts)
     outputs = student.model_outputs(batch, output_hidden_states=True, output_attentions=loss.attention)
-    was_training = teacher.model.training
-    teacher.model.eval()
-    try:
-        with torch.no_grad():
-            target = teacher.model_outputs({k: v.to(teacher._device) for k, v in batch.items()},
-                                           output_hidden_states=True, output_attentions=loss.attention)
-    finally:
-        teacher.model.train(was_training)
+    with teacher.eval_mode(), torch.no_grad():
+        target = teacher.model_outputs({k: v.to(teacher.torch_device) for k, v in batch.items()},
+                                       output_hidden_states=True, output_attentions=loss.attention)
     device = batch["attention_mask"].device
     moved = [[h.to(device) for h in states] if states else None
              for states in (target.hidden_states, target.attentions if loss.attention else None)]
