@@ -116,7 +116,7 @@ def train_ours(folder: Path, groups: list[dict[str, Any]], args: argparse.Namesp
         return
     source = InMemoryGroups([Group(qid=str(i), query=g["query"], docnos=[f"{i}-{j}" for j in range(len(g["texts"]))],
                                    texts=g["texts"], labels=None, teacher=g["scores"]) for i, g in enumerate(groups)])
-    distiller.train_examples(source)
+    distiller.fit_groups(source)
 
 
 class InMemoryGroups:

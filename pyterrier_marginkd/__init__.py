@@ -30,6 +30,7 @@ _EXPORTS = {
     "FirstStageScore": "models.ensemble",
     "PreTT": "models.pretts",
     "ScoreFile": "data.scorefiles",
+    "TrainSettings": "training.settings",
     "clean_query": "data.collection",
     "default_model": "models.io",
     "load": "models.io",
@@ -74,6 +75,7 @@ __all__ = [
     "FirstStageScore",
     "PreTT",
     "ScoreFile",
+    "TrainSettings",
     "clean_query",
     "default_model",
     "load",
@@ -104,6 +106,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from pyterrier_marginkd.models.tk import TK
     from pyterrier_marginkd.report import report
     from pyterrier_marginkd.training.distiller import Distiller
+    from pyterrier_marginkd.training.settings import TrainSettings
 
 
 def __getattr__(name: str) -> Any:

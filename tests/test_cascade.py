@@ -157,7 +157,7 @@ def test_selector_distils_from_the_scorer(cranfield, cranfield_bm25, tiny_bert_d
     before = groups_loss(selector, groups, loss)
     distiller = mkd.Distiller(selector, scorer, loss=loss, epochs=8, batch_size=4, lr=1e-2, seed=1, teacher_scale=None,
                               output_dir=tmp_path / "selector")
-    distiller.train_examples(groups)
+    distiller.fit_groups(groups)
     assert len(scorer.seen) == groups.report["passages_scored"]     # teacher scores came with the groups
     assert groups_loss(selector, groups, loss) < 0.5 * before
     with pytest.raises(ValueError, match="group_size must be >= 2"):

@@ -43,7 +43,7 @@ def trained_on(monkeypatch):
     def record(self, source, *args, **kwargs):
         seen.clear()
         seen.update({g.qid: g.query for g in source.groups(0)})
-    monkeypatch.setattr(distill.Distiller, "train_examples", record)
+    monkeypatch.setattr(distill.Distiller, "fit_groups", record)
     return seen
 
 

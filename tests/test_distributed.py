@@ -26,14 +26,14 @@ DRIVER = textwrap.dedent("""
     from pyterrier_marginkd import cli
     from pyterrier_marginkd.training import distiller as distill
 
-    train_examples = distill.Distiller.train_examples
+    fit_groups = distill.Distiller.fit_groups
 
     def train_and_hash(self, *args, **kwargs):
-        train_examples(self, *args, **kwargs)
+        fit_groups(self, *args, **kwargs)
         weights = b"".join(p.detach().numpy().tobytes() for p in self.student.model.parameters())
         Path(os.environ["HASH_DIR"], f"rank{os.environ['RANK']}").write_text(hashlib.sha256(weights).hexdigest())
 
-    distill.Distiller.train_examples = train_and_hash
+    distill.Distiller.fit_groups = train_and_hash
     cli.main(sys.argv[1:])
 """)
 

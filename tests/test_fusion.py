@@ -180,7 +180,7 @@ def test_a_list_teacher_cannot_score_pairs_batch_by_batch(tiny_bert_dir, tmp_pat
 
     distiller = mkd.Distiller(student, teacher, output_dir=tmp_path / "r")
     with pytest.raises(ValueError, match="scores whole candidate lists"):
-        distiller.train_examples(Source())
+        distiller.fit_groups(Source())
 
 
 def test_teacher_cache_key_follows_the_weights(tiny_bert_dir, tmp_path):

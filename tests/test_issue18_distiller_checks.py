@@ -9,6 +9,7 @@ from conftest import CountingTeacher
 import pyterrier_marginkd as mkd
 from pyterrier_marginkd import losses
 from pyterrier_marginkd.training import distiller as distill
+from pyterrier_marginkd.training import preparation
 
 
 @pytest.mark.parametrize(("name", "expected"), [
@@ -70,8 +71,8 @@ def test_fit_refuses_lone_validation_before_any_work(tiny_ce, small_results, tmp
         raise AssertionError("examples were built before the arguments were checked")
 
     monkeypatch.setattr(distiller, "examples", no_work)
-    monkeypatch.setattr(distill, "TrainingExamples", no_work)
-    monkeypatch.setattr(distill, "TeacherRankedExamples", no_work)
+    monkeypatch.setattr(preparation, "TrainingExamples", no_work)
+    monkeypatch.setattr(preparation, "TeacherRankedExamples", no_work)
     va = {"va_res": small_results, "va_qrels": None} if given == "va_res" else \
         {"va_res": None, "va_qrels": pd.DataFrame({"qid": ["q1"], "docno": ["d1"], "label": [1]})}
     for qrels in (None, pd.DataFrame({"qid": ["q1"], "docno": ["d1"], "label": [1]})):  # label-free and labelled

@@ -23,10 +23,11 @@ from safetensors.torch import load_file
 
 import pyterrier_marginkd as mkd
 from pyterrier_marginkd.data import Group
+from pyterrier_marginkd.training.steps import step_batches
 from pyterrier_marginkd.training.teacher_cache import TeacherScores
 
 BATCH_SIZE = 2
-PREFETCH_STEPS = 16  # Distiller._batches scores the teacher pairs of 16 steps at a time
+PREFETCH_STEPS = 16  # training.steps.step_batches scores the teacher pairs of 16 steps at a time
 SAVE_STEPS = 3
 
 #: the fit run in a subprocess; MKD_HOLD="step:N" stops it for the kill before its step N+1, "teacher:N" in the
@@ -190,22 +191,21 @@ class _Recorder:
         self.calls.append([g.qid for g in groups])
 
 
-def test_a_resumed_epoch_asks_the_teacher_for_the_chunks_of_an_uninterrupted_one(student_dir):
+def test_a_resumed_epoch_asks_the_teacher_for_the_chunks_of_an_uninterrupted_one():
     """Whatever step a fit resumes at, the teacher is asked for the same chunks (16 steps counted from the start of
     the epoch) as in an uninterrupted epoch, from the chunk holding the resumed step on; the steps are the same."""
-    distiller = mkd.Distiller(mkd.CrossEncoder.from_pretrained(student_dir), CountingTeacher(), batch_size=BATCH_SIZE)
-
     def groups():
         return [Group(str(i), "q", ["d1", "d2"], ["a", "b"], [1.0, 0.0]) for i in range(75)]  # 38 steps
 
     def steps(batches):
         return [[g.qid for g in step] for step in batches]
     uninterrupted = _Recorder()
-    full = steps(distiller._batches(groups(), uninterrupted))
+    full = steps(step_batches(groups(), uninterrupted, groups_per_step=BATCH_SIZE))
     assert len(full) == 38 and len(uninterrupted.calls) == 3
     for resumed_at in (1, 10, 15, 16, 17, 31, 32, 37):
         resumed = _Recorder()
-        assert steps(distiller._batches(groups(), resumed, skip=resumed_at * BATCH_SIZE)) == full[resumed_at:]
+        assert steps(step_batches(groups(), resumed, groups_per_step=BATCH_SIZE, skip=resumed_at * BATCH_SIZE)) \
+            == full[resumed_at:]
         assert resumed.calls == uninterrupted.calls[resumed_at // PREFETCH_STEPS:], resumed_at
 
 

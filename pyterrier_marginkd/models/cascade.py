@@ -135,7 +135,7 @@ class Cascade(pt.Transformer):
         passages of the same document, the scorer's scores as teacher scores. No qrels are needed::
 
             groups = cascade.selector_groups(train_results)
-            Distiller(cascade.selector, cascade.scorer, loss=losses.KLDiv()).train_examples(groups)
+            Distiller(cascade.selector, cascade.scorer, loss=losses.KLDiv()).fit_groups(groups)
         """
         if group_size < 2:
             raise ValueError(f"group_size must be >= 2 (a passage to rank above others), got {group_size}")
