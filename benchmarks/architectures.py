@@ -13,7 +13,6 @@ nDCG@10, RR@10, parameters, re-ranking pairs/s and mrt per student and training.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -42,16 +41,15 @@ def make_student(architecture: str, model: str, layers: int, max_length: int):
 
 
 def train(folder: Path, student, teacher, loss, fit_args, **settings):
-    """Fit once; a later run reuses the saved student (and an interrupted fit resumes from its checkpoint)."""
-    if (folder / "done.json").exists():
-        print(f"{folder.name}: reusing {folder / 'student'}")
-        return mkd.load(folder / "student"), json.loads((folder / "done.json").read_text())
-    started = time.time()
-    distiller = mkd.Distiller(student, teacher, loss=loss, output_dir=folder, verbose=True, **settings)
-    distiller.fit(*fit_args)
-    report = {**distiller.report, "train_seconds": round(time.time() - started, 1)}
-    (folder / "done.json").write_text(json.dumps(report, indent=2))
-    return distiller.student, report
+    """Fit once; a later run with the same settings reuses the saved student (and an interrupted fit resumes from
+    its checkpoint)."""
+    def fit(output_dir: Path) -> mkd.Distiller:
+        distiller = mkd.Distiller(student, teacher, loss=loss, output_dir=output_dir, verbose=True, **settings)
+        return distiller.fit(*fit_args)
+
+    # the teacher is named by teacher_id where it matters (its repr names the folder it was first built from)
+    recorded = {"student": repr(student), "loss": repr(loss), **settings}
+    return mkd.fit_once(folder, recorded, fit, verbose=True)
 
 
 def pairs_per_second(model, pairs: pd.DataFrame) -> float:
@@ -121,7 +119,7 @@ def main() -> None:
             rerankers[name] = student
             rows.append({"name": name, "architecture": type(student).__name__, "training": training,
                          "parameters (M)": round(student.num_parameters() / 1e6, 1),
-                         "train s": report.get("train_seconds")})
+                         "train s": round(report["train_seconds"], 1)})
 
     test_pairs = (bm25 % args.k >> data.get_text())(test_topics)
     sample = test_pairs.sample(n=min(len(test_pairs), 500), random_state=0)

@@ -14,9 +14,7 @@ training groups. All re-rank BM25 top-k on the test split in one pt.Experiment (
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import time
 from pathlib import Path
 
 import pyterrier as pt
@@ -28,19 +26,18 @@ from pyterrier_marginkd.models.io import default_model
 
 
 def train(name: str, output: Path, student, teacher, loss, fit_args, **settings) -> mkd.CrossEncoder:
-    """Fit a Distiller once; later runs load the saved student (and resume an interrupted fit)."""
-    folder = output / name
-    if (folder / "student" / "marginkd.json").exists() and (folder / "done.json").exists():
-        print(f"{name}: reusing {folder / 'student'}")
-        return mkd.load(folder / "student", verbose=True)
-    started = time.time()
-    distiller = mkd.Distiller(student, teacher, loss=loss, output_dir=folder, verbose=True, **settings)
-    distiller.fit(*fit_args)
-    report = {**distiller.report, "train_seconds": time.time() - started}
-    (folder / "done.json").write_text(json.dumps(report, indent=2))
-    print(f"{name}: {report}")
-    distiller.student.verbose = True
-    return distiller.student
+    """Fit a Distiller once; later runs with the same settings load the saved student (and an interrupted fit
+    resumes from its checkpoint)."""
+    def fit(folder: Path) -> mkd.Distiller:
+        distiller = mkd.Distiller(student, teacher, loss=loss, output_dir=folder, verbose=True, **settings)
+        return distiller.fit(*fit_args)
+
+    # the teacher is named by teacher_id where it matters (its repr names the folder it was first built from)
+    recorded = {"student": repr(student), "loss": repr(loss), **settings}
+    model, record = mkd.fit_once(output / name, recorded, fit, verbose=True)
+    print(f"{name}: {record['report']}")
+    model.verbose = True
+    return model
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ _EXPORTS = {
     "TrainSettings": "training.settings",
     "clean_query": "data.collection",
     "default_model": "models.io",
+    "fit_once": "training.once",
     "load": "models.io",
     "losses": None,
     "normalize_scores": "models.ensemble",
@@ -78,6 +79,7 @@ __all__ = [
     "TrainSettings",
     "clean_query",
     "default_model",
+    "fit_once",
     "load",
     "losses",
     "normalize_scores",
@@ -106,6 +108,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from pyterrier_marginkd.models.tk import TK
     from pyterrier_marginkd.report import report
     from pyterrier_marginkd.training.distiller import Distiller
+    from pyterrier_marginkd.training.once import fit_once
     from pyterrier_marginkd.training.settings import TrainSettings
 
 

@@ -26,11 +26,11 @@ from pyterrier_marginkd.models.identity import describe
 from pyterrier_marginkd.models.io import default_model, load, load_scorer
 from pyterrier_marginkd.report import TABLE_FILE, report
 from pyterrier_marginkd.training.distiller import Distiller
+from pyterrier_marginkd.training.once import fit_once
 
 #: an ir_datasets collection with train and test topics and qrels (downloaded on first use)
 DEFAULT_DATA = "irds:beir/scifact"
 DEFAULT_OUTPUT = "runs/quickstart"
-DONE_FILE = "done.json"
 FUSION_FILE = "fusion.json"
 #: the report's second comparison: each distilled student against the label-only student
 VS_LABELS_FILE = "results_vs_labels.csv"
@@ -250,7 +250,7 @@ def _fit_fusion(fused: Ensemble, folder: Path, settings: dict, fit_res: pd.DataF
 
 class _Trainer:
     """Trains one quickstart student per output folder, or loads it when a run with the same settings finished
-    there (``done.json`` records the settings; other settings are refused rather than silently mixed)."""
+    there (:func:`~pyterrier_marginkd.training.once.fit_once`: other settings are refused rather than mixed)."""
 
     def __init__(self, recipe: Recipe, identity: dict, *, seed: int, verbose: bool, valid: tuple,
                  scorer_kwargs: dict, shared_docs: dict):
@@ -273,40 +273,29 @@ class _Trainer:
                     "pseudo_queries": r.pseudo_queries if teacher is not None else 0, "max_time": r.student_time,
                     "layers": layers, "teacher": teacher_id, "training_qids": _digest(sorted(
                         fit_args[0]["qid"].astype(str).unique()))}
-        settings = json.loads(json.dumps(settings))
         self.folders[label] = folder
-        done = _done(folder)
-        if done is not None:
-            if done["settings"] != settings:
-                changed = sorted(k for k in set(settings) | set(done["settings"])
-                                 if settings.get(k) != done["settings"].get(k))
-                raise ValueError(f"{folder} holds a {label} trained with other settings (changed: {changed}); use "
-                                 f"another --output, or delete {folder} to train it again")
-            _log(self.verbose, f"{label}: reusing {folder / 'student'} (trained in {done['train_seconds']:.0f} s)")
-            loaded = load(folder / "student", **self.scorer_kwargs)
-            return loaded.share_doc_vectors(self.shared_docs)
-        _log(self.verbose, f"{label}: training in {folder}")
-        started = time.time()
-        torch.manual_seed(self.seed)
-        # a step budget: enough epochs that max_steps, not the data, ends the run
-        distiller = Distiller(make_student(), teacher, loss=loss, epochs=r.student_steps, max_steps=r.student_steps,
-                              batch_size=r.batch_size, lr=r.student_lr, head_lr=r.mix_lr,
-                              num_negatives=r.num_negatives, max_time=r.student_time, seed=self.seed,
-                              eval_steps=max(r.student_steps // 6, 1), save_steps=max(r.student_steps // 3, 1),
-                              output_dir=folder, verbose=self.verbose, **extra)
-        distiller.fit(*fit_args, *self.valid)
-        record = {"settings": settings, "report": distiller.report, "validation": distiller.validation,
-                  "train_seconds": time.time() - started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        partial = folder / f"{DONE_FILE}.tmp"
-        partial.write_text(json.dumps(record, indent=2, default=float))
-        os.replace(partial, folder / DONE_FILE)  # a killed run never leaves a half-written record
-        _log(self.verbose, f"{label}: {len(distiller.history)} steps in {record['train_seconds']:.0f} s; best "
-                           f"validation nDCG@10 {distiller.report.get('best_ndcg@10', float('nan')):.4f} at step "
-                           f"{distiller.report.get('best_step')}")
-        if distiller.report.get("stopped_by_max_time"):
-            _log(self.verbose, f"{label}: the {r.student_time:.0f} s budget allowed {len(distiller.history)} of "
-                               f"{distiller.report['total_steps']} steps (a busy machine allows fewer)")
-        return distiller.student
+
+        def fit(output_dir: Path) -> Distiller:
+            torch.manual_seed(self.seed)
+            # a step budget: enough epochs that max_steps, not the data, ends the run
+            distiller = Distiller(make_student(), teacher, loss=loss, epochs=r.student_steps,
+                                  max_steps=r.student_steps, batch_size=r.batch_size, lr=r.student_lr,
+                                  head_lr=r.mix_lr, num_negatives=r.num_negatives, max_time=r.student_time,
+                                  seed=self.seed, eval_steps=max(r.student_steps // 6, 1),
+                                  save_steps=max(r.student_steps // 3, 1), output_dir=output_dir,
+                                  verbose=self.verbose, **extra)
+            distiller.fit(*fit_args, *self.valid)
+            report, steps = distiller.report, len(distiller.history)
+            _log(self.verbose, f"{label}: {steps} steps; best validation nDCG@10 "
+                               f"{report.get('best_ndcg@10', float('nan')):.4f} at step {report.get('best_step')}")
+            if report.get("stopped_by_max_time"):
+                _log(self.verbose, f"{label}: the {r.student_time:.0f} s budget allowed {steps} of "
+                                   f"{report['total_steps']} steps (a busy machine allows fewer)")
+            return distiller
+
+        student, _ = fit_once(folder, settings, fit, label=label, verbose=self.verbose,
+                              load_kwargs=self.scorer_kwargs)
+        return student.share_doc_vectors(self.shared_docs)
 
 
 def _markdown(table: pd.DataFrame) -> str:
@@ -323,11 +312,6 @@ def _short(name: str) -> str:
     if path.exists():
         return path.parent.name if path.name == "model" else path.name
     return name.split("/")[-1]
-
-
-def _done(folder: Path) -> dict[str, Any] | None:
-    file = folder / DONE_FILE
-    return json.loads(file.read_text()) if file.exists() else None
 
 
 def _sample(topics: pd.DataFrame, num: int | None, seed: int) -> pd.DataFrame:
