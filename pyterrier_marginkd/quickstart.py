@@ -248,21 +248,20 @@ def _fit_fusion(fused: Ensemble, folder: Path, settings: dict, fit_res: pd.DataF
     os.replace(folder / f"{FUSION_FILE}.tmp", file)
 
 
+@dataclasses.dataclass
 class _Trainer:
     """Trains one quickstart student per output folder, or loads it when a run with the same settings finished
     there (:func:`~pyterrier_marginkd.training.once.fit_once`: other settings are refused rather than mixed)."""
 
-    def __init__(self, recipe: Recipe, identity: dict, *, seed: int, verbose: bool, valid: tuple,
-                 scorer_kwargs: dict, shared_docs: dict):
-        self.recipe = recipe
-        self.identity = identity
-        self.seed = seed
-        self.verbose = verbose
-        self.valid = valid
-        self.scorer_kwargs = scorer_kwargs
-        self.shared_docs = shared_docs
-        #: each student's folder by its report name (its trained weights are in ``folder / "student"``)
-        self.folders: dict[str, Path] = {}
+    recipe: Recipe
+    identity: dict
+    seed: int
+    verbose: bool
+    valid: tuple
+    scorer_kwargs: dict
+    shared_docs: dict
+    #: each student's folder by its report name (its trained weights are in ``folder / "student"``)
+    folders: dict[str, Path] = dataclasses.field(default_factory=dict)
 
     def __call__(self, folder: Path, label: str, make_student, teacher: pt.Transformer | None,
                  loss: losses.RankingLoss, fit_args: tuple, *, layers: list[int], teacher_id: str | None = None,

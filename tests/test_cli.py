@@ -141,12 +141,14 @@ def test_the_parser_copies_of_library_constants_agree_with_the_library(monkeypat
         collection.Collection(tmp_path)
     assert "shared" not in str(error.value)
     # the model defaults live in the library (the quickstart and the benchmarks import them there); the CLI uses them
+    from pyterrier_marginkd.cli import commands
     from pyterrier_marginkd.models import io
 
-    assert cli.default_model is io.default_model and cli.load_reranker is io.load_reranker
+    assert cli.default_model is io.default_model and commands.load_reranker is io.load_reranker
 
 
 def test_load_model_names_a_missing_folder_without_asking_the_hub(tmp_path, monkeypatch):
+    from pyterrier_marginkd.cli import commands
     from pyterrier_marginkd.models.cross_encoder import CrossEncoder
 
     def no_hub(*args, **kwargs):
@@ -156,4 +158,4 @@ def test_load_model_names_a_missing_folder_without_asking_the_hub(tmp_path, monk
     (tmp_path / "runs").mkdir()
     for name in ("runs/teacher/student", "./teacher", str(tmp_path / "nothing")):
         with pytest.raises(FileNotFoundError, match=f"model folder {re.escape(repr(name))} does not exist"):
-            cli.load_reranker(name)
+            commands.load_reranker(name)

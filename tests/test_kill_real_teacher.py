@@ -232,12 +232,13 @@ def test_the_cli_gives_a_student_without_a_score_head_the_same_new_head_for_a_se
     """`marginkd train --student <plain encoder>` makes a new random score head: --seed fixes it, so that a fit killed
     and run again (which resumes its own first run) started from the weights of an uninterrupted fit."""
     from pyterrier_marginkd import cli
+    from pyterrier_marginkd.cli import commands
 
     def new_head(seed: int) -> torch.Tensor:
         args = cli.build_parser().parse_args(["train", "--student", str(tiny_bert_dir), "--teacher", "none",
                                               "--loss", "ranknet", "--seed", str(seed), "--output", str(tmp_path)])
         torch.rand(seed)  # whatever the process drew before
-        return cli._distiller(args, tmp_path).student.model.classifier.weight.detach().clone()
+        return commands._distiller(args, tmp_path).student.model.classifier.weight.detach().clone()
     assert torch.equal(new_head(7), new_head(7))
     assert not torch.equal(new_head(7), new_head(8))
 
@@ -247,10 +248,11 @@ def test_score_teacher_gives_a_teacher_without_a_score_head_the_same_new_head_fo
     """`marginkd score-teacher --teacher <plain encoder>` makes a new random score head: --seed fixes it, so that a
     score file resumed by a second run is scored by the same model."""
     from pyterrier_marginkd import cli
+    from pyterrier_marginkd.cli import commands
     from pyterrier_marginkd.data import docpairs
 
     heads = []
-    real_load = cli.load_reranker
+    real_load = commands.load_reranker
 
     def load_and_record(*args, **kwargs):
         model = real_load(*args, **kwargs)
@@ -260,7 +262,7 @@ def test_score_teacher_gives_a_teacher_without_a_score_head_the_same_new_head_fo
     def stop(*args, **kwargs):
         raise SystemExit(0)  # stop once the teacher is loaded: only its weights matter here
 
-    monkeypatch.setattr(cli, "load_reranker", load_and_record)
+    monkeypatch.setattr(commands, "load_reranker", load_and_record)
     monkeypatch.setattr(docpairs, "DocPairs", stop)
 
     def new_head(seed: int) -> torch.Tensor:

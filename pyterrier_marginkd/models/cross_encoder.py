@@ -46,8 +46,7 @@ class CrossEncoder(NeuralScorer):
                  device: str | torch.device | None = None, quantize: str | None = None, **model_kwargs: Any):
         super().__init__(batch_size=batch_size, text_field=text_field, verbose=verbose, device=device,
                          quantize=quantize)
-        io.check_model_path(model_name)
-        self.model_name = str(model_name)
+        self.model_name = io.checked_name(model_name)
         saved = io.read_config(model_name) if Path(model_name).is_dir() else None
         if saved is not None and saved["architecture"] != self.ARCHITECTURE:
             raise ValueError(f"{self.model_name!r} holds a {saved['architecture']!r} model, not a cross-encoder; "

@@ -91,6 +91,12 @@ def check_model_path(name: str | os.PathLike) -> None:
                             "'org/name'")
 
 
+def checked_name(name: str | os.PathLike) -> str:
+    """``name`` as a string, once :func:`check_model_path` found nothing wrong with it."""
+    check_model_path(name)
+    return str(name)
+
+
 def load_artifact(path: str, **kwargs: Any):
     """Entry point for ``pt.Artifact.load(path)``."""
     return load(path, **kwargs)

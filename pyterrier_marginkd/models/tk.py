@@ -85,8 +85,7 @@ class TK(TwoSidedScorer):
                  device: str | torch.device | None = None, quantize: str | None = None, **model_kwargs: Any):
         super().__init__(batch_size=batch_size, text_field=text_field, verbose=verbose, device=device,
                          quantize=quantize)
-        io.check_model_path(model_name)
-        self.model_name = str(model_name)
+        self.model_name = io.checked_name(model_name)
         given = {"num_layers": num_layers, "num_heads": num_heads, "ff_dim": ff_dim,
                  "max_query_length": max_query_length, "max_length": max_length}
         settings, ours = io.resolve_settings(model_name, self.ARCHITECTURE, given, {**self.DEFAULTS, "max_length": 256},

@@ -143,8 +143,7 @@ class EncoderStudent(TwoSidedScorer):
                       settings: dict[str, Any], model_kwargs: dict[str, Any]) -> tuple[PreTrainedModel, dict, bool]:
         """Set model_name, num_layers, max_length, tokenizer; return the encoder, the settings and whether the
         folder is one we saved (then its extra weights load with ``_finish``)."""
-        io.check_model_path(model_name)
-        self.model_name = str(model_name)
+        self.model_name = io.checked_name(model_name)
         resolved, ours = io.resolve_settings(model_name, self.ARCHITECTURE, {"max_length": max_length, **settings},
                                              {"max_length": 256, **self.DEFAULTS}, fixed=tuple(self.DEFAULTS))
         self.max_length = resolved.pop("max_length")
