@@ -40,19 +40,44 @@ def save_kill_test_models(root: Path, tiny_bert_dir: Path, *, student_length: in
     teacher.save_pretrained(root / "teacher")
 
 
-def tiny_encoder_folder(num_layers: int = 1) -> str:
-    """A new temporary folder holding a tiny random BERT encoder with MiniLM's vocabulary, for the places that cannot
-    take fixtures (PyTerrier's ``transformer_test_class`` factories)."""
+def tiny_encoder_folder(num_layers: int = 1, path: str | os.PathLike | None = None, *, intermediate_size: int = 32,
+                        seed: int | None = None) -> str:
+    """A folder (new and temporary unless ``path``) holding a tiny random BERT encoder (hidden size 32, two heads) with
+    MiniLM's vocabulary, built from its config: the one tiny model of the tests (``tiny_bert_dir`` is one, and so are
+    the models of the places that cannot take fixtures, PyTerrier's ``transformer_test_class`` factories)."""
     import tempfile
 
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    path = tempfile.mkdtemp()
+    path = str(path) if path is not None else tempfile.mkdtemp()
     tokenizer = BertTokenizerFast.from_pretrained(minilm_path())
+    if seed is not None:
+        torch.manual_seed(seed)
     BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=num_layers,
-                         num_attention_heads=2, intermediate_size=32)).save_pretrained(path)
+                         num_attention_heads=2, intermediate_size=intermediate_size,
+                         max_position_embeddings=512)).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+#: tiny configurations of every architecture (and of the settings that change their code paths)
+BUILDERS = {
+    "cross_encoder": lambda path: mkd.CrossEncoder.from_pretrained(path, max_length=64, batch_size=4),
+    "dot": lambda path: mkd.DotEncoder(path, max_length=64, batch_size=4),
+    "dot-mean-dim-separate": lambda path: mkd.DotEncoder(path, pooling="mean", dim=8, shared_encoder=False,
+                                                         max_length=64, batch_size=4),
+    "colbert": lambda path: mkd.ColBERT(path, dim=16, query_length=8, max_length=64, batch_size=4),
+    "colbert-plain": lambda path: mkd.ColBERT(path, dim=16, query_length=0, mask_punctuation=True, normalize=False,
+                                              max_length=64, batch_size=4),
+    "pretts": lambda path: mkd.PreTT(path, max_length=64, batch_size=4),
+    "tk": lambda path: mkd.TK(path, num_layers=1, num_heads=2, ff_dim=16, max_length=64, batch_size=4),
+}
+
+
+def build(name: str, path):
+    """The tiny model ``name`` of :data:`BUILDERS` on the encoder at ``path``, with a fixed random head."""
+    torch.manual_seed(0)
+    return BUILDERS[name](path)
 
 
 def data_dir() -> Path:
@@ -71,15 +96,8 @@ def minilm_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory, minilm_dir) -> Path:
     """A plain (headless) 2-layer, hidden-32 random BERT with MiniLM's real WordPiece vocabulary."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    tokenizer = BertTokenizerFast.from_pretrained(minilm_dir)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=512)
-    torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tiny_bert")
-    BertModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    tiny_encoder_folder(2, path, intermediate_size=64, seed=0)
     return path
 
 
