@@ -24,6 +24,7 @@ _EXPORTS = {
     "CrossEncoder": "cross_encoder",
     "Distiller": "distill",
     "DocPairs": "docpairs",
+    "DocumentStore": "docstore",
     "DotEncoder": "dot",
     "Ensemble": "ensemble",
     "FirstStageScore": "ensemble",
@@ -39,6 +40,7 @@ _EXPORTS = {
     "read_score_file": "scorefiles",
     "report": "report",
     "spread_layers": "_hf",
+    "unmap_large_blocks": "_training",
     "write_score_file": "scorefiles",
 }
 
@@ -50,6 +52,7 @@ __all__ = [
     "CrossEncoder",
     "Distiller",
     "DocPairs",
+    "DocumentStore",
     "DotEncoder",
     "Ensemble",
     "FirstStageScore",
@@ -65,12 +68,14 @@ __all__ = [
     "read_score_file",
     "report",
     "spread_layers",
+    "unmap_large_blocks",
     "write_score_file",
 ]
 
 if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from pyterrier_marginkd import losses
     from pyterrier_marginkd._hf import spread_layers
+    from pyterrier_marginkd._training import unmap_large_blocks
     from pyterrier_marginkd.cascade import Cascade
     from pyterrier_marginkd.cli import default_model
     from pyterrier_marginkd.colbert import ColBERT
@@ -78,6 +83,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from pyterrier_marginkd.cross_encoder import CrossEncoder
     from pyterrier_marginkd.distill import Distiller
     from pyterrier_marginkd.docpairs import DocPairs
+    from pyterrier_marginkd.docstore import DocumentStore
     from pyterrier_marginkd.dot import DotEncoder
     from pyterrier_marginkd.ensemble import Ensemble, FirstStageScore, normalize_scores
     from pyterrier_marginkd.io import load
