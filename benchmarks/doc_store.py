@@ -23,6 +23,12 @@ import torch
 import pyterrier_marginkd as mkd
 
 
+def model_name(model: str) -> str:
+    """A short name: a pip-installed model's package (its weights sit in ``<package>/model``) or the folder's name."""
+    path = Path(model)
+    return path.parent.name if path.name == "model" else path.name
+
+
 def folder_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -82,7 +88,7 @@ def main() -> None:
              "runs (s)": [round(t, 3) for t in times]} for name, times in runs.items()]
     table = pd.DataFrame(rows)
     header = (f"{data.name}: BM25 top {args.k} of {args.queries} test queries ({len(candidates)} pairs); students "
-              f"on the first {args.layers} layers of {Path(model).name}, teacher its 6 layers as a cross-encoder "
+              f"on the first {args.layers} layers of {model_name(model)}, teacher its 6 layers as a cross-encoder "
               f"(untrained head: speed only); torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} "
               f"CPUs; median of {args.repeats} interleaved runs; load average at the end {os.getloadavg()}.")
     table.to_csv(out / "results.csv", index=False)
