@@ -13,8 +13,12 @@ negatives; every document's text is its abstract followed by the next document's
 at ``--max-length``. The teacher is a cheap word-overlap scorer (``pt.apply.doc_score``): the point is the student's
 memory, not its quality. Peak RSS per fit is the kernel's high-water mark (``VmHWM``), reset before each fit
 through ``/proc/self/clear_refs``; RSS is also sampled every 20 ms to show the swing within a step. glibc keeps
-freed blocks of up to 32 MiB (a [80, 256, 384] activation is 30 MiB) in its heap, so RSS counts them too; run with
-``MALLOC_MMAP_THRESHOLD_=4194304`` (blocks from 4 MiB mapped and unmapped one by one) to see what training holds.
+freed blocks of up to 32 MiB (a [80, 256, 384] activation is 30 MiB) in its heap, so RSS counts them too;
+``--unmap-large-blocks`` (``mkd.unmap_large_blocks()``, as ``marginkd train --low-memory``; the same as the environment
+variable ``MALLOC_MMAP_THRESHOLD_=4194304``) maps blocks from 4 MiB one by one, so that RSS shows what training holds::
+
+    OMP_NUM_THREADS=1 python benchmarks/train_memory.py --fits 2 --gradient-checkpointing --unmap-large-blocks \
+        --output benchmarks/results/train-memory/fresh-low-memory
 """
 from __future__ import annotations
 
@@ -169,6 +173,10 @@ def run_in_process(archs: list[str], args: argparse.Namespace) -> list[dict[str,
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.unmap_large_blocks:
+        from pyterrier_marginkd import unmap_large_blocks
+
+        unmap_large_blocks()
     tr_res, qrels = training_frames(args.data, args.candidates)
     results = []
     for arch in archs:
@@ -187,7 +195,8 @@ def markdown(report: dict[str, Any]) -> str:
              f"{'on' if settings['gradient_checkpointing'] else 'off'}, torch {report['environment']['torch']}, "
              f"{settings['threads']} thread(s); mode: {report['mode']}"
              + (f"; MALLOC_MMAP_THRESHOLD_={settings['malloc_mmap_threshold']}" if settings['malloc_mmap_threshold']
-                else "") + ".", "",
+                else "")
+             + ("; mkd.unmap_large_blocks() called first" if settings.get("unmap_large_blocks") else "") + ".", "",
              "| process | architecture | fit | attention | RSS before fit (MiB) | peak RSS (MiB) | added by fit "
              "| low RSS, later steps | RSS after fit | s/step |",
              "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -220,6 +229,8 @@ def main() -> None:
     parser.add_argument("--num-layers", type=int, default=None, help="keep the first k layers (default: all 6)")
     parser.add_argument("--attn-implementation", default=None, help="e.g. eager or sdpa (default: the model's)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--unmap-large-blocks", action="store_true",
+                        help="call mkd.unmap_large_blocks() first (what `marginkd train --low-memory` does)")
     parser.add_argument("--sequence", action="store_true", help="every architecture in one process, one after another")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default=None,
@@ -252,7 +263,8 @@ def main() -> None:
                            "model_layers": f"{args.num_layers or 6} layers", "threads": args.threads,
                            "attn_implementation": args.attn_implementation,
                            "gradient_checkpointing": args.gradient_checkpointing, "data": args.data,
-                           "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_")},
+                           "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
+                           "unmap_large_blocks": args.unmap_large_blocks},
               "environment": {"torch": torch.__version__, "cpu_count": os.cpu_count()},
               "results": results}
     text = markdown(report)

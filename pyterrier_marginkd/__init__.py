@@ -25,6 +25,7 @@ _EXPORTS = {
     "CrossEncoder": "models.cross_encoder",
     "Distiller": "training.distiller",
     "DocPairs": "data.docpairs",
+    "DocumentStore": "models.docstore",
     "DotEncoder": "models.dot",
     "Ensemble": "models.ensemble",
     "FirstStageScore": "models.ensemble",
@@ -42,6 +43,7 @@ _EXPORTS = {
     "read_score_file": "data.scorefiles",
     "report": "report",
     "spread_layers": "models.hf",
+    "unmap_large_blocks": "training.checkpoints",
     "write_score_file": "data.scorefiles",
 }
 
@@ -71,6 +73,7 @@ __all__ = [
     "CrossEncoder",
     "Distiller",
     "DocPairs",
+    "DocumentStore",
     "DotEncoder",
     "Ensemble",
     "FirstStageScore",
@@ -88,6 +91,7 @@ __all__ = [
     "read_score_file",
     "report",
     "spread_layers",
+    "unmap_large_blocks",
     "write_score_file",
 ]
 

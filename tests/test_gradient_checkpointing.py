@@ -54,3 +54,58 @@ def test_gradient_checkpointing_is_checked_at_construction(tiny_bert_dir, tmp_pa
     tk = mkd.TK.from_pretrained(tiny_bert_dir, max_length=32)
     with pytest.raises(ValueError, match="needs a student built on a Hugging Face encoder"):
         mkd.Distiller(tk, CountingTeacher(), gradient_checkpointing=True)
+
+
+MALLOC_PROBE = """
+import ctypes, ctypes.util, sys
+from pyterrier_marginkd import unmap_large_blocks
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.mallinfo2.restype = MallInfo2
+if sys.argv[1] == "unmap":
+    assert unmap_large_blocks(4) is True
+size = 6 * 2**20
+libc.free(libc.malloc(size))  # glibc's adaptive threshold rises past a freed mapped block...
+before = libc.mallinfo2().hblks
+block = libc.malloc(size)     # ...so by default the next one of that size comes from the heap
+print(libc.mallinfo2().hblks - before)
+libc.free(block)
+"""
+
+
+def test_unmap_large_blocks_maps_large_allocations_on_glibc():
+    """After unmap_large_blocks(4), a 6 MiB block gets its own mapping (returned to the system when freed) even once
+    glibc's adaptive threshold would have put it in the heap."""
+    import ctypes.util
+    import subprocess
+    import sys
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallinfo2"):
+        pytest.skip("needs glibc >= 2.33")
+    mapped = {mode: int(subprocess.run([sys.executable, "-c", MALLOC_PROBE, mode], capture_output=True, text=True,
+                                       check=True).stdout) for mode in ("default", "unmap")}
+    assert mapped == {"default": 0, "unmap": 1}
+    with pytest.raises(ValueError, match="min_mib must be positive"):
+        mkd.unmap_large_blocks(0)
+
+
+def test_cli_low_memory_trains_with_checkpointing_and_unmapped_blocks(tiny_bert_dir, tmp_path, monkeypatch):
+    from pyterrier_marginkd import cli
+    from pyterrier_marginkd.cli import commands
+    from pyterrier_marginkd.training import checkpoints
+
+    calls = []
+    monkeypatch.setattr(checkpoints, "unmap_large_blocks", lambda: calls.append(1) or True)
+    for flag, expected in (([], False), (["--low-memory"], True)):
+        args = cli.build_parser().parse_args(["train", "--student", str(tiny_bert_dir), "--teacher", "none",
+                                              "--loss", "ranknet", "--output", str(tmp_path), *flag])
+        assert commands._distiller(args, tmp_path).gradient_checkpointing is expected
+    assert calls == [1]

@@ -80,10 +80,14 @@ def _distiller(args: argparse.Namespace, output: Path) -> Distiller:
     student = load_reranker(args.student, num_layers=args.num_layers, max_length=args.max_length,
                          batch_size=args.batch_size * 4)
     teacher = None if args.teacher in (None, "none") else load_reranker(args.teacher, max_length=args.max_length)
+    if args.low_memory:
+        from pyterrier_marginkd.training.checkpoints import unmap_large_blocks
+
+        unmap_large_blocks()  # this process is ours: freed activations go back to the system at once
     return Distiller(student, teacher, loss=losses.by_name(args.loss), epochs=args.epochs,
                      batch_size=args.batch_size, lr=args.lr, num_negatives=args.num_negatives,
                      max_steps=args.max_steps, max_time=args.max_time, save_steps=args.save_steps, seed=args.seed,
-                     output_dir=output, verbose=True)
+                     gradient_checkpointing=args.low_memory, output_dir=output, verbose=True)
 
 
 def _train_from_stream(args: argparse.Namespace, output: Path) -> None:

@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 from transformers import PreTrainedModel
 
+from pyterrier_marginkd.models.docstore import StoredDocs
 from pyterrier_marginkd.models.hf import TextTokenizer
 from pyterrier_marginkd.models.two_sided import EncoderStudent, Tokens, encode, two_sided_batch
 
@@ -29,16 +30,20 @@ class _ColBERTModel(nn.Module):
         return F.normalize(vectors, dim=-1) if self.normalize else vectors
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        queries = self.embed(batch, "query")[batch["query_index"]]
-        docs = self.embed(batch, "doc")[batch["doc_index"]]
-        similarity = queries @ docs.transpose(1, 2)  # [pairs, query tokens, doc tokens]
-        doc_mask = batch["doc_match_mask"][batch["doc_index"]].bool()
-        similarity = similarity.masked_fill(~doc_mask.unsqueeze(1), torch.finfo(similarity.dtype).min)
-        best = similarity.max(-1).values * batch["query_attention_mask"][batch["query_index"]].to(similarity.dtype)
-        return best.sum(-1)
+        q_index, d_index = batch["query_index"], batch["doc_index"]
+        return maxsim(self.embed(batch, "query")[q_index], batch["query_attention_mask"][q_index],
+                      self.embed(batch, "doc")[d_index], batch["doc_match_mask"][d_index])
 
 
-class ColBERT(EncoderStudent):
+def maxsim(queries: torch.Tensor, query_mask: torch.Tensor, docs: torch.Tensor, doc_mask: torch.Tensor) -> torch.Tensor:
+    """Per pair, the sum over the query's tokens (``query_mask``) of the best match among its document's tokens
+    (``doc_mask``); token vectors ``[pairs, tokens, dim]``."""
+    similarity = queries @ docs.transpose(1, 2)  # [pairs, query tokens, doc tokens]
+    similarity = similarity.masked_fill(~doc_mask.bool().unsqueeze(1), torch.finfo(similarity.dtype).min)
+    return (similarity.max(-1).values * query_mask.to(similarity.dtype)).sum(-1)
+
+
+class ColBERT(StoredDocs, EncoderStudent):
     """ColBERT re-ranker: ``score = Σ_i max_j q_i · d_j`` over query token vectors q_i and document token vectors
     d_j (Khattab & Zaharia, SIGIR 2020).
 
@@ -94,8 +99,31 @@ class ColBERT(EncoderStudent):
 
     def _collate(self, items: Sequence[tuple[Tokens, Tokens]]) -> dict[str, torch.Tensor]:
         batch = two_sided_batch(items, self._tok.pad_id)
+        batch["doc_match_mask"] = self._collate_mask(batch)
+        return batch
+
+    def _collate_mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Which document tokens are matched: all but padding (and punctuation, with ``mask_punctuation``)."""
         match = batch["doc_attention_mask"]
         if self.mask_punctuation:
-            match = match * ~torch.isin(batch["doc_input_ids"], self._punctuation)
-        batch["doc_match_mask"] = match
-        return batch
+            match = match * ~torch.isin(batch["doc_input_ids"], self._punctuation.to(match.device))
+        return match
+
+    # --- pre-computed documents (docstore) -------------------------------------------------------------------
+    def _doc_side(self) -> tuple[list, dict[str, Any]]:
+        return [self.model.encoder, self.model.projection], {
+            "dim": self.dim, "normalize": self.normalize, "mask_punctuation": self.mask_punctuation,
+            "max_length": self.max_length}
+
+    def doc_width(self) -> int:
+        return self.dim
+
+    def _stored_rows(self, batch: dict[str, torch.Tensor], side: str) -> list[torch.Tensor]:
+        # a document keeps the token vectors it is matched on; a query every token (its [MASK]s included)
+        vectors = self.model.embed(batch, side)
+        keep = self._collate_mask(batch) if side == "doc" else batch["query_attention_mask"]
+        return [row[mask.bool()] for row, mask in zip(vectors, keep)]
+
+    def _stored_scores(self, queries: torch.Tensor, query_mask: torch.Tensor, docs: torch.Tensor,
+                       doc_mask: torch.Tensor) -> torch.Tensor:
+        return maxsim(queries, query_mask, docs, doc_mask)

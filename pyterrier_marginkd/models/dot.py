@@ -13,6 +13,7 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel
 
 from pyterrier_marginkd.models import io
+from pyterrier_marginkd.models.docstore import StoredDocs
 from pyterrier_marginkd.models.hf import load_hf_model, pad, sentence_transformers_settings
 from pyterrier_marginkd.models.two_sided import EncoderStudent, encode, load_encoder
 
@@ -52,7 +53,7 @@ class _DotModel(nn.Module):
         return (queries * docs).sum(-1)
 
 
-class DotEncoder(EncoderStudent):
+class DotEncoder(StoredDocs, EncoderStudent):
     """BERT-DOT re-ranker and dense retriever: ``score = pool(enc(query)) · pool(enc(text))``.
 
     ``pooling`` is ``"cls"`` (the [CLS] vector) or ``"mean"`` (mean of the token vectors); ``dim`` adds a linear
@@ -237,6 +238,25 @@ class DotEncoder(EncoderStudent):
                             lambda items: {f"{side}_{k}": v for k, v in pad(items, self._tok.pad_id).items()},
                             lambda batch: self.model.embed(batch, side), vectors, batch_size or self.batch_size)
         return vectors
+
+    # --- pre-computed documents (docstore) -------------------------------------------------------------------
+    def _doc_side(self) -> tuple[list, dict[str, Any]]:
+        encoder = getattr(self.model, "doc_encoder", self.model.encoder)
+        projection = [self.model.projection] if self.model.projection is not None else []
+        return [encoder, *projection], {"pooling": self.pooling, "dim": self.dim, "normalize": self.normalize,
+                                        "max_length": self.max_length}
+
+    def doc_width(self) -> int:
+        return self._width()
+
+    def doc_representations(self, texts: Sequence[str]) -> list[np.ndarray]:
+        return list(self._encode_side(texts, "doc", None)[:, None, :])
+
+    def score_stored(self, queries: Sequence[str], docs: Sequence[np.ndarray]) -> np.ndarray:
+        unique = {q: i for i, q in enumerate(dict.fromkeys(str(q) for q in queries))}
+        query_vecs = self._encode_side(list(unique), "query", None)[[unique[str(q)] for q in queries]]
+        doc_vecs = np.concatenate([np.asarray(d) for d in docs]) if len(docs) else np.zeros((0, self._width()))
+        return np.einsum("ij,ij->i", query_vecs, doc_vecs).astype(np.float64)
 
     # --- dense retrieval (pyterrier-dr) ------------------------------------------------------------------
     def query_encoder(self, verbose: bool | None = None, batch_size: int | None = None) -> pt.Transformer:

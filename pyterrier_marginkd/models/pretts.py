@@ -7,9 +7,11 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F  # noqa: N812
 from transformers import PreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask
 
+from pyterrier_marginkd.models.docstore import StoredDocs
 from pyterrier_marginkd.models.hf import layer_list
 from pyterrier_marginkd.models.two_sided import EncoderStudent, Tokens
 
@@ -40,13 +42,47 @@ class _PreTTModel(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         q_index, d_index = batch["query_index"], batch["doc_index"]
-        hidden = torch.cat([self.separate(batch, "query")[q_index], self.separate(batch, "doc")[d_index]], dim=1)
-        mask = torch.cat([batch["query_attention_mask"][q_index], batch["doc_attention_mask"][d_index]], dim=1)
-        hidden = self._run_layers(hidden, mask, layer_list(self.encoder)[self.num_separate_layers:])
-        return self.score_head(hidden[:, 0]).squeeze(-1)
+        return self.joint(self.separate(batch, "query")[q_index], batch["query_attention_mask"][q_index],
+                          self.separate(batch, "doc")[d_index], batch["doc_attention_mask"][d_index])
+
+    def joint(self, queries: torch.Tensor, query_mask: torch.Tensor, docs: torch.Tensor,
+              doc_mask: torch.Tensor) -> torch.Tensor:
+        """Scores of pairs from their separate-layer states ``[pairs, tokens, hidden]``: the joint layers on the
+        concatenation, then the head on [CLS]."""
+        hidden, mask = torch.cat([queries, docs], dim=1), torch.cat([query_mask, doc_mask], dim=1)
+        layers = layer_list(self.encoder)[self.num_separate_layers:]
+        if not _is_bert_layer(layers[-1]):
+            return self.score_head(self._run_layers(hidden, mask, layers)[:, 0]).squeeze(-1)
+        # the head reads [CLS] alone: the last layer computes only its row (keys and values still from every token)
+        hidden = self._run_layers(hidden, mask, layers[:-1])
+        return self.score_head(_first_token_output(layers[-1], hidden, mask)).squeeze(-1)
 
 
-class PreTT(EncoderStudent):
+def _is_bert_layer(layer: nn.Module) -> bool:
+    attention = getattr(layer, "attention", None)
+    heads = getattr(attention, "self", None)
+    return (hasattr(layer, "feed_forward_chunk") and hasattr(attention, "output") and not getattr(layer, "is_decoder",
+            False) and all(hasattr(heads, n) for n in ("query", "key", "value", "num_attention_heads",
+                                                        "attention_head_size", "scaling", "dropout")))
+
+
+def _first_token_output(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A BERT layer's output at the first position only, ``[rows, hidden]``: the same numbers as the whole layer's
+    first row, at a fraction of the cost (one query row, no feed-forward for the other tokens)."""
+    heads = layer.attention.self
+    rows, length, _ = hidden.shape
+    num, size = heads.num_attention_heads, heads.attention_head_size
+    query = heads.query(hidden[:, :1]).view(rows, 1, num, size).transpose(1, 2)
+    key = heads.key(hidden).view(rows, length, num, size).transpose(1, 2)
+    value = heads.value(hidden).view(rows, length, num, size).transpose(1, 2)
+    context = F.scaled_dot_product_attention(query, key, value, attn_mask=mask.bool()[:, None, None, :],
+                                             dropout_p=heads.dropout.p if heads.training else 0.0,
+                                             scale=heads.scaling)
+    attended = layer.attention.output(context.transpose(1, 2).reshape(rows, 1, num * size), hidden[:, :1])
+    return layer.feed_forward_chunk(attended)[:, 0]
+
+
+class PreTT(StoredDocs, EncoderStudent):
     """PreTT(R) re-ranker (MacAvaney et al., SIGIR 2020): ``[CLS] query [SEP]`` and ``text [SEP]`` pass the first
     ``num_separate_layers`` transformer layers apart, the remaining layers on their concatenation, and a linear head
     scores the [CLS] vector.
@@ -90,3 +126,20 @@ class PreTT(EncoderStudent):
     def _doc_sequences(self, texts: Sequence[str]) -> list[Tokens]:
         # drop the document's own [CLS]: the pair reads like [CLS] query [SEP] text [SEP]
         return [(ids[1:], [1] * (len(ids) - 1)) for ids, _ in self._tok.singles(texts)]
+
+    # --- pre-computed documents (docstore) -------------------------------------------------------------------
+    def _doc_side(self) -> tuple[list, dict[str, Any]]:
+        separate = layer_list(self.model.encoder)[:self.num_separate_layers]
+        return [self.model.encoder.embeddings, *separate], {"num_separate_layers": self.num_separate_layers,
+                                                            "max_length": self.max_length}
+
+    def doc_width(self) -> int:
+        return self.model.encoder.config.hidden_size
+
+    def _stored_rows(self, batch: dict[str, torch.Tensor], side: str) -> list[torch.Tensor]:
+        states = self.model.separate(batch, side)
+        return [row[:int(n)] for row, n in zip(states, batch[f"{side}_attention_mask"].sum(1))]
+
+    def _stored_scores(self, queries: torch.Tensor, query_mask: torch.Tensor, docs: torch.Tensor,
+                       doc_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.joint(queries, query_mask, docs, doc_mask)

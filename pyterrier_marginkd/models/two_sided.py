@@ -75,20 +75,31 @@ class TwoSidedScorer(NeuralScorer):
         """Score each (query, text) row; with ``first_stage``, mix in the row's normalised incoming ``score``."""
         if self.first_stage is None:
             return super().transform(inp)
-        if isinstance(inp, pd.DataFrame) and "score" not in inp.columns:
-            raise ValueError(f"{self!r} mixes in the first stage's score (first_stage={self.first_stage!r}), but its "
-                             f"input has no 'score' column (found {list(inp.columns)}); re-rank a retriever's "
-                             "results, e.g. bm25 >> get_text >> student")
+        if isinstance(inp, pd.DataFrame):
+            self._require_score(inp)  # before any expensive work
         neural = super().transform(inp)
         if len(inp) == 0:
             return neural
+        return add_scores(neural, self.mix_first_stage(inp, neural["score"].to_numpy()))
+
+    def mix_first_stage(self, inp: pd.DataFrame, neural: np.ndarray) -> np.ndarray:
+        """The final scores of ``inp``'s rows from their neural scores: with ``first_stage``, mixed with the rows'
+        normalised incoming ``score``; else the neural scores."""
+        if self.first_stage is None:
+            return neural
+        self._require_score(inp)
         first = pd.to_numeric(inp["score"], errors="coerce").to_numpy(dtype=float)
         if not np.isfinite(first).all():
             raise ValueError(f"the first stage's 'score' column holds {int((~np.isfinite(first)).sum())} non-finite "
                              "value(s) (NaN/inf)")
         a, b = self.model.interpolation.weights()
-        mixed = a * neural["score"].to_numpy() + b * normalize_scores(inp["qid"], first, self.first_stage)
-        return add_scores(neural, mixed)
+        return a * np.asarray(neural) + b * normalize_scores(inp["qid"], first, self.first_stage)
+
+    def _require_score(self, inp: pd.DataFrame) -> None:
+        if "score" not in inp.columns:
+            raise ValueError(f"{self!r} mixes in the first stage's score (first_stage={self.first_stage!r}), but its "
+                             f"input has no 'score' column (found {list(inp.columns)}); re-rank a retriever's "
+                             "results, e.g. bm25 >> get_text >> student")
 
     def train_scores(self, queries: Sequence[str], texts: Sequence[str],
                      first_stage: Sequence[float] | None = None) -> torch.Tensor:
