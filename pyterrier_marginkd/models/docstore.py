@@ -9,11 +9,12 @@ leaves nothing that could be read as a store (the next build tidies up and start
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -300,8 +301,12 @@ class StoredDocs:
                 batch = {f"{side}_{k}": v for k, v in pad([sequences[i] for i in idx], self._tok.pad_id).items()}
                 yield idx, self._stored_rows(self._to_device(batch), side)
 
-    def _inference(self):
-        return _Inference(self.model)
+    @contextlib.contextmanager
+    def _inference(self) -> Iterator[None]:
+        """The model in eval mode under ``torch.inference_mode()`` (the base's ``eval_mode``: training mode restored
+        after)."""
+        with self.eval_mode(), torch.inference_mode():
+            yield
 
     def _stored_rows(self, batch: dict[str, torch.Tensor], side: str) -> list[torch.Tensor]:
         raise NotImplementedError
@@ -316,19 +321,3 @@ def _padded(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     lengths = torch.tensor([len(r) for r in rows])
     mask = (torch.arange(int(lengths.max())).unsqueeze(0) < lengths.unsqueeze(1)).long()
     return pad_sequence(list(rows), batch_first=True), mask
-
-
-class _Inference:
-    """``model`` in eval mode under ``torch.inference_mode()``; its training mode restored after."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.model, self.mode = model, torch.inference_mode()
-
-    def __enter__(self):
-        self.was_training = self.model.training
-        self.model.eval()
-        self.mode.__enter__()
-
-    def __exit__(self, *exc):
-        self.mode.__exit__(*exc)
-        self.model.train(self.was_training)
