@@ -41,29 +41,31 @@ from throughput import compare, cpu_name, load_average  # noqa: E402
 
 def train_student(collection: mkd.Collection, bm25: pt.Transformer, folder: Path, fusion_weights: Sequence[float],
                   steps: int) -> Path:
-    """Distil the 2-layer CrossEncoder student described in the module docstring into ``folder`` (once)."""
-    student_dir = folder / "student"
-    if (student_dir / "marginkd.json").exists():
-        print(f"reusing the student in {student_dir}")
-        return student_dir
+    """Distil the 2-layer CrossEncoder student described in the module docstring into ``folder`` once (a later run
+    with the same settings reuses it); returns the student's folder."""
     minilm = mkd.default_model()
-    get_text = collection.get_text()
-    bi_encoder = mkd.DotEncoder.from_pretrained(minilm, frozen_docs=True, max_length=256)
-    teacher = mkd.Ensemble([mkd.FirstStageScore(), bi_encoder], weights=list(fusion_weights), normalize="zscore")
-    torch.manual_seed(0)
-    student = mkd.CrossEncoder.from_pretrained(minilm, num_layers=2, max_length=256)
-    pseudo = mkd.pseudo_queries(collection, "title", num=600, seed=0)
-    topics, qrels = collection.topics("train"), collection.qrels("train")
-    valid = topics.sample(frac=0.2, random_state=0)
-    fit = topics.drop(valid.index)
-    candidates = bm25 % 30 >> get_text
-    train_res = pd.concat([candidates(fit), candidates(pseudo[["qid", "query"]])], ignore_index=True)
-    distiller = mkd.Distiller(student, teacher, loss=mkd.losses.MarginMSE(), unjudged="teacher", epochs=50,
-                              max_steps=steps, batch_size=16, num_negatives=3, lr=1e-4, head_lr=1e-3, eval_steps=40,
-                              seed=0, output_dir=folder, verbose=True)
-    distiller.fit(train_res, qrels[qrels.qid.isin(fit.qid)], (bm25 >> get_text)(valid),
-                  qrels[qrels.qid.isin(valid.qid)])
-    return student_dir
+
+    def fit(output_dir: Path) -> mkd.Distiller:
+        get_text = collection.get_text()
+        bi_encoder = mkd.DotEncoder.from_pretrained(minilm, frozen_docs=True, max_length=256)
+        teacher = mkd.Ensemble([mkd.FirstStageScore(), bi_encoder], weights=list(fusion_weights), normalize="zscore")
+        torch.manual_seed(0)
+        student = mkd.CrossEncoder.from_pretrained(minilm, num_layers=2, max_length=256)
+        pseudo = mkd.pseudo_queries(collection, "title", num=600, seed=0)
+        topics, qrels = collection.topics("train"), collection.qrels("train")
+        valid = topics.sample(frac=0.2, random_state=0)
+        train = topics.drop(valid.index)
+        candidates = bm25 % 30 >> get_text
+        train_res = pd.concat([candidates(train), candidates(pseudo[["qid", "query"]])], ignore_index=True)
+        distiller = mkd.Distiller(student, teacher, loss=mkd.losses.MarginMSE(), unjudged="teacher", epochs=50,
+                                  max_steps=steps, batch_size=16, num_negatives=3, lr=1e-4, head_lr=1e-3,
+                                  eval_steps=40, seed=0, output_dir=output_dir, verbose=True)
+        return distiller.fit(train_res, qrels[qrels.qid.isin(train.qid)], (bm25 >> get_text)(valid),
+                             qrels[qrels.qid.isin(valid.qid)])
+
+    settings = {"data": collection.name, "model": minilm, "fusion_weights": list(fusion_weights), "steps": steps}
+    mkd.fit_once(folder, settings, fit, verbose=True)
+    return folder / "student"
 
 
 def markdown(report: dict) -> str:
