@@ -23,8 +23,8 @@ from pyterrier_marginkd.models.dot import DotEncoder
 from pyterrier_marginkd.models.ensemble import Ensemble, FirstStageScore
 from pyterrier_marginkd.models.hf import spread_layers
 from pyterrier_marginkd.models.identity import describe
-from pyterrier_marginkd.models.io import default_model, load, load_scorer
-from pyterrier_marginkd.report import TABLE_FILE, report
+from pyterrier_marginkd.models.io import default_model, load_scorer
+from pyterrier_marginkd.report import TABLE_FILE, deployed_report, markdown_table, report
 from pyterrier_marginkd.training.distiller import Distiller
 from pyterrier_marginkd.training.once import fit_once
 
@@ -48,13 +48,26 @@ class Recipe:
     max_length: int  #: tokens per query or document
     pseudo_queries: int  #: pseudo-queries made from documents (titles or first sentences), labelled by the teacher
     valid_fraction: float  #: share of the train-split queries held out to pick the best checkpoint
-    num_negatives: int  #: negatives per positive in a training group
+    num_negatives: int | None  #: negatives per positive in a training group (None: the rest of the k candidates)
     batch_size: int  #: training groups per step
     student_steps: int  #: optimizer steps of each student (the budget: the same table on any machine)
     student_lr: float
     mix_lr: float  #: learning rate of the students' first-stage mixing weights
     student_time: float | None  #: optional seconds each student may train (results then depend on the machine)
     quantize: str | None = "int8"  #: the students as deployed on a CPU, compared with the teacher (None: skip)
+    student_loss: str = "kl"  #: how the students learn the teacher's scores: a name of STUDENT_LOSSES
+
+    def __post_init__(self):
+        if self.student_loss not in STUDENT_LOSSES:
+            raise ValueError(f"student_loss must be one of {sorted(STUDENT_LOSSES)}, got {self.student_loss!r}")
+        if self.num_negatives is not None and not 1 <= self.num_negatives < self.k:
+            raise ValueError(f"num_negatives must be between 1 and k - 1 = {self.k - 1} (or None: all {self.k - 1}),"
+                             f" got {self.num_negatives}")
+
+    @property
+    def negatives(self) -> int:
+        """Negatives per training group: ``num_negatives``, else every other candidate of the query."""
+        return self.num_negatives or self.k - 1
 
     @classmethod
     def preset(cls, fast: bool = False, **overrides: Any) -> Recipe:
@@ -66,11 +79,16 @@ class Recipe:
         return dataclasses.replace(base, **overrides)
 
 
-# Students: k layers of the model (spread over its depth) as a query encoder, against the model's own (frozen) document
-# vectors, mixing in the normalised BM25 score; only the query side trains, so a step costs a few milliseconds per
-# query.
+#: the students' losses: name -> (report name, loss). "kl": the teacher's distribution over each query's candidate
+#: list (both sides z-scored per query); "margin-mse": its margins, positive minus each negative.
+STUDENT_LOSSES = {"kl": ("KL", lambda: losses.KLDiv(normalize="zscore")),
+                  "margin-mse": ("Margin-MSE", losses.MarginMSE)}
+
+# Students: k layers of the model (spread over its depth) as a query encoder against its frozen document vectors,
+# mixing in the normalised BM25 score; each training query brings its whole candidate list (with 7 negatives and
+# Margin-MSE, L4 kept 96.5% of the teacher on Vaswani; whole lists and KL 98.8%: benchmarks/results/kd-variants-kl).
 FAST = Recipe(train_queries=None, test_queries=None, k=50, max_length=256, pseudo_queries=1000, valid_fraction=0.2,
-              num_negatives=7, batch_size=32, student_steps=300, student_lr=1e-4, mix_lr=1e-3, student_time=None)
+              num_negatives=None, batch_size=32, student_steps=300, student_lr=1e-4, mix_lr=1e-3, student_time=None)
 FULL = dataclasses.replace(FAST, pseudo_queries=3000, student_steps=1200)
 
 
@@ -86,7 +104,8 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     ``model``, all-MiniLM-L6-v2): per-query z-scores, weights fitted on the train split's labels (one-standard-error
     rule). No teacher is trained. Students are k layers of ``model`` (each of ``student_layers``; spread over its depth,
     the last included: ``spread_layers``) as query encoders against its document vectors, mixing in the normalised BM25
-    score, distilled with Margin-MSE on the train queries and teacher-labelled pseudo-queries; a label-only student (the
+    score, distilled (``recipe.student_loss``: KL over each query's candidate list, or Margin-MSE) on the train queries
+    and teacher-labelled pseudo-queries; a label-only student (the
     smallest size, RankNet on the train labels) is the baseline. Everything lands in ``output``; a later run reuses the
     index, the fusion weights, the teacher cache and every trained student.
     """
@@ -158,10 +177,12 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
                        scorer_kwargs=scorer_kwargs, shared_docs=shared_docs)
     distilled = {}
     teacher_id = describe(fused)
+    loss_label, make_loss = STUDENT_LOSSES[recipe.student_loss]
     for num_layers in layers:
         distilled[num_layers] = trainer(
-            output / f"student-L{num_layers}-marginmse", f"student L{num_layers} (Margin-MSE)",
-            lambda n=num_layers: student(n), fused, losses.MarginMSE(), (train_res, fit_qrels),
+            output / f"student-L{num_layers}-{recipe.student_loss.replace('-', '')}",
+            f"student L{num_layers} ({loss_label})", lambda n=num_layers: student(n), fused, make_loss(),
+            (train_res, fit_qrels),
             layers=kept[num_layers], teacher_id=teacher_id, unjudged="teacher", cache_dir=output / "teacher_cache")
     baseline_layers = layers[0]
     label_only = trainer(output / f"student-L{baseline_layers}-labels", f"student L{baseline_layers} (labels only)",
@@ -176,7 +197,7 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     _log(verbose, f"document vectors of the test candidates computed ahead of queries ({len(shared_docs)} kept, "
                   f"{time.time() - started_docs:.0f} s), as an index would hold them")
     systems: dict[str, pt.Transformer] = {"BM25": bm25 % recipe.k, teacher_name: candidates >> fused}
-    students = {f"student L{n} (Margin-MSE)": candidates >> s for n, s in distilled.items()}
+    students = {f"student L{n} ({loss_label})": candidates >> s for n, s in distilled.items()}
     label_name = f"student L{baseline_layers} (labels only)"
     systems.update(students)
     systems[label_name] = candidates >> label_only
@@ -188,10 +209,10 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
                            baseline=0, correction="holm")
     versus.to_csv(output / "report" / VS_LABELS_FILE, index=False)
     with open(output / "report" / TABLE_FILE, "a") as f:
-        f.write(f"\nAgainst the label-only student (paired t-test, Holm-corrected):\n\n{_markdown(versus)}\n")
+        f.write(f"\nAgainst the label-only student (paired t-test, Holm-corrected):\n\n{markdown_table(versus)}\n")
     if recipe.quantize:
-        _deployed_report(output, recipe.quantize, candidates, teacher_name, fused, trainer.folders, test_topics,
-                         test_qrels, scorer_kwargs, shared_docs, verbose)
+        deployed_report(DEPLOYED_FILE, output, recipe.quantize, candidates, teacher_name, fused, trainer.folders,
+                        test_topics, test_qrels, scorer_kwargs, shared_docs, verbose)
     if verbose:
         print((output / "report" / TABLE_FILE).read_text())
         files = (f"results.md, results.csv, {VS_LABELS_FILE}" + (f", {DEPLOYED_FILE}" if recipe.quantize else "")
@@ -199,30 +220,6 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
         hint = "" if plot else " (pip install pyterrier-marginkd[plot] for the plot)"
         print(f"report: {output / 'report'}: {files}{hint}")
         print(f"quickstart finished in {time.time() - started:.0f} s")
-    return table
-
-
-def _deployed_report(output: Path, quantize: str, candidates: pt.Transformer, teacher_name: str,
-                     teacher: pt.Transformer, folders: dict[str, Path], topics: pd.DataFrame, qrels: pd.DataFrame,
-                     scorer_kwargs: dict, shared_docs: dict, verbose: bool) -> pd.DataFrame:
-    """The students as deployed on a CPU: each trained student loaded with ``quantize`` (int8 query encoder; the
-    stored document vectors stay fp32), against the fp32 teacher in one run — quality (paired t-test against the
-    teacher) and pairs/s as a multiple of the teacher's. Appended to results.md, written to DEPLOYED_FILE."""
-    systems: dict[str, pt.Transformer] = {teacher_name: candidates >> teacher}
-    for name, folder in folders.items():
-        student = load(folder / "student", quantize=quantize, **scorer_kwargs)
-        student.share_doc_vectors(shared_docs)
-        systems[f"{name[:-1]}, {quantize})"] = candidates >> student
-    _log(verbose, f"the students as deployed ({quantize}) against the teacher, on {len(topics)} queries")
-    table = report(systems, topics, qrels, output / "report" / "deployed", baseline=0, plot=False)
-    table["x teacher pairs/s"] = table["pairs/s"] / table["pairs/s"].iloc[0]
-    table.to_csv(output / "report" / DEPLOYED_FILE, index=False)
-    shown = table[["name", "nDCG@10", "RR@10", *[c for c in table.columns if c.startswith("nDCG@10 p-value corr")],
-                   "pairs/s", "x teacher pairs/s", "mrt"]]
-    with open(output / "report" / TABLE_FILE, "a") as f:
-        f.write(f"\nThe students as deployed ({quantize} query encoders, fp32 document vectors) against the fp32 "
-                f"teacher (paired t-test, Holm-corrected; pairs/s of one run, as a multiple of the teacher's):"
-                f"\n\n{_markdown(shown)}\n")
     return table
 
 
@@ -268,7 +265,7 @@ class _Trainer:
                  **extra: Any) -> DotEncoder:
         r = self.recipe
         settings = {**self.identity, "loss": repr(loss), "steps": r.student_steps, "lr": r.student_lr,
-                    "mix_lr": r.mix_lr, "batch_size": r.batch_size, "num_negatives": r.num_negatives,
+                    "mix_lr": r.mix_lr, "batch_size": r.batch_size, "num_negatives": r.negatives,
                     "pseudo_queries": r.pseudo_queries if teacher is not None else 0, "max_time": r.student_time,
                     "layers": layers, "teacher": teacher_id, "training_qids": _digest(sorted(
                         fit_args[0]["qid"].astype(str).unique()))}
@@ -279,7 +276,7 @@ class _Trainer:
             # a step budget: enough epochs that max_steps, not the data, ends the run
             distiller = Distiller(make_student(), teacher, loss=loss, epochs=r.student_steps,
                                   max_steps=r.student_steps, batch_size=r.batch_size, lr=r.student_lr,
-                                  head_lr=r.mix_lr, num_negatives=r.num_negatives, max_time=r.student_time,
+                                  head_lr=r.mix_lr, num_negatives=r.negatives, max_time=r.student_time,
                                   seed=self.seed, eval_steps=max(r.student_steps // 6, 1),
                                   save_steps=max(r.student_steps // 3, 1), output_dir=output_dir,
                                   verbose=self.verbose, **extra)
@@ -295,14 +292,6 @@ class _Trainer:
         student, _ = fit_once(folder, settings, fit, label=label, verbose=self.verbose,
                               load_kwargs=self.scorer_kwargs)
         return student.share_doc_vectors(self.shared_docs)
-
-
-def _markdown(table: pd.DataFrame) -> str:
-    columns = [c for c in table.columns if not c.endswith(("+", "-"))]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for _, row in table[columns].iterrows():
-        lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |")
-    return "\n".join(lines)
 
 
 def _short(name: str) -> str:

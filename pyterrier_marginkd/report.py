@@ -15,6 +15,7 @@ import pyterrier as pt
 from ir_measures import AP, RR, nDCG
 
 from pyterrier_marginkd.models.base import NeuralScorer
+from pyterrier_marginkd.models.io import load
 
 #: measures of a report unless others are given; the first one is plotted against mean response time
 DEFAULT_MEASURES = (nDCG @ 10, RR @ 10, AP @ 100)
@@ -282,3 +283,37 @@ def _place_labels(figure, axes, names: list[str], xs: np.ndarray, ys: np.ndarray
 
 def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """A Markdown table of ``table`` (floats to 4 significant digits; the +/- count columns left out)."""
+    columns = [c for c in table.columns if not c.endswith(("+", "-"))]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for _, row in table[columns].iterrows():
+        lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def deployed_report(file_name: str, output: Path, quantize: str, candidates: pt.Transformer, teacher_name: str,
+                     teacher: pt.Transformer, folders: dict[str, Path], topics: pd.DataFrame, qrels: pd.DataFrame,
+                     scorer_kwargs: dict, shared_docs: dict, verbose: bool) -> pd.DataFrame:
+    """The students as deployed on a CPU: each trained student loaded with ``quantize`` (int8 query encoder; the
+    stored document vectors stay fp32), against the fp32 teacher in one run — quality (paired t-test against the
+    teacher) and pairs/s as a multiple of the teacher's. Appended to results.md, written to ``file_name``."""
+    systems: dict[str, pt.Transformer] = {teacher_name: candidates >> teacher}
+    for name, folder in folders.items():
+        student = load(folder / "student", quantize=quantize, **scorer_kwargs)
+        student.share_doc_vectors(shared_docs)
+        systems[f"{name[:-1]}, {quantize})"] = candidates >> student
+    if verbose:
+        print(f"the students as deployed ({quantize}) against the teacher, on {len(topics)} queries", flush=True)
+    table = report(systems, topics, qrels, output / "report" / "deployed", baseline=0, plot=False)
+    table["x teacher pairs/s"] = table["pairs/s"] / table["pairs/s"].iloc[0]
+    table.to_csv(output / "report" / file_name, index=False)
+    shown = table[["name", "nDCG@10", "RR@10", *[c for c in table.columns if c.startswith("nDCG@10 p-value corr")],
+                   "pairs/s", "x teacher pairs/s", "mrt"]]
+    with open(output / "report" / TABLE_FILE, "a") as f:
+        f.write(f"\nThe students as deployed ({quantize} query encoders, fp32 document vectors) against the fp32 "
+                f"teacher (paired t-test, Holm-corrected; pairs/s of one run, as a multiple of the teacher's):"
+                f"\n\n{markdown_table(shown)}\n")
+    return table

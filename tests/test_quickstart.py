@@ -13,8 +13,8 @@ from pyterrier_marginkd.quickstart import DEPLOYED_FILE, FAST, FULL, VS_LABELS_F
 from pyterrier_marginkd.report import CSV_FILE, PLOT_FILE, TABLE_FILE
 
 
-def systems(teacher: str) -> list[str]:
-    return ["BM25", f"teacher BM25 + {teacher}", "student L1 (Margin-MSE)", "student L1 (labels only)"]
+def systems(teacher: str, loss: str = "KL") -> list[str]:
+    return ["BM25", f"teacher BM25 + {teacher}", f"student L1 ({loss})", "student L1 (labels only)"]
 
 
 def run(data, tiny_bert_dir, output, *extra: str) -> None:
@@ -38,17 +38,18 @@ def test_fresh_run_then_a_second_run_reuses_every_model(cranfield, tiny_bert_dir
     assert "pseudo-queries (titles of documents)" in printed
     assert (output / "report" / PLOT_FILE).read_bytes().startswith(b"\x89PNG")
     versus = pd.read_csv(output / "report" / VS_LABELS_FILE)
-    assert list(versus["name"]) == ["student L1 (labels only)", "student L1 (Margin-MSE)"]
+    assert list(versus["name"]) == ["student L1 (labels only)", "student L1 (KL)"]
     deployed = pd.read_csv(output / "report" / DEPLOYED_FILE)
-    assert list(deployed["name"]) == [expected[1], "student L1 (Margin-MSE, int8)", "student L1 (labels only, int8)"]
+    assert list(deployed["name"]) == [expected[1], "student L1 (KL, int8)", "student L1 (labels only, int8)"]
     assert deployed["x teacher pairs/s"].iloc[0] == 1.0 and (deployed["x teacher pairs/s"] > 0).all()
     assert "The students as deployed (int8" in (output / "report" / TABLE_FILE).read_text()
     fusion = json.loads((output / "teacher" / "fusion.json").read_text())
     assert len(fusion["weights"]) == 2 and fusion["normalize"] == "zscore"
     assert (output / "cranfield.pisa").is_dir() and any((output / "teacher_cache").iterdir())
-    for stage in ("student-L1-labels", "student-L1-marginmse"):
+    for stage in ("student-L1-labels", "student-L1-kl"):
         done = json.loads((output / stage / "done.json").read_text())
         assert done["settings"]["max_length"] == 48 and done["settings"]["steps"] == 3
+        assert done["settings"]["num_negatives"] == 5  # the rest of each query's k = 6 candidates
         assert mkd.load(output / stage / "student").first_stage == "zscore"
     first = pd.read_csv(output / "report" / CSV_FILE)
 
@@ -78,9 +79,9 @@ def test_a_given_bi_encoder_teacher_and_time_boxed_students(cranfield, tiny_bert
     (st_folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
     output = tmp_path / "given"
     run(cranfield.path, tiny_bert_dir, output, "--teacher", str(st_folder), "--student-time", "0.001",
-        "--quantize", "none")
+        "--quantize", "none", "--student-loss", "margin-mse")
     printed = capsys.readouterr().out
-    assert table_rows(output)[1] == "teacher BM25 + tiny-st"
+    assert table_rows(output) == systems("tiny-st", "Margin-MSE")
     assert not (output / "report" / DEPLOYED_FILE).exists() and "as deployed" not in printed
     assert printed.count("budget allowed") == 2
     done = json.loads((output / "student-L1-marginmse" / "done.json").read_text())
@@ -93,6 +94,12 @@ def test_recipes_and_offline_hint(cranfield):
     assert FULL.student_steps > FAST.student_steps and FULL.pseudo_queries > FAST.pseudo_queries
     with pytest.raises(TypeError, match="unknown recipe setting"):
         Recipe.preset(True, epochs=3)
+    assert FAST.student_loss == "kl" and FAST.negatives == FAST.k - 1 and Recipe.preset(True, k=7).negatives == 6
+    assert Recipe.preset(True, num_negatives=3).negatives == 3
+    with pytest.raises(ValueError, match="num_negatives must be between 1 and k - 1 = 49"):
+        Recipe.preset(True, num_negatives=50)
+    with pytest.raises(ValueError, match=r"student_loss must be one of \['kl', 'margin-mse'\]"):
+        Recipe.preset(True, student_loss="ranknet")
     with pytest.raises(RuntimeError, match=r"Offline, pass a local folder with docs\.jsonl\.gz.*--data") as error:
         with _download_hint(mkd.Collection("irds:beir/scifact")):
             raise ConnectionError("Name or service not known")

@@ -246,7 +246,8 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
     from pyterrier_marginkd.quickstart import Recipe, quickstart
 
     overrides = {name: getattr(args, name) for name in ("train_queries", "test_queries", "k", "max_length",
-                                                         "pseudo_queries", "student_steps", "student_time")}
+                                                         "pseudo_queries", "student_steps", "student_time",
+                                                         "student_loss")}
     if args.quantize is not None:
         overrides["quantize"] = None if args.quantize == "none" else args.quantize
     recipe = Recipe.preset(args.fast, **{k: v for k, v in overrides.items() if v is not None or k == "quantize"})
