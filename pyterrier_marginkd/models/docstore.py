@@ -240,7 +240,7 @@ class StoredDocs:
     # --- what the store needs ------------------------------------------------------------------------------
     def _doc_side(self) -> tuple[list, dict[str, Any]]:
         """The modules and settings the document representations depend on."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} keeps no document store: it must define _doc_side")
 
     def doc_digest(self) -> str:
         """A digest of the document side: its weights (as saved), settings and tokenizer."""
@@ -263,7 +263,7 @@ class StoredDocs:
 
     def doc_width(self) -> int:
         """The width of a stored row."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} keeps no document store: it must define doc_width")
 
     def doc_representations(self, texts: Sequence[str]) -> list[np.ndarray]:
         """What the store keeps of each text: a float32 array ``[rows, width]``."""
@@ -309,11 +309,13 @@ class StoredDocs:
             yield
 
     def _stored_rows(self, batch: dict[str, torch.Tensor], side: str) -> list[torch.Tensor]:
-        raise NotImplementedError
+        """Per-sequence tensors (the rows kept) of a padded ``side`` batch."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no document store: it must define _stored_rows")
 
     def _stored_scores(self, queries: torch.Tensor, query_mask: torch.Tensor, docs: torch.Tensor,
                        doc_mask: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Scores of pairs from padded query and document tensors and their masks."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no document store: it must define _stored_scores")
 
 
 def _padded(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
