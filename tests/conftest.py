@@ -165,7 +165,7 @@ class CountingTeacher(pt.Transformer):
 
     def transform(self, inp):
         self.pairs += len(inp)
-        return inp.assign(score=[float(self.fn(r)) for _, r in inp.iterrows()])
+        return inp.assign(score=[float(self.fn(r)) for r in inp.to_dict("records")])  # rows as dicts: no str inference
 
     def __repr__(self):
         return "CountingTeacher()"

@@ -67,7 +67,9 @@ TEXTS = st.one_of(
 def result_frames(draw, min_rows: int = 0) -> pd.DataFrame:
     """A result frame with hostile but valid values: odd ids and texts, duplicates, extra and stale columns."""
     rows = draw(st.lists(st.tuples(IDS, IDS, TEXTS, TEXTS), min_size=min_rows, max_size=10))
-    frame = pd.DataFrame(rows, columns=["qid", "docno", "query", "text"]).astype(object)
+    # object columns from the start: pandas' pyarrow-backed strings (pandas 3 with pyarrow installed) cannot hold lone
+    # surrogates
+    frame = pd.DataFrame(rows, columns=["qid", "docno", "query", "text"], dtype=object)
     if len(frame) and draw(st.booleans()):
         frame = pd.concat([frame, frame.sample(n=draw(st.integers(1, len(frame))), replace=True, random_state=0)])
     if draw(st.booleans()):
@@ -185,7 +187,7 @@ def training_data(draw):
             rows.append((qid, query, docno, draw(TEXTS)))
             if draw(st.booleans()):
                 qrels.append((str(qid), str(docno), draw(st.integers(0, 2))))
-    res = pd.DataFrame(rows, columns=["qid", "query", "docno", "text"])
+    res = pd.DataFrame(rows, columns=["qid", "query", "docno", "text"], dtype=object)  # lone surrogates: see above
     if draw(st.booleans()):
         res = pd.concat([res, res.head(2)])
     qrels = pd.DataFrame(qrels, columns=["qid", "docno", "label"]) if draw(st.booleans()) else None

@@ -58,13 +58,36 @@ def test_lean_inference_still_differentiates(tiny_ce, small_results):
     torch.testing.assert_close(lean, full, rtol=1e-5, atol=1e-6)
 
 
-def test_train_scores_use_the_full_model(tiny_ce, small_results):
-    tiny_ce.model.train()
+def _grads(model) -> dict[str, torch.Tensor]:
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def test_train_scores_skip_the_rest_of_the_last_layer_with_the_same_scores_and_gradients(tiny_ce, small_results):
+    """Training reads the last layer's first token only: with dropout off, the scores and every gradient are those of
+    the whole model's forward pass."""
+    model = tiny_ce.model
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    model.train()
+    batch = _batch(tiny_ce, small_results)
+    full = model(**batch).logits[:, 0]
+    full.sum().backward()
+    expected = _grads(model)
+    model.zero_grad()
     seen = []
-    handle = _tokens_seen_by_last_feed_forward(tiny_ce.model, seen)
+    handle = _tokens_seen_by_last_feed_forward(model, seen)
     scores = tiny_ce.train_scores(small_results["query"].tolist(), small_results["text"].tolist())
     handle.remove()
-    assert scores.requires_grad and seen[0] > 1
+    assert seen == [1]
+    # train_scores sorts nothing: rows follow the input
+    torch.testing.assert_close(scores, full, rtol=1e-5, atol=1e-6)
+    scores.sum().backward()
+    got = _grads(model)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert "forward" not in vars(model.bert.encoder.layer[-1].attention.self)
 
 
 def test_models_whose_head_may_pool_all_tokens_are_left_alone(tiny_ce, small_results):

@@ -95,3 +95,14 @@ def valid_unicode(text: str) -> str:
     except UnicodeEncodeError:
         return _SURROGATE.sub("\ufffd", text)
     return text
+
+
+class RecordsTransformer:
+    """Mixin for a ``pt.Transformer`` with a ``transform``: PyTerrier's list-of-dicts calling convention builds the
+    frame without pandas' pyarrow-backed strings (pandas 3 with pyarrow installed), which cannot hold a text with a
+    lone surrogate (a valid Python ``str``); such texts are scored as in a frame."""
+
+    def transform_iter(self, inp):
+        with pd.option_context("future.infer_string", False):
+            frame = pd.DataFrame(list(inp))
+        return self.transform(frame).to_dict(orient="records")

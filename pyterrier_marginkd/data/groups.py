@@ -112,6 +112,9 @@ class TrainingExamples:
             results = results.sort_values(["qid", "score"], ascending=[True, False], kind="stable")
         result_qids = set(results["qid"])
         qrels_qids = set(qrels["qid"])
+        if not len(qrels):
+            raise ValueError("the training qrels are empty: no training query has a positive (relevant) judgement to "
+                             "learn from")
         if not result_qids & qrels_qids:
             raise ValueError(f"the qrels are for queries not in the results: none of the {len(result_qids)} result "
                              f"queries (e.g. {sorted(result_qids)[:3]}) has qrels (qrels qids e.g. "

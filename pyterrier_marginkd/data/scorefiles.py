@@ -222,7 +222,8 @@ def write_score_file(path: str | os.PathLike, triples: Iterable[tuple[str, str, 
                     continue
                 rows = _rows(todo, queries, docs)
                 pairs = pd.DataFrame([(r[0], r[1], d, t) for r in rows for d, t in ((r[2], r[3]), (r[4], r[5]))],
-                                     columns=["qid", "query", "docno", text_field]).drop_duplicates(["qid", "docno"])
+                                     columns=["qid", "query", "docno", text_field],
+                                     dtype=object).drop_duplicates(["qid", "docno"])  # object: lone surrogates too
                 scored = checked(pairs)
                 scores = dict(zip(zip(scored["qid"].astype(str), scored["docno"].astype(str)), scored["score"]))
                 for qid, query, pos, pos_text, neg, neg_text in rows:

@@ -12,7 +12,13 @@ import pyterrier as pt
 import torch
 
 from pyterrier_marginkd import _files
-from pyterrier_marginkd.data.frames import add_scores, check_id_columns, check_text_column, validate_results
+from pyterrier_marginkd.data.frames import (
+    RecordsTransformer,
+    add_scores,
+    check_id_columns,
+    check_text_column,
+    validate_results,
+)
 from pyterrier_marginkd.models import io
 from pyterrier_marginkd.models.quantize import (
     QUANTIZATIONS,
@@ -32,7 +38,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 
-class NeuralScorer(pt.Transformer):
+class NeuralScorer(RecordsTransformer, pt.Transformer):
     """Base of every neural re-ranker: ``qid, query, docno, text`` in, the same rows with ``score`` and ``rank`` out.
 
     Subclasses turn (query, text) pairs into per-pair items (``_prepare``), collate a batch of items into tensors

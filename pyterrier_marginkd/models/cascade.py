@@ -5,13 +5,20 @@ import numpy as np
 import pandas as pd
 import pyterrier as pt
 
-from pyterrier_marginkd.data.frames import add_scores, check_id_columns, check_text_column, validate_results
+from pyterrier_marginkd.data.frames import (
+    RecordsTransformer,
+    add_scores,
+    check_id_columns,
+    check_text_column,
+    valid_unicode,
+    validate_results,
+)
 from pyterrier_marginkd.data.groups import Group
 
 AGGREGATES = ("max", "first-k")
 
 
-class Cascade(pt.Transformer):
+class Cascade(RecordsTransformer, pt.Transformer):
     """Intra-document cascade (IDCM) as one re-ranker: ``score(d) = agg(scorer(p) for p in top_k(selector, d))``.
 
     Each document is split into passages (``pt.text.sliding``: ``passage_length`` words every ``stride`` words,
@@ -86,7 +93,10 @@ class Cascade(pt.Transformer):
         missing = [c for c in columns if c not in results.columns]
         if missing:
             raise KeyError(f"{self!r} needs column(s) {missing}; add them with collection.get_text([...])")
-        docs = results[columns].assign(qid=results["qid"].astype(str), docno=results["docno"].astype(str))
+        # lone surrogates (valid in a Python str, not in UTF-8) would stop pandas' pyarrow-backed strings in
+        # pt.text.sliding; the scorers would replace them anyway
+        docs = results[columns].assign(qid=results["qid"].astype(str), docno=results["docno"].astype(str),
+                                       **{c: results[c].map(valid_unicode) for c in ("query", self.text_field)})
         docs = docs.drop_duplicates(["qid", "docno"])
         # the title is prepended here rather than by pt.text.sliding (whose prepend_attr fails on short documents)
         sliding = pt.text.sliding(text_attr=self.text_field, length=self.passage_length, stride=self.stride,

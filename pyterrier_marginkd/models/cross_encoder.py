@@ -12,9 +12,11 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from pyterrier_marginkd.models import io
 from pyterrier_marginkd.models.base import NeuralScorer
+from pyterrier_marginkd.models.fast_training import fast_training
 from pyterrier_marginkd.models.hf import (
     TOKENIZER_FILES,
     TextTokenizer,
+    first_token_only,
     lean_inference,
     load_hf_model,
     pad,
@@ -110,8 +112,9 @@ class CrossEncoder(NeuralScorer):
         return pad(items, self._tok.pad_id)
 
     def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if self.model.training:
-            return self.scores_from_logits(self.model_outputs(batch).logits)
+        if self.model.training:  # the scores' function and gradients are those of the whole model
+            with fast_training(self.model), first_token_only(self.model):
+                return self.scores_from_logits(self.model_outputs(batch).logits)
         with lean_inference(self.model):
             return self.scores_from_logits(self.model_outputs(batch).logits)
 

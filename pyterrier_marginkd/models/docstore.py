@@ -23,6 +23,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from pyterrier_marginkd import _files
+from pyterrier_marginkd.data.frames import RecordsTransformer
 from pyterrier_marginkd.models.hf import pad
 
 #: the store's description (written last: a folder without it is not a store)
@@ -154,7 +155,7 @@ def _batches(docs: Iterable[dict], size: int) -> Iterable[list[dict]]:
         yield part
 
 
-class StoredReranker(pt.Transformer):
+class StoredReranker(RecordsTransformer, pt.Transformer):
     """``student`` re-ranking from a document store: ``qid, query, docno`` (and optionally the text) in, the rows
     with ``score`` and ``rank`` out, as ``student`` itself would score them.
 

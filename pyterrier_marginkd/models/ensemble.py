@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pyterrier as pt
 
-from pyterrier_marginkd.data.frames import add_scores, check_id_columns
+from pyterrier_marginkd.data.frames import RecordsTransformer, add_scores, check_id_columns
 
 #: per-query normalisations of member scores before they are weighted and summed
 NORMALIZATIONS = ("zscore", "minmax", None)
@@ -65,7 +65,7 @@ class FirstStageScore(pt.Transformer):
     def __repr__(self) -> str:
         return "FirstStageScore()"
 
-class Ensemble(pt.Estimator):
+class Ensemble(RecordsTransformer, pt.Estimator):
     """Fuses scoring transformers: ``sum_i w_i norm(s_i) / sum_i w_i``, where ``norm`` is a per-query normalisation.
 
     Members are any scoring transformers (CrossEncoders, DotEncoders, ``pt.apply`` scorers, ...) and

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from pyterrier_marginkd.data.frames import valid_unicode
+from pyterrier_marginkd.models.fast_training import BERT_LIKE, recomputes_layers, self_attention
 
 #: files of which a saved folder needs one for its tokenizer
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model")
@@ -93,8 +94,9 @@ def spread_layers(total: int, k: int) -> list[int]:
     return [*range(k // 2), *range(total - (k - k // 2), total)]
 
 
-#: model types whose sequence-classification head reads only the first token of the last hidden states
-FIRST_TOKEN_HEADS = {"bert", "roberta", "xlm-roberta", "camembert", "electra"}
+#: model types whose sequence-classification head reads only the first token of the last hidden states (the
+#: families with BERT's layers)
+FIRST_TOKEN_HEADS = BERT_LIKE
 
 
 class _InplaceGELU(nn.Module):
@@ -110,49 +112,56 @@ def _keep_first_token(module: nn.Module, args: tuple) -> tuple:
     return tuple(a[:, :1] for a in args)
 
 
-def _first_query_attention(module: nn.Module, hidden_states: torch.Tensor,
-                           attention_mask: torch.Tensor | None = None, **kwargs) -> tuple[torch.Tensor, None]:
-    """A BERT self-attention's output for the first position only; keys and values still come from every position."""
-    batch, heads, size = hidden_states.shape[0], module.num_attention_heads, module.attention_head_size
-
-    def split_heads(x: torch.Tensor) -> torch.Tensor:
-        return x.view(batch, -1, heads, size).transpose(1, 2)
-
-    query = split_heads(module.query(hidden_states[:, :1]))
-    key, value = split_heads(module.key(hidden_states)), split_heads(module.value(hidden_states))
-    if attention_mask is not None:  # [batch, 1, queries, keys], boolean (sdpa) or additive (eager)
-        attention_mask = attention_mask[:, :, :1]
-    out = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
-    return out.transpose(1, 2).reshape(batch, 1, heads * size), None
+def first_token_model(model: nn.Module) -> bool:
+    """Whether :func:`first_token_only` shortens ``model`` (a BERT-like classifier whose head reads the first token,
+    with sdpa or eager attention, not recomputing layers in the backward pass)."""
+    config = model.config
+    return (getattr(config, "model_type", None) in FIRST_TOKEN_HEADS
+            and getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
+            and not recomputes_layers(model))
 
 
 @contextlib.contextmanager
-def lean_inference(model: nn.Module) -> Iterator[None]:
-    """Inference shortcuts for BERT-like classifiers that leave their scores unchanged (other models: no-op).
-
-    The head reads only the first token, so the last layer computes its query, attention, output projection and
-    feed-forward for that token alone (about 80% of that layer's work; 40% of a 2-layer model's), and GELU works
-    in place instead of allocating a [batch, length, intermediate] tensor in every layer.
-    """
-    config = model.config
-    if getattr(config, "model_type", None) not in FIRST_TOKEN_HEADS:
+def first_token_only(model: nn.Module) -> Iterator[None]:
+    """The last layer computes its query, attention, output projection and feed-forward for the first token alone —
+    the only row a BERT-like classifier's head reads — leaving scores and gradients unchanged (other models, or
+    with gradient checkpointing, which recomputes layers outside this context: no-op). About 80% of that layer's
+    work: 40% of a 2-layer model's forward and backward passes."""
+    if not first_token_model(model):
         yield
         return
-    layers = layer_list(model)
-    last = layers[-1].attention
+    last = layer_list(model)[-1].attention
     handle = last.output.register_forward_pre_hook(_keep_first_token)
-    if getattr(config, "_attn_implementation", None) in ("sdpa", "eager"):
-        last.self.forward = functools.partial(_first_query_attention, last.self)
-    swapped = []
-    if getattr(config, "hidden_act", None) == "gelu":
-        for layer in layers:
-            swapped.append((layer.intermediate, layer.intermediate.intermediate_act_fn))
-            layer.intermediate.intermediate_act_fn = _InplaceGELU()
+    before = last.self.__dict__.get("forward")  # fast_training's, when inside it
+    last.self.forward = functools.partial(self_attention, last.self, first_only=True)
     try:
         yield
     finally:
         handle.remove()
-        last.self.__dict__.pop("forward", None)
+        if before is None:
+            del last.self.forward
+        else:
+            last.self.forward = before
+
+
+@contextlib.contextmanager
+def lean_inference(model: nn.Module) -> Iterator[None]:
+    """Inference shortcuts for BERT-like classifiers that leave their scores unchanged (other models: no-op): the
+    last layer for the first token only (:func:`first_token_only`), and GELU in place instead of allocating a
+    [batch, length, intermediate] tensor in every layer."""
+    config = model.config
+    if getattr(config, "model_type", None) not in FIRST_TOKEN_HEADS:
+        yield
+        return
+    swapped = []
+    if getattr(config, "hidden_act", None) == "gelu":
+        for layer in layer_list(model):
+            swapped.append((layer.intermediate, layer.intermediate.intermediate_act_fn))
+            layer.intermediate.intermediate_act_fn = _InplaceGELU()
+    try:
+        with first_token_only(model):
+            yield
+    finally:
         for intermediate, act in swapped:
             intermediate.intermediate_act_fn = act
 

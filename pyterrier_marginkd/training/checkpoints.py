@@ -64,43 +64,77 @@ def gradient_checkpointing(model: torch.nn.Module) -> Iterator[None]:
                 hf_model.gradient_checkpointing_disable()
 
 
+def _glibc() -> Any:
+    """The C library when it is glibc (mallopt and malloc_trim behave as documented here), else None."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    except (OSError, TypeError):
+        return None
+    return libc if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt") else None
+
+
 def release_freed_memory() -> None:
     """Hand the C heap's free pages back to the operating system (glibc's ``malloc_trim``; elsewhere a no-op).
 
     A training step allocates and frees gigabytes of activations in blocks that glibc serves from its heap (below its
     adaptive mmap threshold of up to 32 MiB); without this the process keeps them after a fit (3-5 GB measured
     after a 6-layer MiniLM fit at 80 sequences x 256 tokens, see benchmarks/train_memory.py)."""
-    name = ctypes.util.find_library("c")
-    try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):  # no C library found, or one without malloc_trim (musl, macOS)
-        pass
+    libc = _glibc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
-#: glibc's mallopt parameter number of M_MMAP_THRESHOLD (malloc.h)
-_M_MMAP_THRESHOLD = -3
+#: glibc's mallopt parameter numbers (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+#: glibc's default maximum number of mapped blocks, and the trim threshold its adaptive rule reaches (2 x 32 MiB)
+_DEFAULT_MMAP_MAX, _ADAPTED_TRIM_THRESHOLD = 65536, 64 * 2**20
+#: set by unmap_large_blocks: the process asked for low memory, so training does not keep freed blocks
+_unmapping = False
 
 
 def unmap_large_blocks(min_mib: float = 4) -> bool:
     """Make glibc serve every allocation of ``min_mib`` MiB or more with its own memory mapping, handed back to the
     operating system as soon as it is freed (``mallopt(M_MMAP_THRESHOLD)``; process-wide, for the rest of the
-    process). Returns False where the C library is not glibc (nothing changed).
+    process). Returns False where the C library is not glibc (nothing changed). Training then no longer keeps
+    freed activations between steps (:func:`keep_freed_memory`): lower memory, slower steps.
 
     Training allocates and frees activations of tens of MiB every step; glibc's adaptive threshold (up to 32 MiB)
     keeps such freed blocks in its heap, so the process's RSS counts them: measured on a 6-layer MiniLM student at
     batch 16 x 5, length 256, with gradient checkpointing, peak RSS 3.8-5.0 GB without and 2.5-3.0 GB with this
     (benchmarks/train_memory.py), at the same time per step.
     """
+    global _unmapping
     if min_mib <= 0:
         raise ValueError(f"min_mib must be positive, got {min_mib}")
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        if not hasattr(libc, "gnu_get_libc_version"):
-            return False
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(min_mib * 2**20)))
-    except (OSError, AttributeError, TypeError):
+    libc = _glibc()
+    if libc is None or not libc.mallopt(_M_MMAP_THRESHOLD, int(min_mib * 2**20)):
         return False
+    _unmapping = True
+    return True
+
+
+@contextlib.contextmanager
+def keep_freed_memory() -> Iterator[bool]:
+    """While training, glibc keeps freed blocks of any size in its heap for the next step instead of handing them
+    back to the operating system and faulting fresh zeroed pages in again (``mallopt``: no memory mappings, no
+    trimming); on exit the free heap goes back (``malloc_trim``) and mappings and trimming resume (with fixed
+    thresholds: 64 MiB for trimming, the mmap threshold where glibc's adaptive rule had put it). A training step
+    allocates and frees its activations every time: on 2 CPU cores half of a step's time went to the kernel's page
+    faults (benchmarks/train_speed.py). Peak memory stays about the same; between steps the process holds its peak.
+    Yields whether it changed anything: not where the C library is not glibc, nor after
+    :func:`unmap_large_blocks` (the process asked for low memory)."""
+    libc = None if _unmapping else _glibc()
+    if libc is None:
+        yield False
+        return
+    libc.mallopt(_M_MMAP_MAX, 0)
+    libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(2**31 - 1))
+    try:
+        yield True
+    finally:
+        libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+        libc.mallopt(_M_TRIM_THRESHOLD, _ADAPTED_TRIM_THRESHOLD)
+        release_freed_memory()
 
 
 def sample_groups(source: GroupSource, num: int = 50) -> list[tuple[str, list[str]]]:

@@ -23,6 +23,7 @@ from pyterrier_marginkd.training import distributed, preparation
 from pyterrier_marginkd.training.checkpoints import (
     STATE_FILE,
     gradient_checkpointing,
+    keep_freed_memory,
     load_checkpoint,
     param_groups,
     release_freed_memory,
@@ -103,6 +104,15 @@ def validate(distiller: Distiller, va_res: pd.DataFrame, va_qrels: pd.DataFrame,
     return best
 
 
+def adamw(groups: list[dict[str, Any]], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over ``groups``, fused (one kernel over all parameters) where torch has that for their device, as
+    Hugging Face's Trainer does: the same update as the per-parameter loop torch uses on the CPU by default, at
+    a fraction of its cost (about 5% of a 6-layer cross-encoder's training step on 2 CPU cores)."""
+    params = [p for group in groups for p in group["params"]]
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
 def train(distiller: Distiller, source: GroupSource, va_res: pd.DataFrame | None = None,
           va_qrels: pd.DataFrame | None = None) -> None:
     """Train ``distiller.student`` on ``source`` (epochs of groups, teacher scores added from the cached teacher in
@@ -123,7 +133,7 @@ def train(distiller: Distiller, source: GroupSource, va_res: pd.DataFrame | None
     extra = distiller.intermediate.to(student.torch_device) if distiller.intermediate is not None else None
     groups = param_groups(model, extra, settings.head_lr)
     dist.broadcast([p for group in groups for p in group["params"]])
-    optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = adamw(groups, settings.lr, settings.weight_decay)
     clock = Clock()
     scheduler = linear_schedule(optimizer, plan.total_steps, settings.warmup_ratio, clock, settings.max_time)
     teacher = None
@@ -168,6 +178,8 @@ def train(distiller: Distiller, source: GroupSource, va_res: pd.DataFrame | None
     memory_saving = contextlib.ExitStack()
     if settings.gradient_checkpointing:
         memory_saving.enter_context(gradient_checkpointing(model))
+    else:  # freed activations stay in the heap for the next step (not under unmap_large_blocks)
+        memory_saving.enter_context(keep_freed_memory())
     try:
         stopped_early = run_loop(
             plan, state, clock, step=one_step, save=save, validate_start=settings.validate_start, progress=bar,
