@@ -9,7 +9,7 @@ starting weights. Each (system, model) trains in a fresh process, so its peak RS
 steps after ``--warmup`` steps, from the end of the last warm-up step to the end of the last step (wall clock,
 data loading included); runs alternate between the systems ``--repeats`` times and the median is reported::
 
-    OMP_NUM_THREADS=1 python benchmarks/train_speed.py --output benchmarks/results/train-speed/threads1
+    python benchmarks/train_speed.py --threads 2 --steps 10 --repeats 3 --output benchmarks/results/train-speed/threads2
 
 The teacher scores are a word-overlap count (computed once, stored with the groups): neither system runs a teacher,
 as when training from a teacher-score file. Our Distiller reads the groups from a teacher-score file (``fit_file``,
