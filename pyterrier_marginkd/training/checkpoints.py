@@ -117,12 +117,13 @@ def unmap_large_blocks(min_mib: float = 4) -> bool:
 def keep_freed_memory() -> Iterator[bool]:
     """While training, glibc keeps freed blocks of any size in its heap for the next step instead of handing them
     back to the operating system and faulting fresh zeroed pages in again (``mallopt``: no memory mappings; the
-    heap's free top is trimmed only above 2 GiB, mallopt's largest value); on exit the free heap goes back (``malloc_trim``) and mappings and trimming resume (with fixed
-    thresholds: 64 MiB for trimming, the mmap threshold where glibc's adaptive rule had put it). A training step
-    allocates and frees its activations every time: on 2 CPU cores half of a step's time went to the kernel's page
-    faults (benchmarks/train_speed.py). Peak memory stays about the same; between steps the process holds its peak.
-    Yields whether it changed anything: not where the C library is not glibc, nor after
-    :func:`unmap_large_blocks` (the process asked for low memory)."""
+    heap's free top is trimmed only above 2 GiB, mallopt's largest value); on exit the free heap goes back
+    (``malloc_trim``) and mappings and trimming resume (with fixed thresholds: 64 MiB for trimming, the mmap
+    threshold where glibc's adaptive rule had put it). A training step allocates and frees its activations every
+    time: on 2 CPU cores half of a step's time went to the kernel's page faults (benchmarks/train_speed.py). Peak
+    memory stays about the same (lower, measured: benchmarks/results/train-memory/fresh-cross-kept-heap.md); between
+    steps the process holds up to its peak. Yields whether it changed anything: not where the C library is not
+    glibc, nor after :func:`unmap_large_blocks` (the process asked for low memory)."""
     libc = None if _unmapping else _glibc()
     if libc is None:
         yield False
