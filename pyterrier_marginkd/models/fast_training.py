@@ -123,13 +123,19 @@ def self_attention(module: nn.Module, hidden_states: torch.Tensor, attention_mas
 BERT_LIKE = {"bert", "roberta", "xlm-roberta", "camembert", "electra"}
 
 
+def is_bert_self_attention(module: nn.Module) -> bool:
+    """Whether :func:`self_attention` can run ``module`` (it has BERT's projections, head sizes, scaling and
+    dropout)."""
+    return all(hasattr(module, n) for n in ("query", "key", "value", "num_attention_heads", "attention_head_size",
+                                            "scaling", "dropout"))
+
+
 def _bert_attentions(model: nn.Module) -> list[nn.Module]:
     config = getattr(model, "config", None)
     if getattr(config, "model_type", None) not in BERT_LIKE or getattr(config, "is_decoder", False) \
             or getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
         return []
-    return [m for m in model.modules() if all(hasattr(m, n) for n in (
-        "query", "key", "value", "num_attention_heads", "attention_head_size", "scaling", "dropout"))]
+    return [m for m in model.modules() if is_bert_self_attention(m)]
 
 
 def recomputes_layers(model: nn.Module) -> bool:

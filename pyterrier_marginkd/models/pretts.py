@@ -7,11 +7,11 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F  # noqa: N812
 from transformers import PreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask
 
 from pyterrier_marginkd.models.docstore import StoredDocs
+from pyterrier_marginkd.models.fast_training import is_bert_self_attention, self_attention
 from pyterrier_marginkd.models.hf import layer_list
 from pyterrier_marginkd.models.two_sided import EncoderStudent, Tokens
 
@@ -60,25 +60,15 @@ class _PreTTModel(nn.Module):
 
 def _is_bert_layer(layer: nn.Module) -> bool:
     attention = getattr(layer, "attention", None)
-    heads = getattr(attention, "self", None)
     return (hasattr(layer, "feed_forward_chunk") and hasattr(attention, "output") and not getattr(layer, "is_decoder",
-            False) and all(hasattr(heads, n) for n in ("query", "key", "value", "num_attention_heads",
-                                                        "attention_head_size", "scaling", "dropout")))
+            False) and is_bert_self_attention(getattr(attention, "self", None)))
 
 
 def _first_token_output(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """A BERT layer's output at the first position only, ``[rows, hidden]``: the same numbers as the whole layer's
     first row, at a fraction of the cost (one query row, no feed-forward for the other tokens)."""
-    heads = layer.attention.self
-    rows, length, _ = hidden.shape
-    num, size = heads.num_attention_heads, heads.attention_head_size
-    query = heads.query(hidden[:, :1]).view(rows, 1, num, size).transpose(1, 2)
-    key = heads.key(hidden).view(rows, length, num, size).transpose(1, 2)
-    value = heads.value(hidden).view(rows, length, num, size).transpose(1, 2)
-    context = F.scaled_dot_product_attention(query, key, value, attn_mask=mask.bool()[:, None, None, :],
-                                             dropout_p=heads.dropout.p if heads.training else 0.0,
-                                             scale=heads.scaling)
-    attended = layer.attention.output(context.transpose(1, 2).reshape(rows, 1, num * size), hidden[:, :1])
+    context, _ = self_attention(layer.attention.self, hidden, mask.bool()[:, None, None, :], first_only=True)
+    attended = layer.attention.output(context, hidden[:, :1])
     return layer.feed_forward_chunk(attended)[:, 0]
 
 
