@@ -22,6 +22,7 @@ _EXPORTS = {
     "Cascade": "models.cascade",
     "ColBERT": "models.colbert",
     "Collection": "data.collection",
+    "CrossFitted": "models.crossfit",
     "CrossEncoder": "models.cross_encoder",
     "Distiller": "training.distiller",
     "DocPairs": "data.docpairs",
@@ -32,6 +33,7 @@ _EXPORTS = {
     "PreTT": "models.pretts",
     "ScoreFile": "data.scorefiles",
     "TrainSettings": "training.settings",
+    "choose_teacher": "training.teachers",
     "clean_query": "data.collection",
     "default_model": "models.io",
     "fit_once": "training.once",
@@ -71,6 +73,7 @@ __all__ = [
     "ColBERT",
     "Collection",
     "CrossEncoder",
+    "CrossFitted",
     "Distiller",
     "DocPairs",
     "DocumentStore",
@@ -80,6 +83,7 @@ __all__ = [
     "PreTT",
     "ScoreFile",
     "TrainSettings",
+    "choose_teacher",
     "clean_query",
     "default_model",
     "fit_once",
@@ -104,6 +108,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from pyterrier_marginkd.models.cascade import Cascade
     from pyterrier_marginkd.models.colbert import ColBERT
     from pyterrier_marginkd.models.cross_encoder import CrossEncoder
+    from pyterrier_marginkd.models.crossfit import CrossFitted
     from pyterrier_marginkd.models.dot import DotEncoder
     from pyterrier_marginkd.models.ensemble import Ensemble, FirstStageScore, normalize_scores
     from pyterrier_marginkd.models.hf import spread_layers
@@ -114,6 +119,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from pyterrier_marginkd.training.distiller import Distiller
     from pyterrier_marginkd.training.once import fit_once
     from pyterrier_marginkd.training.settings import TrainSettings
+    from pyterrier_marginkd.training.teachers import choose_teacher
 
 
 def __getattr__(name: str) -> Any:

@@ -18,7 +18,8 @@ ALL = [losses.MarginMSE(), losses.MSE(), losses.KLDiv(), losses.KLDiv(temperatur
        losses.PlackettLuce(), losses.PlackettLuce(temperature=2.0, normalize="zscore"),
        losses.PlackettLuce(positives_first=False), losses.CPRD(), losses.CPRD(k=1), losses.CPRD(normalize="minmax"),
        losses.RankNet(), losses.Hinge(), losses.Hinge(margin=0.5),
-       losses.MarginMSE() + 0.5 * losses.RankNet(), losses.PlackettLuce() + losses.Hinge()]
+       losses.MarginMSE() + 0.5 * losses.RankNet(), losses.PlackettLuce() + losses.Hinge(), losses.ListwiseCE(),
+       losses.JudgedOnly(losses.RankNet()), losses.KLDiv(normalize="zscore") + losses.JudgedOnly(losses.ListwiseCE())]
 
 
 def lse(*xs: float) -> float:
@@ -55,6 +56,34 @@ def test_ranknet_value():
     sp = lambda x: math.log1p(math.exp(-x))  # noqa: E731
     expected = (sp(1.0) + sp(2.0) + sp(-1.0) + sp(1.5)) / 4
     assert losses.RankNet()(S, labels=L) == pytest.approx(expected, rel=1e-5)
+
+
+def test_listwise_ce_value():
+    expected = (-math.log(math.exp(2) / (math.exp(2) + math.exp(1) + 1))
+                - math.log(math.exp(0.5) / (math.exp(0.5) + math.exp(1.5) + math.exp(-1)))) / 2
+    assert losses.ListwiseCE()(S) == pytest.approx(expected, rel=1e-5)
+
+
+def test_judged_only_reads_the_judged_groups_alone():
+    term = losses.JudgedOnly(losses.RankNet())
+    judged = torch.tensor([True, False])
+    # the first row alone, weighted by its share (1 of 2) of the batch
+    assert term(S, labels=L, judged=judged) == pytest.approx(0.5 * float(losses.RankNet()(S[:1], labels=L[:1])))
+    assert term(S, labels=L) == pytest.approx(float(losses.RankNet()(S, labels=L)))  # no flags: every group judged
+    none = term(S.clone().requires_grad_(), labels=L, judged=torch.tensor([False, False]))
+    assert float(none) == 0.0 and none.requires_grad
+    # in a sum, the distillation term reads every group and the label term the judged ones
+    combined = losses.KLDiv() + 2.0 * term
+    expected = float(losses.KLDiv()(S, T)) + 2.0 * float(term(S, labels=L, judged=judged))
+    assert combined(S, T, L, judged) == pytest.approx(expected)
+    # a judged group's gradient moves the student; an unjudged group's rows get none from the label term
+    s = S.clone().requires_grad_()
+    term(s, labels=L, judged=judged).backward()
+    assert s.grad[0].abs().sum() > 0 and s.grad[1].abs().sum() == 0
+    with pytest.raises(ValueError, match=r"judged of shape \(2,\)"):
+        term(S, labels=L, judged=torch.tensor([True]))
+    with pytest.raises(TypeError, match="wraps one loss"):
+        losses.JudgedOnly(term)
 
 
 @pytest.mark.parametrize("loss", ALL, ids=repr)
@@ -109,7 +138,10 @@ def test_combination_and_names():
 
 def test_every_command_line_name_builds_its_loss():
     for name, factory in losses.LOSSES.items():
-        assert isinstance(losses.by_name(name), factory)
+        made = losses.by_name(name)
+        assert isinstance(made, factory) if isinstance(factory, type) else repr(made) == repr(factory())
+    assert repr(losses.by_name("judged-ranknet")) == "JudgedOnly(RankNet())"
+    assert repr(losses.resolve_loss("kl+judged_listwise_ce")) == "KLDiv(temperature=1.0) + JudgedOnly(ListwiseCE())"
     combined = losses.by_name("plackett-luce+hinge")
     assert repr(combined) == "PlackettLuce(temperature=1.0) + Hinge(margin=1.0)"
     assert combined.needs_teacher and combined.needs_labels

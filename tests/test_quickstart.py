@@ -9,12 +9,19 @@ import pytest
 
 import pyterrier_marginkd as mkd
 from pyterrier_marginkd import cli
-from pyterrier_marginkd.quickstart import DEPLOYED_FILE, FAST, FULL, VS_LABELS_FILE, Recipe, _download_hint
+from pyterrier_marginkd.quickstart import DEPLOYED_FILE, FAST, FULL, TEACHER_FILE, VS_LABELS_FILE, Recipe
+from pyterrier_marginkd.quickstart.stages import download_hint as _download_hint
 from pyterrier_marginkd.report import CSV_FILE, PLOT_FILE, TABLE_FILE
 
 
-def systems(teacher: str, loss: str = "KL") -> list[str]:
-    return ["BM25", f"teacher BM25 + {teacher}", f"student L1 ({loss})", "student L1 (labels only)"]
+def systems(teacher: str, loss: str = "KL", output=None) -> list[str]:
+    """The report's rows; the teacher's name says its kind, the one ``teacher.json`` in ``output`` records (the
+    tiny model is 2 layers deep: its fine-tuned member is L2)."""
+    kind = "(zero-shot)"
+    if output is not None and json.loads((output / "teacher" / TEACHER_FILE).read_text())["choice"]["chosen"] != \
+            "zero-shot":
+        kind = "+ fine-tuned L2 (labels)"
+    return ["BM25", f"teacher BM25 + {teacher} {kind}", f"student L1 ({loss})", "student L1 (labels only)"]
 
 
 def run(data, tiny_bert_dir, output, *extra: str) -> None:
@@ -32,8 +39,11 @@ def test_fresh_run_then_a_second_run_reuses_every_model(cranfield, tiny_bert_dir
     output = tmp_path / "qs"
     run(cranfield.path, tiny_bert_dir, output)
     printed = capsys.readouterr().out
-    expected = systems(tiny_bert_dir.name)
+    expected = systems(tiny_bert_dir.name, output=output)
     assert table_rows(output) == expected
+    choice = json.loads((output / "teacher" / TEACHER_FILE).read_text())["choice"]
+    assert choice["chosen"] in ("zero-shot", "label-aware") and len(choice["label_aware_weights"]) == 3
+    assert f"teacher: {choice['chosen']} (validation nDCG@10 on" in printed
     assert all(name in printed for name in expected) and "quickstart finished" in printed
     assert "pseudo-queries (titles of documents)" in printed
     assert (output / "report" / PLOT_FILE).read_bytes().startswith(b"\x89PNG")
@@ -46,7 +56,10 @@ def test_fresh_run_then_a_second_run_reuses_every_model(cranfield, tiny_bert_dir
     fusion = json.loads((output / "teacher" / "fusion.json").read_text())
     assert len(fusion["weights"]) == 2 and fusion["normalize"] == "zscore"
     assert (output / "cranfield.pisa").is_dir() and any((output / "teacher_cache").iterdir())
-    for stage in ("student-L1-labels", "student-L1-kl"):
+    student_folder = "student-L1-kl" + ("" if choice["chosen"] == "zero-shot" else "-labelteacher")
+    tuned = json.loads((output / "teacher-tuned" / "done.json").read_text())["settings"]
+    assert tuned["layers"] == [0, 1] and tuned["loss"] == "RankNet()"  # the whole model, fine-tuned on labels
+    for stage in ("student-L1-labels", student_folder):
         done = json.loads((output / stage / "done.json").read_text())
         assert done["settings"]["max_length"] == 48 and done["settings"]["steps"] == 3
         assert done["settings"]["num_negatives"] == 5  # the rest of each query's k = 6 candidates
@@ -59,7 +72,7 @@ def test_fresh_run_then_a_second_run_reuses_every_model(cranfield, tiny_bert_dir
     monkeypatch.setattr(mkd.Ensemble, "fit", no_training)
     run(cranfield.path, tiny_bert_dir, output)
     printed = capsys.readouterr().out
-    assert printed.count("reusing") == 3 and "training in" not in printed
+    assert printed.count("reusing") == 5 and "training in" not in printed  # fusion, member, choice, 2 students
     assert table_rows(output) == expected
     effectiveness = ["name", "nDCG@10", "RR@10", "AP@100"]
     pd.testing.assert_frame_equal(first[effectiveness], pd.read_csv(output / "report" / CSV_FILE)[effectiveness])
@@ -81,10 +94,12 @@ def test_a_given_bi_encoder_teacher_and_time_boxed_students(cranfield, tiny_bert
     run(cranfield.path, tiny_bert_dir, output, "--teacher", str(st_folder), "--student-time", "0.001",
         "--quantize", "none", "--student-loss", "margin-mse")
     printed = capsys.readouterr().out
-    assert table_rows(output) == systems("tiny-st", "Margin-MSE")
+    assert table_rows(output) == systems("tiny-st", "Margin-MSE", output)
     assert not (output / "report" / DEPLOYED_FILE).exists() and "as deployed" not in printed
-    assert printed.count("budget allowed") == 2
-    done = json.loads((output / "student-L1-marginmse" / "done.json").read_text())
+    assert printed.count("budget allowed") == 2  # the students; the teacher's member keeps its step budget
+    chosen = json.loads((output / "teacher" / TEACHER_FILE).read_text())["choice"]["chosen"]
+    folder = "student-L1-marginmse" + ("" if chosen == "zero-shot" else "-labelteacher")
+    done = json.loads((output / folder / "done.json").read_text())
     assert done["report"]["stopped_by_max_time"] and done["settings"]["max_time"] == 0.001
 
 
@@ -96,6 +111,14 @@ def test_recipes_and_offline_hint(cranfield):
         Recipe.preset(True, epochs=3)
     assert FAST.student_loss == "kl" and FAST.negatives == FAST.k - 1 and Recipe.preset(True, k=7).negatives == 6
     assert Recipe.preset(True, num_negatives=3).negatives == 3
+    assert FAST.teacher_labels and FAST.label_weight == 0 and FAST.student_objective()[0] == "KL"
+    name, loss = Recipe.preset(True, label_weight=0.5).student_objective()
+    assert name == "KL + labels"
+    assert repr(loss) == "KLDiv(temperature=1.0, normalize='zscore') + 0.5 * JudgedOnly(RankNet())"
+    with pytest.raises(ValueError, match="label_weight must be >= 0"):
+        Recipe.preset(True, label_weight=-1)
+    with pytest.raises(ValueError, match="teacher_folds and teacher_steps must be >= 1"):
+        Recipe.preset(True, teacher_folds=0)
     with pytest.raises(ValueError, match="num_negatives must be between 1 and k - 1 = 49"):
         Recipe.preset(True, num_negatives=50)
     with pytest.raises(ValueError, match=r"student_loss must be one of \['kl', 'margin-mse'\]"):
@@ -115,4 +138,4 @@ def test_quickstart_on_a_collection_without_splits(vaswani, tiny_bert_dir, tmp_p
     printed = capsys.readouterr().out
     assert "vaswani ships no train/test split: holding out 30%" in printed
     assert "(first_sentences of documents)" in printed
-    assert table_rows(output) == systems(tiny_bert_dir.name)
+    assert table_rows(output) == systems(tiny_bert_dir.name, output=output)

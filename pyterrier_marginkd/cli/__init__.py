@@ -163,6 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--quantize", choices=["int8", "none"], default=None,
                        help="precision of the students as deployed, compared with the teacher in a last table "
                             "(default: int8; none: skip that table)")
+    quick.add_argument("--label-weight", type=float, default=None, help="weight of the students' hard-label term "
+                       "(RankNet on the judged queries) beside distillation; 0: distillation alone" + recipe)
+    quick.add_argument("--zero-shot-teacher", action="store_true", help="do not fine-tune a teacher member on the "
+                       "labels: the teacher is BM25 fused with the zero-shot scorers")
+    quick.add_argument("--teacher-folds", type=int, default=None, help="folds of the judged queries for the "
+                       "teacher's fine-tuned member (one model per fold; 1: one model)" + recipe)
+    quick.add_argument("--teacher-steps", type=int, default=None, help="optimizer steps of each of the teacher's "
+                       "fold models" + recipe)
     quick.add_argument("--seed", type=int, default=0, help="seed of samples and training")
     quick.set_defaults(func=cmd_quickstart)
     return parser

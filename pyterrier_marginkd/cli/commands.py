@@ -247,7 +247,10 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
 
     overrides = {name: getattr(args, name) for name in ("train_queries", "test_queries", "k", "max_length",
                                                          "pseudo_queries", "student_steps", "student_time",
-                                                         "student_loss")}
+                                                         "student_loss", "label_weight", "teacher_folds",
+                                                         "teacher_steps")}
+    if args.zero_shot_teacher:
+        overrides["teacher_labels"] = False
     if args.quantize is not None:
         overrides["quantize"] = None if args.quantize == "none" else args.quantize
     recipe = Recipe.preset(args.fast, **{k: v for k, v in overrides.items() if v is not None or k == "quantize"})

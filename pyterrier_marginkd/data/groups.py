@@ -26,6 +26,8 @@ class Group:
     teacher: list[float] | None = None
     #: each document's normalised first-stage score (for students that mix it in; None when not needed)
     first_stage: list[float] | None = None
+    #: whether the labels are judgements (qrels, docpairs); False when the teacher's ranking picked the positive
+    judged: bool = True
 
 
 class GroupSource(Protocol):
@@ -245,7 +247,7 @@ class TeacherRankedExamples:
                 idx = [int(pos)] + [int(n) for n in negs]
                 out.append(Group(query.qid, query.query, [query.docnos[i] for i in idx],
                                  [query.texts[i] for i in idx], [1.0] + [0.0] * len(negs),
-                                 [float(query.teacher[i]) for i in idx]))
+                                 [float(query.teacher[i]) for i in idx], judged=False))
         order = rng.permutation(len(out))
         return [out[i] for i in order]
 

@@ -1,4 +1,5 @@
-"""List-wise losses with temperature and per-query normalisation: KL divergence, Plackett-Luce, CPRD."""
+"""List-wise losses with temperature and per-query normalisation: KL divergence, Plackett-Luce, CPRD, and the
+hard-label softmax cross-entropy."""
 from __future__ import annotations
 
 import torch
@@ -159,3 +160,18 @@ class CPRD(ListwiseLoss):
         if self.weight != 1.0:
             settings["weight"] = self.weight
         return settings
+
+
+class ListwiseCE(RankingLoss):
+    """Hard-label list-wise loss: ``-log softmax(s)_0`` per query, the positive (column 0) against its whole group.
+
+    No teacher needed (the label-only counterpart of :class:`KLDiv`; DPR's and ColBERT's training loss); beside
+    distillation on pseudo-queries, wrap it as ``JudgedOnly(ListwiseCE())`` so that only qrels are hard labels.
+    References: Karpukhin et al., "Dense Passage Retrieval for Open-Domain Question Answering" (EMNLP 2020);
+    Qin et al., "Distillation for Ranking: Hard Labels Help".
+    """
+
+    needs_teacher = False
+
+    def compute(self, student, teacher, labels):
+        return -F.log_softmax(student, dim=1)[:, 0].mean()

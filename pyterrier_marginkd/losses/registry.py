@@ -1,11 +1,22 @@
 """Losses by name: the command line's names (:data:`LOSSES`) and the Distiller's ``loss=`` argument."""
 from __future__ import annotations
 
-from pyterrier_marginkd.losses.base import Combined, RankingLoss
+from pyterrier_marginkd.losses.base import Combined, JudgedOnly, RankingLoss
 from pyterrier_marginkd.losses.layers import HiddenStateMSE
-from pyterrier_marginkd.losses.listwise import CPRD, KLDiv, PlackettLuce
+from pyterrier_marginkd.losses.listwise import CPRD, KLDiv, ListwiseCE, PlackettLuce
 from pyterrier_marginkd.losses.pairwise import Hinge, RankNet
 from pyterrier_marginkd.losses.pointwise import MSE, MarginMSE
+
+
+def judged_ranknet() -> JudgedOnly:
+    """RankNet on the groups of judged queries only (beside distillation on pseudo-queries)."""
+    return JudgedOnly(RankNet())
+
+
+def judged_listwise_ce() -> JudgedOnly:
+    """The list-wise cross-entropy on the groups of judged queries only."""
+    return JudgedOnly(ListwiseCE())
+
 
 #: names accepted by the command line, mapped to loss factories
 LOSSES = {
@@ -16,6 +27,9 @@ LOSSES = {
     "cprd": CPRD,
     "ranknet": RankNet,
     "hinge": Hinge,
+    "listwise-ce": ListwiseCE,
+    "judged-ranknet": judged_ranknet,
+    "judged-listwise-ce": judged_listwise_ce,
 }
 
 

@@ -65,12 +65,20 @@ class FirstStageScore(pt.Transformer):
     def __repr__(self) -> str:
         return "FirstStageScore()"
 
+def reads_first_stage(member: pt.Transformer) -> bool:
+    """Whether a scorer reads the incoming first-stage ``score``: :class:`FirstStageScore`, or a student that mixes
+    it in (``first_stage="zscore"``). Such a member's score of a row depends on its query's other candidates."""
+    return isinstance(member, FirstStageScore) or getattr(member, "first_stage", None) is not None
+
+
 class Ensemble(RecordsTransformer, pt.Estimator):
     """Fuses scoring transformers: ``sum_i w_i norm(s_i) / sum_i w_i``, where ``norm`` is a per-query normalisation.
 
     Members are any scoring transformers (CrossEncoders, DotEncoders, ``pt.apply`` scorers, ...) and
     :class:`FirstStageScore` for the incoming first-stage score; every member must return a finite score for every
-    input row (members see the input's ``score`` column, which scorers replace). ``normalize`` is ``"zscore"``
+    input row (members see the input's ``score`` column, which scorers replace; a student that mixes in the first
+    stage, ``first_stage="zscore"``, reads it, so an input without ``score`` is refused before any member scores).
+    ``normalize`` is ``"zscore"``
     (per-query mean 0, standard deviation 1 — the usual choice when fusing BM25 with neural scores), ``"minmax"``
     (per query to [0, 1]) or None (raw scores: the ensemble teacher of Hofstätter et al. 2020, the mean of
     cross-encoders' scores). ``weights=None`` weighs members equally; ``fit(results, qrels)`` picks the weights that
@@ -113,12 +121,14 @@ class Ensemble(RecordsTransformer, pt.Estimator):
 
     @property
     def transform_inputs(self) -> list[list[str]]:
-        """The columns every member needs (``qid`` and ``docno`` at least; ``score`` for a first-stage member)."""
+        """The columns every member needs (``qid`` and ``docno`` at least; ``score`` for a member that reads the
+        first stage's score)."""
         if self._inputs is None:
             columns = ["qid", "docno"]
             for member in self.members:
-                if isinstance(member, FirstStageScore):
+                if reads_first_stage(member):
                     columns += [c for c in ["score"] if c not in columns]
+                if isinstance(member, FirstStageScore):
                     continue
                 inputs = pt.inspect.transformer_inputs(member, strict=False)
                 columns += [c for c in (inputs[0] if inputs else []) if c not in columns + ["score", "rank"]]

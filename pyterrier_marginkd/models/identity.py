@@ -8,18 +8,22 @@ import torch
 
 from pyterrier_marginkd.data.teacher_check import CheckedTeacher
 from pyterrier_marginkd.models.base import NeuralScorer
+from pyterrier_marginkd.models.crossfit import CrossFitted
 from pyterrier_marginkd.models.ensemble import Ensemble
 
 
 def describe(teacher: pt.Transformer) -> str:
     """What a teacher's scores depend on: for our neural models their class, settings and a digest of the weights'
     content (a model retrained in the same folder is another teacher); for an Ensemble its members, weights and
-    normalisation; for anything else its repr."""
+    normalisation; for a CrossFitted scorer its fold models and folds; for anything else its repr."""
     if isinstance(teacher, CheckedTeacher):
         return describe(teacher.teacher)
     if isinstance(teacher, Ensemble):
         members = ", ".join(describe(m) for m in teacher.members)
         return f"Ensemble([{members}], weights={teacher.weights}, normalize={teacher.normalize!r})"
+    if isinstance(teacher, CrossFitted):
+        folds = hashlib.sha256(repr(sorted(teacher.folds.items())).encode()).hexdigest()[:16]
+        return f"CrossFitted([{', '.join(describe(m) for m in teacher.members)}], folds={folds})"
     if isinstance(teacher, NeuralScorer):
         digest = hashlib.sha256()
         with teacher._fp32_model():  # an int8 model's weights as the fp32 ones it saves

@@ -184,8 +184,8 @@ class Distiller(pt.Estimator):
         with self.student.eval_mode(), torch.no_grad():
             for start in range(0, len(groups), self.settings.batch_size):
                 part = groups[start:start + self.settings.batch_size]
-                student, teacher, labels, _ = self.tensors(part)
-                values.append(float(self.loss(student, teacher, labels)) * len(part))
+                student, teacher, labels, _, judged = self.tensors(part)
+                values.append(float(self.loss(student, teacher, labels, judged)) * len(part))
         return sum(values) / len(groups)
 
     def _step(self, groups: list[Group], optimizer: torch.optim.Optimizer, scheduler: Any) -> float:

@@ -43,8 +43,9 @@ def step_batches(groups: Iterable[Group], teacher: TeacherScores | None, *, grou
 
 
 class BatchTensors:
-    """The tensors of a batch of groups: ``(student, teacher, labels, layer_loss)``, each ``[groups, group size]``
-    but the layer loss (a scalar, or None without intermediate-layer distillation or without gradients)."""
+    """The tensors of a batch of groups: ``(student, teacher, labels, layer_loss, judged)``, each ``[groups, group
+    size]`` but the layer loss (a scalar, or None without intermediate-layer distillation or without gradients) and
+    ``judged`` (``[groups]``: whether a group's labels are judgements rather than the teacher's pick)."""
 
     def __init__(self, student: NeuralScorer, teacher: Any = None, intermediate: HiddenStateMSE | None = None, *,
                  amp: bool = False, teacher_factor: float = 1.0):
@@ -55,7 +56,7 @@ class BatchTensors:
         self.teacher_factor = teacher_factor
 
     def __call__(self, part: list[Group]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None,
-                                                   torch.Tensor | None]:
+                                                   torch.Tensor | None, torch.Tensor]:
         size = len(part[0].docnos)
         queries = [g.query for g in part for _ in g.docnos]
         texts = [t for g in part for t in g.texts]
@@ -68,7 +69,8 @@ class BatchTensors:
             teacher = torch.tensor([g.teacher for g in part], dtype=torch.float32, device=device) * self.teacher_factor
         if all(g.labels is not None for g in part):
             labels = torch.tensor([g.labels for g in part], dtype=torch.float32, device=device)
-        return student, teacher, labels, layer_loss
+        judged = torch.tensor([g.judged for g in part], dtype=torch.bool, device=device)
+        return student, teacher, labels, layer_loss, judged
 
     def student_scores(self, queries: list[str], texts: list[str],
                        part: list[Group]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -92,8 +94,8 @@ def optimizer_step(groups: list[Group], tensors: Callable[[list[Group]], tuple],
     total = 0.0
     for start in range(0, len(groups), batch_size):
         part = groups[start:start + batch_size]
-        student, teacher, labels, layer_loss = tensors(part)
-        value = loss(student, teacher, labels)
+        student, teacher, labels, layer_loss, judged = tensors(part)
+        value = loss(student, teacher, labels, judged)
         if layer_loss is not None:
             value = value + layer_loss
         value = value * (len(part) / len(groups))

@@ -17,7 +17,7 @@ from pyterrier_caching import Sqlite3ScorerCache
 
 from pyterrier_marginkd.data.frames import valid_unicode
 from pyterrier_marginkd.data.teacher_check import CheckedTeacher
-from pyterrier_marginkd.models.ensemble import Ensemble, FirstStageScore
+from pyterrier_marginkd.models.ensemble import Ensemble, reads_first_stage
 from pyterrier_marginkd.models.identity import describe
 
 
@@ -143,16 +143,17 @@ def list_teacher_scores(teacher: pt.Transformer, results: pd.DataFrame, cache_di
     """Scores of a teacher whose score of a row depends on its query's other candidates (an Ensemble with a
     per-query normalisation), computed over each query's whole candidate list in ``results``.
 
-    An Ensemble's members (except the first stage's own score) keep their raw pair scores in on-disk caches under
-    ``cache_dir`` (one per member, keyed by its weights' content): each pair is scored once by each member, however
-    often the candidates are fused again. Other teachers are called on the whole frame, without a cache.
+    An Ensemble's members keep their raw pair scores in on-disk caches under ``cache_dir`` (one per member, keyed by
+    its weights' content): each pair is scored once by each member, however often the candidates are fused again.
+    Members that read the first stage's score (``FirstStageScore``, a student mixing it in) score a row relative to
+    its query's list, so they score the whole lists, uncached, as do teachers that are not an Ensemble.
     """
     results = results.assign(qid=results["qid"].astype(str), docno=results["docno"].astype(str))
     results = results.drop_duplicates(["qid", "docno"]).reset_index(drop=True)
     if not isinstance(teacher, Ensemble):
         out = CheckedTeacher(teacher, text_field)(results)
         return dict(zip(zip(out["qid"].astype(str), out["docno"].astype(str)), out["score"].astype(float)))
-    members = [m if isinstance(m, FirstStageScore) else _CachedMember(m, cache_dir, text_field, verbose)
+    members = [m if reads_first_stage(m) else _CachedMember(m, cache_dir, text_field, verbose)
                for m in teacher.members]
     try:
         fused = Ensemble(members, teacher.weights, normalize=teacher.normalize)

@@ -1,0 +1,89 @@
+"""What the quickstart spends and how its students learn: :class:`Recipe`, the ``--fast`` and full presets, the
+students' losses."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from pyterrier_marginkd import losses
+
+#: an ir_datasets collection with train and test topics and qrels (downloaded on first use)
+DEFAULT_DATA = "irds:beir/scifact"
+DEFAULT_OUTPUT = "runs/quickstart"
+
+#: the students' distillation losses: name -> (report name, loss). "kl": the teacher's distribution over each query's
+#: candidate list (both sides z-scored per query); "margin-mse": its margins, positive minus each negative.
+STUDENT_LOSSES = {"kl": ("KL", lambda: losses.KLDiv(normalize="zscore")),
+                  "margin-mse": ("Margin-MSE", losses.MarginMSE)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How much data and how many steps the quickstart spends; ``Recipe.preset(fast)`` gives the standard ones."""
+
+    train_queries: int | None  #: train-split queries used (a seeded sample; None: all)
+    test_queries: int | None  #: test queries evaluated (a seeded sample; None: all)
+    k: int  #: BM25 candidates per query, in training and at test time (the fusion normalises over them)
+    max_length: int  #: tokens per query or document
+    pseudo_queries: int  #: pseudo-queries made from documents (titles or first sentences), labelled by the teacher
+    valid_fraction: float  #: share of the train-split queries held out to pick checkpoints and the teacher
+    num_negatives: int | None  #: negatives per positive in a training group (None: the rest of the k candidates)
+    batch_size: int  #: training groups per step
+    student_steps: int  #: optimizer steps of each student and of the teacher's fine-tuned scorer (the budget)
+    student_lr: float
+    mix_lr: float  #: learning rate of the students' first-stage mixing weights
+    student_time: float | None  #: optional seconds each student may train (results then depend on the machine)
+    quantize: str | None = "int8"  #: the students as deployed on a CPU, compared with the teacher (None: skip)
+    student_loss: str = "kl"  #: how the students learn the teacher's scores: a name of STUDENT_LOSSES
+    #: fine-tune the whole model on the judged queries as a third fusion member (the label-aware teacher, kept
+    #: when it beats the zero-shot fusion on the validation queries)
+    teacher_labels: bool = True
+    #: folds of the fitting queries for the fine-tuned member: 1, one model on all of them (fusion weights fitted on
+    #: the validation queries); K > 1, one model per fold trained without it (out-of-fold scores of the judged
+    #: queries, weights fitted on them)
+    teacher_folds: int = 1
+    teacher_steps: int = 150  #: optimizer steps of the teacher's fine-tuned member (of each fold model)
+    #: weight of the hard-label term (RankNet on judged queries only) beside distillation (0: distillation alone)
+    label_weight: float = 0.0
+
+    def __post_init__(self):
+        if self.student_loss not in STUDENT_LOSSES:
+            raise ValueError(f"student_loss must be one of {sorted(STUDENT_LOSSES)}, got {self.student_loss!r}")
+        if self.num_negatives is not None and not 1 <= self.num_negatives < self.k:
+            raise ValueError(f"num_negatives must be between 1 and k - 1 = {self.k - 1} (or None: all {self.k - 1}),"
+                             f" got {self.num_negatives}")
+        if self.teacher_folds < 1 or self.teacher_steps < 1:
+            raise ValueError(f"teacher_folds and teacher_steps must be >= 1, got {self.teacher_folds}, "
+                             f"{self.teacher_steps}")
+        if not self.label_weight >= 0:
+            raise ValueError(f"label_weight must be >= 0, got {self.label_weight}")
+
+    @property
+    def negatives(self) -> int:
+        """Negatives per training group: ``num_negatives``, else every other candidate of the query."""
+        return self.num_negatives or self.k - 1
+
+    def student_objective(self) -> tuple[str, losses.RankingLoss]:
+        """The distilled students' report name and loss: the distillation loss, plus ``label_weight`` times RankNet on
+        the judged queries (pseudo-queries get the distillation term only)."""
+        name, make = STUDENT_LOSSES[self.student_loss]
+        if self.label_weight == 0:
+            return name, make()
+        return f"{name} + labels", make() + self.label_weight * losses.JudgedOnly(losses.RankNet())
+
+    @classmethod
+    def preset(cls, fast: bool = False, **overrides: Any) -> Recipe:
+        """The ``--fast`` recipe (under 10 minutes on 2 CPU cores for Cranfield) or the full one, with overrides."""
+        base = FAST if fast else FULL
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise TypeError(f"unknown recipe setting(s) {unknown}; known: {[f.name for f in dataclasses.fields(cls)]}")
+        return dataclasses.replace(base, **overrides)
+
+
+# Students: k layers of the model (spread over its depth) as a query encoder against its frozen document vectors,
+# mixing in the normalised BM25 score; each training query brings its whole candidate list (with 7 negatives and
+# Margin-MSE, L4 kept 96.5% of the teacher on Vaswani; whole lists and KL 98.8%: benchmarks/results/kd-variants-kl).
+FAST = Recipe(train_queries=None, test_queries=None, k=50, max_length=256, pseudo_queries=1000, valid_fraction=0.2,
+              num_negatives=None, batch_size=32, student_steps=300, student_lr=1e-4, mix_lr=1e-3, student_time=None)
+FULL = dataclasses.replace(FAST, pseudo_queries=3000, student_steps=1200)

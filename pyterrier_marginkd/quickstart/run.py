@@ -1,0 +1,228 @@
+"""The quickstart: BM25, a fused teacher that uses the labels, distilled students and a label-only student in one
+report."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import pyterrier as pt
+import torch
+from transformers import AutoConfig
+
+from pyterrier_marginkd import losses
+from pyterrier_marginkd.data.collection import Collection
+from pyterrier_marginkd.data.pseudo import pseudo_queries
+from pyterrier_marginkd.models.crossfit import CrossFitted
+from pyterrier_marginkd.models.dot import DotEncoder
+from pyterrier_marginkd.models.ensemble import Ensemble, FirstStageScore
+from pyterrier_marginkd.models.hf import spread_layers
+from pyterrier_marginkd.models.identity import describe
+from pyterrier_marginkd.models.io import default_model, load_scorer
+from pyterrier_marginkd.quickstart.recipe import DEFAULT_DATA, DEFAULT_OUTPUT, Recipe
+from pyterrier_marginkd.quickstart.stages import (
+    Trainer,
+    choose_once,
+    digest,
+    download_hint,
+    fit_fusion,
+    log,
+    resolve,
+    sample_topics,
+    short_name,
+)
+from pyterrier_marginkd.report import TABLE_FILE, deployed_report, markdown_table, report
+from pyterrier_marginkd.training.teachers import choose_teacher
+
+#: the report's second comparison: each distilled student against the label-only student
+VS_LABELS_FILE = "results_vs_labels.csv"
+#: the report's third: the students as deployed (int8 query encoders) against the teacher
+DEPLOYED_FILE = "results_deployed.csv"
+#: the teacher's choice between the zero-shot and the label-aware fusion
+TEACHER_FILE = "teacher.json"
+
+
+def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike = DEFAULT_OUTPUT, *,
+               model: str | None = None, teacher: str | Sequence[str] | None = None,
+               student_layers: Sequence[int] = (2, 4), fast: bool = False, recipe: Recipe | None = None,
+               train_split: str = "train", test_split: str = "test", seed: int = 0,
+               verbose: bool = True) -> pd.DataFrame:
+    """Index, build a teacher, distil students and evaluate on one collection; return the report table.
+
+    BM25 (PISA) gives ``recipe.k`` candidates per query. The zero-shot teacher fuses BM25 with zero-shot neural
+    scorers (``teacher``: names or folders of sentence-transformers bi-encoders or Hugging Face cross-encoders;
+    default ``model``, all-MiniLM-L6-v2): per-query z-scores, weights fitted on the fitting queries' labels
+    (one-standard-error rule). With ``recipe.teacher_labels``, the whole ``model`` is also fine-tuned on the fitting
+    queries (a query encoder against its frozen document vectors, mixing in BM25) and fused as a third member, its
+    weights fitted on the validation queries it never trained on; the teacher is the better fusion on validation
+    (the label-aware one cross-validated). Students are k layers of ``model`` (each of ``student_layers``; spread
+    over its depth, the last included: ``spread_layers``) as query encoders against its document vectors, mixing in
+    the normalised BM25 score, trained on the fitting queries and teacher-labelled pseudo-queries: distillation
+    (``recipe.student_loss``) on all, plus ``recipe.label_weight`` times RankNet on the judged ones. A label-only
+    student (the smallest size, RankNet on the fitting labels) is the baseline. Everything lands in ``output``; a
+    later run reuses the index, the teacher, the teacher cache and every trained student.
+    """
+    started = time.time()
+    recipe = recipe or Recipe.preset(fast)
+    layers = sorted({int(k) for k in student_layers})
+    if not layers or layers[0] < 1:
+        raise ValueError(f"student_layers must be positive layer counts, got {list(student_layers)}")
+    model = resolve(model or default_model())
+    teachers = [resolve(t) for t in ([teacher] if isinstance(teacher, (str, os.PathLike)) else teacher or [model])]
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    collection = Collection(data)
+    log(verbose, f"quickstart: {collection!r} -> {output}; {recipe}")
+    if collection.derived_splits:
+        log(verbose, f"{collection.name} ships no train/test split: holding out {collection.test_fraction:.0%} of "
+                     "its queries for testing (the same split every run; Collection.test_fraction)")
+    with download_hint(collection):
+        bm25 = collection.bm25(output / f"{collection.name}.pisa", num_results=recipe.k)
+        train_topics = sample_topics(collection.topics(train_split), recipe.train_queries, seed)
+        train_qrels = collection.qrels(train_split)
+        test_topics = sample_topics(collection.topics(test_split), recipe.test_queries, seed)
+        test_qrels = collection.qrels(test_split)
+    valid_topics = train_topics.sample(frac=recipe.valid_fraction, random_state=seed).sort_index()
+    fit_topics = train_topics[~train_topics["qid"].isin(valid_topics["qid"])]
+    if len(fit_topics) == 0 or len(valid_topics) < 2:
+        raise ValueError(f"{len(train_topics)} train queries cannot be split into fitting and at least 2 validation "
+                         f"queries (valid_fraction={recipe.valid_fraction}); use more train queries")
+    text = collection.get_text()
+    candidates = bm25 % recipe.k >> text
+    fit_res, valid_res = candidates(fit_topics), candidates(valid_topics)
+    fit_qrels = train_qrels[train_qrels["qid"].astype(str).isin(set(fit_topics["qid"].astype(str)))]
+    identity = {"data": resolve(collection.data), "train_split": train_split, "seed": seed, "k": recipe.k,
+                "max_length": recipe.max_length, "fit_qids": digest(sorted(fit_topics["qid"].astype(str)))}
+
+    # --- the zero-shot teacher: BM25 fused with zero-shot scorers, weights fitted on the fitting queries ---------
+    scorer_kwargs = {"max_length": recipe.max_length, "verbose": verbose}
+    torch.manual_seed(seed)  # a checkpoint without a score head gets the same new head every run
+    # a bi-encoder member keeps its document vectors (frozen_docs): each document is encoded once
+    members = [load_scorer(name, bi_encoder_kwargs={"frozen_docs": True}, **scorer_kwargs) for name in teachers]
+    fused = zero_shot = Ensemble([FirstStageScore(), *members], normalize="zscore")
+    fit_fusion(fused, output / "teacher", {**identity, "teachers": teachers}, fit_res, fit_qrels, verbose)
+    member_names = " + ".join(short_name(t) for t in teachers)
+    log(verbose, f"zero-shot teacher BM25 + {member_names}: weights {fused.weights} (BM25 first; "
+                 f"{fused.fit_report.get('queries')} judged queries, nDCG@10 "
+                 f"{fused.fit_report.get('ndcg@10', float('nan')):.4f} on them)")
+
+    # the students' frozen document encoder is the model itself: one set of document vectors for all of them, and
+    # the teacher's when it fuses that same bi-encoder
+    shared_docs: dict = next((m.doc_vectors for m in members if isinstance(m, DotEncoder) and m.frozen_docs
+                              and resolve(m.model_name) == model and m.max_length == recipe.max_length
+                              and m.num_layers is None), {})
+    # k of the model's layers spread over its depth, the last one included: the query vectors then come from the
+    # layer whose space the document vectors live in (the first k layers end elsewhere)
+    depth = AutoConfig.from_pretrained(model).num_hidden_layers
+    kept = {n: spread_layers(depth, n) for n in {*layers, depth}}
+
+    def student(num_layers: int) -> DotEncoder:
+        made = DotEncoder.from_pretrained(model, num_layers=kept[num_layers], frozen_docs=True, first_stage="zscore",
+                                          **scorer_kwargs)
+        return made.share_doc_vectors(shared_docs)
+
+    trainer = Trainer(recipe, identity, seed=seed, verbose=verbose, valid=(valid_res, train_qrels),
+                      scorer_kwargs=scorer_kwargs, shared_docs=shared_docs)
+
+    # --- the label-aware teacher: the whole model fine-tuned on the labels, fused as a third member ----------------
+    teacher_name = f"teacher BM25 + {member_names} (zero-shot)"
+    if recipe.teacher_labels:
+        tuned, folds = _fine_tuned_member(trainer, output, depth, lambda: student(depth), kept[depth], fit_res,
+                                          fit_qrels, recipe.teacher_folds, seed)
+        out_of_fold = {"fit_res": fit_res, "fit_qrels": fit_qrels} if folds > 1 else {}
+        fused, choice = choose_once(
+            output / "teacher" / TEACHER_FILE,
+            {**identity, "teachers": teachers, "zero_shot_weights": zero_shot.weights, "tuned": describe(tuned),
+             "valid_qids": digest(sorted(valid_topics["qid"].astype(str)))}, zero_shot, tuned,
+            lambda: choose_teacher(zero_shot, tuned, valid_res, train_qrels, seed=seed, **out_of_fold), verbose)
+        if choice["chosen"] == "label-aware":
+            teacher_name = f"teacher BM25 + {member_names} + fine-tuned L{depth} (labels)"
+        log(verbose, f"teacher: {choice['chosen']} (validation nDCG@10 on {choice['validation_queries']} queries: "
+                     f"zero-shot fusion {choice['zero_shot_validation_ndcg@10']:.4f}, label-aware fusion "
+                     f"{choice['label_aware_validation_ndcg@10']:.4f}, {choice['label_aware']}; its gain "
+                     f"{choice['gain']:+.4f} against a standard error of {choice['gain_standard_error']:.4f}; "
+                     f"weights {choice['label_aware_weights']})")
+
+    # --- students --------------------------------------------------------------------------------------------
+    method = "title" if collection.has_titles() else "first_sentence"
+    pq = pseudo_queries(collection, method, num=recipe.pseudo_queries, seed=seed)
+    log(verbose, f"{len(pq)} pseudo-queries ({method}s of documents) for the teacher to label")
+    train_res = pd.concat([fit_res, candidates(pq[["qid", "query"]])], ignore_index=True)
+    distilled = {}
+    teacher_id = describe(fused)
+    loss_label, loss = recipe.student_objective()
+    # one folder per student, loss and kind of teacher: runs of other recipes in the same output never collide
+    loss_folder = (recipe.student_loss.replace("-", "")
+                   + ("" if recipe.label_weight == 0 else f"-hardlabels{recipe.label_weight:g}")
+                   + ("-labelteacher" if fused is not zero_shot else ""))
+    for num_layers in layers:
+        distilled[num_layers] = trainer(
+            output / f"student-L{num_layers}-{loss_folder}", f"student L{num_layers} ({loss_label})",
+            lambda n=num_layers: student(n), fused, loss, (train_res, fit_qrels),
+            layers=kept[num_layers], teacher_id=teacher_id, unjudged="teacher", cache_dir=output / "teacher_cache")
+    baseline_layers = layers[0]
+    label_only = trainer(output / f"student-L{baseline_layers}-labels", f"student L{baseline_layers} (labels only)",
+                         lambda: student(baseline_layers), None, losses.RankNet(), (fit_res, fit_qrels),
+                         layers=kept[baseline_layers])
+
+    # --- the report ------------------------------------------------------------------------------------------
+    test_res = candidates(test_topics)
+    started_docs = time.time()
+    for scorer in [*distilled.values(), label_only]:
+        scorer.precompute_docs(test_res[scorer.text_field].drop_duplicates().tolist())
+    log(verbose, f"document vectors of the test candidates computed ahead of queries ({len(shared_docs)} kept, "
+                 f"{time.time() - started_docs:.0f} s), as an index would hold them")
+    systems: dict[str, pt.Transformer] = {"BM25": bm25 % recipe.k, teacher_name: candidates >> fused}
+    students = {f"student L{n} ({loss_label})": candidates >> s for n, s in distilled.items()}
+    label_name = f"student L{baseline_layers} (labels only)"
+    systems.update(students)
+    systems[label_name] = candidates >> label_only
+    plot = importlib.util.find_spec("matplotlib") is not None
+    log(verbose, f"evaluating {len(systems)} systems on {len(test_topics)} {test_split} queries, BM25 top {recipe.k}")
+    table = report(systems, test_topics, test_qrels, output / "report", baseline=0, plot=plot)
+    versus = pt.Experiment([systems[label_name], *students.values()], test_topics, test_qrels,
+                           [pt.measures.nDCG @ 10, pt.measures.RR @ 10], names=[label_name, *students],
+                           baseline=0, correction="holm")
+    versus.to_csv(output / "report" / VS_LABELS_FILE, index=False)
+    with open(output / "report" / TABLE_FILE, "a") as f:
+        f.write(f"\nAgainst the label-only student (paired t-test, Holm-corrected):\n\n{markdown_table(versus)}\n")
+    if recipe.quantize:
+        student_folders = {name: folder for name, folder in trainer.folders.items() if name.startswith("student")}
+        deployed_report(DEPLOYED_FILE, output, recipe.quantize, candidates, teacher_name, fused, student_folders,
+                        test_topics, test_qrels, scorer_kwargs, shared_docs, verbose)
+    if verbose:
+        print((output / "report" / TABLE_FILE).read_text())
+        files = (f"results.md, results.csv, {VS_LABELS_FILE}" + (f", {DEPLOYED_FILE}" if recipe.quantize else "")
+                 + (", results.png" if plot else ""))
+        hint = "" if plot else " (pip install pyterrier-marginkd[plot] for the plot)"
+        print(f"report: {output / 'report'}: {files}{hint}")
+        print(f"quickstart finished in {time.time() - started:.0f} s")
+    return table
+
+
+def _fine_tuned_member(trainer: Trainer, output: Path, depth: int, make: Callable[[], DotEncoder], layers: list[int],
+                       fit_res: pd.DataFrame, fit_qrels: pd.DataFrame, folds: int,
+                       seed: int) -> tuple[pt.Transformer, int]:
+    """The teacher's member fine-tuned on the fitting queries' labels (RankNet): with ``folds`` > 1 one model per fold
+    of the queries, trained without it (a :class:`CrossFitted` scorer: out-of-fold scores of the judged queries),
+    else one model on all. Returns the member and the number of folds used (fewer queries than folds: one model)."""
+    qids = sorted(set(fit_res["qid"].astype(str)) & set(fit_qrels["qid"].astype(str)))
+    folds = folds if len(qids) >= 2 * folds else 1
+    if folds == 1:
+        return trainer(output / "teacher-tuned", f"teacher's fine-tuned L{depth} (labels)", make, None,
+                       losses.RankNet(), (fit_res, fit_qrels), layers=layers, steps=trainer.recipe.teacher_steps), 1
+    shuffled = np.random.default_rng(seed).permutation(qids)
+    fold_of = {q: i % folds for i, q in enumerate(shuffled)}
+    members = []
+    for fold in range(folds):
+        keep = [q for q in qids if fold_of[q] != fold]
+        rows = fit_res[fit_res["qid"].astype(str).isin(keep)]
+        members.append(trainer(output / f"teacher-tuned-fold{fold + 1}of{folds}",
+                               f"teacher's fine-tuned L{depth} (labels), fold {fold + 1} of {folds}", make, None,
+                               losses.RankNet(), (rows, fit_qrels[fit_qrels["qid"].astype(str).isin(keep)]),
+                               layers=layers, steps=trainer.recipe.teacher_steps))
+    return CrossFitted(members, fold_of), folds

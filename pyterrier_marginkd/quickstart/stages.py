@@ -1,0 +1,163 @@
+"""The quickstart's stages that persist: fusion weights fitted once, students trained once per folder (or reused),
+and small helpers for names, samples and ids."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pandas as pd
+import pyterrier as pt
+import torch
+
+from pyterrier_marginkd import losses
+from pyterrier_marginkd.data.collection import Collection
+from pyterrier_marginkd.models.dot import DotEncoder
+from pyterrier_marginkd.models.ensemble import Ensemble
+from pyterrier_marginkd.quickstart.recipe import Recipe
+from pyterrier_marginkd.training.distiller import Distiller
+from pyterrier_marginkd.training.once import fit_once
+
+FUSION_FILE = "fusion.json"
+
+
+def fit_fusion(fused: Ensemble, folder: Path, settings: dict, fit_res: pd.DataFrame, qrels: pd.DataFrame,
+                verbose: bool) -> None:
+    """Fit the fusion weights, or read them from ``folder`` when a run with the same settings fitted them."""
+    file = folder / FUSION_FILE
+    settings = json.loads(json.dumps(settings))
+    if file.exists():
+        saved = json.loads(file.read_text())
+        if saved.get("settings") == settings:
+            fused.load_weights(file)
+            log(verbose, f"teacher: reusing the fusion weights in {file}")
+            return
+        log(verbose, f"teacher: {file} was fitted with other settings; fitting again")
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    fused.fit(fit_res, qrels)
+    fused.fit_report["seconds"] = time.time() - started
+    fused.save_weights(folder / f"{FUSION_FILE}.tmp")
+    record = json.loads((folder / f"{FUSION_FILE}.tmp").read_text())
+    (folder / f"{FUSION_FILE}.tmp").write_text(json.dumps({**record, "settings": settings}, indent=2))
+    os.replace(folder / f"{FUSION_FILE}.tmp", file)
+
+
+def choose_once(file: Path, settings: dict, zero_shot: Ensemble, tuned: pt.Transformer,
+                choose: Callable[[], tuple[Ensemble, dict]], verbose: bool) -> tuple[Ensemble, dict]:
+    """The teacher chosen by ``choose()`` (the zero-shot fusion, or the label-aware one adding ``tuned``), or the
+    choice recorded in ``file`` by a run with the same settings (its weights reused, nothing scored again)."""
+    settings = json.loads(json.dumps(settings))
+    if file.exists():
+        saved = json.loads(file.read_text())
+        if saved.get("settings") == settings:
+            choice = saved["choice"]
+            log(verbose, f"teacher: reusing the choice in {file}")
+            if choice["chosen"] == "zero-shot":
+                return zero_shot, choice
+            return Ensemble([*zero_shot.members, tuned], choice["label_aware_weights"],
+                            normalize=zero_shot.normalize), choice
+        log(verbose, f"teacher: {file} was chosen with other settings; choosing again")
+    fused, choice = choose()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.with_name(f"{file.name}.tmp").write_text(json.dumps({"settings": settings, "choice": choice}, indent=2))
+    os.replace(file.with_name(f"{file.name}.tmp"), file)
+    return fused, choice
+
+
+@dataclasses.dataclass
+class Trainer:
+    """Trains one quickstart student per output folder, or loads it when a run with the same settings finished
+    there (:func:`~pyterrier_marginkd.training.once.fit_once`: other settings are refused rather than mixed)."""
+
+    recipe: Recipe
+    identity: dict
+    seed: int
+    verbose: bool
+    valid: tuple
+    scorer_kwargs: dict
+    shared_docs: dict
+    #: each student's folder by its report name (its trained weights are in ``folder / "student"``)
+    folders: dict[str, Path] = dataclasses.field(default_factory=dict)
+
+    def __call__(self, folder: Path, label: str, make_student, teacher: pt.Transformer | None,
+                 loss: losses.RankingLoss, fit_args: tuple, *, layers: list[int], teacher_id: str | None = None,
+                 steps: int | None = None, **extra: Any) -> DotEncoder:
+        r = self.recipe
+        # the recipe's student budget, unless given (the teacher's member: a step budget alone, never time-boxed)
+        budget, max_time = (r.student_steps, r.student_time) if steps is None else (steps, None)
+        settings = {**self.identity, "loss": repr(loss), "steps": budget, "lr": r.student_lr,
+                    "mix_lr": r.mix_lr, "batch_size": r.batch_size, "num_negatives": r.negatives,
+                    "pseudo_queries": r.pseudo_queries if teacher is not None else 0, "max_time": max_time,
+                    "layers": layers, "teacher": teacher_id, "training_qids": digest(sorted(
+                        fit_args[0]["qid"].astype(str).unique()))}
+        self.folders[label] = folder
+
+        def fit(output_dir: Path) -> Distiller:
+            torch.manual_seed(self.seed)
+            # a step budget: enough epochs that max_steps, not the data, ends the run
+            distiller = Distiller(make_student(), teacher, loss=loss, epochs=budget,
+                                  max_steps=budget, batch_size=r.batch_size, lr=r.student_lr,
+                                  head_lr=r.mix_lr, num_negatives=r.negatives, max_time=max_time,
+                                  seed=self.seed, eval_steps=max(budget // 6, 1),
+                                  save_steps=max(budget // 3, 1), output_dir=output_dir,
+                                  verbose=self.verbose, **extra)
+            distiller.fit(*fit_args, *self.valid)
+            report, steps = distiller.report, len(distiller.history)
+            log(self.verbose, f"{label}: {steps} steps; best validation nDCG@10 "
+                               f"{report.get('best_ndcg@10', float('nan')):.4f} at step {report.get('best_step')}")
+            if report.get("stopped_by_max_time"):
+                log(self.verbose, f"{label}: the {r.student_time:.0f} s budget allowed {steps} of "
+                                   f"{report['total_steps']} steps (a busy machine allows fewer)")
+            return distiller
+
+        student, _ = fit_once(folder, settings, fit, label=label, verbose=self.verbose,
+                              load_kwargs=self.scorer_kwargs)
+        return student.share_doc_vectors(self.shared_docs)
+
+
+def short_name(name: str) -> str:
+    """A readable name of a checkpoint: its folder name (the package folder for the shipped MiniLM), or hub id."""
+    path = Path(name)
+    if path.exists():
+        return path.parent.name if path.name == "model" else path.name
+    return name.split("/")[-1]
+
+
+def sample_topics(topics: pd.DataFrame, num: int | None, seed: int) -> pd.DataFrame:
+    """``num`` topics drawn with ``seed`` (all when there are no more), in their original order."""
+    if num is None or len(topics) <= num:
+        return topics
+    return topics.sample(num, random_state=seed).sort_index().reset_index(drop=True)
+
+
+def resolve(name: str | os.PathLike) -> str:
+    """An absolute path for an existing local path, else the name unchanged (hub or irds: id)."""
+    return str(Path(name).resolve()) if Path(name).exists() else str(name)
+
+
+def digest(values: list[str]) -> str:
+    return hashlib.sha256("\n".join(values).encode()).hexdigest()[:16]
+
+
+def log(verbose: bool, message: str) -> None:
+    if verbose:
+        print(message, flush=True)
+
+
+@contextlib.contextmanager
+def download_hint(collection: Collection) -> Iterator[None]:
+    """Turn a failed ir_datasets download into an error that says what to do offline."""
+    try:
+        yield
+    except OSError as error:
+        if not collection.data.startswith("irds:"):
+            raise
+        raise RuntimeError(f"could not load {collection.data}: ir_datasets downloads it on first use and that failed "
+                           f"({error}). Offline, pass a local folder with docs.jsonl.gz, topics.{{train,test}}.tsv and "
+                           "qrels.{train,test}.txt: --data path/to/folder") from error

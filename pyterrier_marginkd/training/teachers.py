@@ -1,0 +1,81 @@
+"""Teachers that use the labels: a fusion of the first stage, zero-shot scorers and a scorer fine-tuned on the judged
+queries, its weights fitted on queries the fine-tuned scorer never trained on, chosen on validation against the
+zero-shot fusion."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyterrier as pt
+
+from pyterrier_marginkd.data.evaluation import per_query_ndcg10
+from pyterrier_marginkd.data.groups import validate_qrels
+from pyterrier_marginkd.models.ensemble import Ensemble
+
+
+def cross_validated_ndcg(ensemble: Ensemble, results: pd.DataFrame, qrels: pd.DataFrame, *, folds: int = 2,
+                         seed: int = 0, **fit_kwargs: Any) -> pd.Series:
+    """nDCG@10 of each judged query of ``results`` ranked by ``ensemble`` with weights fitted out of fold: the judged
+    queries are split into ``folds`` parts, and each part is ranked with the weights fitted on the others — an
+    estimate that the weights' own queries cannot flatter. ``ensemble.weights`` are left as they were."""
+    qrels = validate_qrels(qrels)
+    qids = np.array(sorted(set(results["qid"].astype(str)) & set(qrels["qid"])))
+    if len(qids) < folds:
+        raise ValueError(f"cross-validating fusion weights in {folds} folds needs at least {folds} judged queries, "
+                         f"got {len(qids)}")
+    saved = ensemble.weights, ensemble.fit_report
+    fold_of = dict(zip(np.random.default_rng(seed).permutation(qids), np.arange(len(qids)) % folds))
+    result_fold = results["qid"].astype(str).map(fold_of)
+    ranked = []
+    try:
+        for fold in range(folds):
+            held_out = result_fold == fold
+            ensemble.fit(results[~held_out & result_fold.notna()], qrels, **fit_kwargs)
+            ranked.append(ensemble.transform(results[held_out]))
+    finally:
+        ensemble.weights, ensemble.fit_report = saved
+    return per_query_ndcg10(pd.concat(ranked, ignore_index=True), qrels)
+
+
+def choose_teacher(zero_shot: Ensemble, tuned: pt.Transformer, valid_res: pd.DataFrame, valid_qrels: pd.DataFrame,
+                   *, fit_res: pd.DataFrame | None = None, fit_qrels: pd.DataFrame | None = None,
+                   seed: int = 0) -> tuple[Ensemble, dict[str, Any]]:
+    """The better teacher on the validation queries: ``zero_shot`` (a fitted fusion, its weights from other queries)
+    or the label-aware fusion of its members and ``tuned``, a scorer fine-tuned on the judged training queries.
+
+    With ``fit_res``/``fit_qrels``, ``tuned`` gives out-of-fold scores of those queries (a
+    :class:`~pyterrier_marginkd.models.crossfit.CrossFitted` scorer): the label-aware weights are fitted on them and
+    both teachers are measured on the validation queries as they are. Without, ``tuned`` has seen the training
+    queries, so the label-aware weights are fitted on the validation queries, and its validation nDCG@10 for the
+    choice is cross-validated (weights fitted on one half, measured on the other).
+
+    The label-aware teacher is chosen only when it is clearly better: its mean gain over the zero-shot fusion must
+    exceed one standard error of the per-query gains (the one-standard-error rule of :meth:`Ensemble.fit`), so that
+    a few validation queries cannot swap a teacher its students learn well for one that only looks better. Returns
+    the chosen Ensemble and a report of both estimates and the choice.
+    """
+    if zero_shot.weights is None:
+        raise ValueError("choose_teacher needs a fitted zero-shot fusion (call zero_shot.fit(results, qrels) first)")
+    if (fit_res is None) != (fit_qrels is None):
+        raise ValueError("give both fit_res and fit_qrels (out-of-fold scores to fit the weights on), or neither")
+    valid_qrels = validate_qrels(valid_qrels)
+    aware = Ensemble([*zero_shot.members, tuned], normalize=zero_shot.normalize)
+    zero_shot_ndcg = per_query_ndcg10(zero_shot.transform(valid_res), valid_qrels)
+    if fit_res is not None:
+        aware.fit(fit_res, fit_qrels)
+        aware_ndcg = per_query_ndcg10(aware.transform(valid_res), valid_qrels)
+        how = "weights fitted on out-of-fold scores of the training queries"
+    else:
+        aware_ndcg = cross_validated_ndcg(aware, valid_res, valid_qrels, seed=seed)
+        aware.fit(valid_res, valid_qrels)
+        how = "weights fitted on the validation queries; its validation nDCG@10 cross-validated"
+    gain = (aware_ndcg - zero_shot_ndcg.reindex(aware_ndcg.index).fillna(0.0)).to_numpy()
+    standard_error = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else float("inf")
+    chosen = "label-aware" if gain.mean() > standard_error else "zero-shot"
+    report = {"chosen": chosen, "zero_shot_validation_ndcg@10": float(zero_shot_ndcg.mean()),
+              "label_aware_validation_ndcg@10": float(aware_ndcg.mean()), "label_aware": how,
+              "gain": float(gain.mean()), "gain_standard_error": standard_error,
+              "label_aware_weights": aware.weights, "zero_shot_weights": zero_shot.weights,
+              "validation_queries": int(len(gain))}
+    return (aware if chosen == "label-aware" else zero_shot), report

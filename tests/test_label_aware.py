@@ -1,0 +1,113 @@
+"""Teachers and students that use the labels: students that mix in the first stage as fusion members, cross-fitted
+fold models, the choice between the zero-shot and the label-aware teacher, and judged-only hard-label terms in a fit
+that mixes judged queries with teacher-labelled pseudo-queries."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyterrier as pt
+import pytest
+import torch
+
+import pyterrier_marginkd as mkd
+from pyterrier_marginkd.models.ensemble import FirstStageScore, reads_first_stage
+from pyterrier_marginkd.models.identity import describe
+from pyterrier_marginkd.training.teacher_cache import list_teacher_scores
+
+
+def results(num_queries: int = 12, per_query: int = 6, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Candidate lists with a noisy first-stage score, and qrels judging each query's documents 0 and 1 relevant."""
+    rng = np.random.default_rng(seed)
+    rows = [{"qid": f"q{q}", "query": f"query {q}", "docno": f"d{d}", "text": f"text {q} {d}",
+             "score": float(rng.normal())} for q in range(num_queries) for d in range(per_query)]
+    qrels = pd.DataFrame([{"qid": f"q{q}", "docno": f"d{d}", "label": 1} for q in range(num_queries) for d in (0, 1)])
+    return pd.DataFrame(rows), qrels
+
+
+def oracle(strength: float = 1.0, noise: float = 0.0, seed: int = 1) -> pt.Transformer:
+    """A scorer that knows the qrels (documents d0 and d1 are relevant), plus noise."""
+    rng = np.random.default_rng(seed)
+    return pt.apply.doc_score(lambda row: strength * (row["docno"] in ("d0", "d1")) + noise * float(rng.normal()))
+
+
+def test_a_student_mixing_the_first_stage_is_a_fusion_member(tiny_bert_dir, small_results, tmp_path):
+    student = mkd.DotEncoder.from_pretrained(tiny_bert_dir, first_stage="zscore", max_length=64)
+    student.set_first_stage_weights(1.0, 2.0)
+    assert reads_first_stage(student) and reads_first_stage(FirstStageScore())
+    scored = small_results.assign(score=[3.0, 2.0, 1.0, 1.0, 2.0, 3.0])
+    fused = mkd.Ensemble([FirstStageScore(), student], normalize="zscore")
+    assert "score" in fused.transform_inputs[0]
+    direct = fused(scored)
+    # the Distiller's path scores whole lists through member caches: the mixing student gets the first-stage score
+    via_cache = list_teacher_scores(fused, scored, tmp_path / "cache")
+    np.testing.assert_allclose([via_cache[q, d] for q, d in zip(direct["qid"], direct["docno"])], direct["score"],
+                               rtol=1e-6, atol=1e-6)
+    calls = []
+    spy = pt.apply.doc_score(lambda row: calls.append(1) or 0.0)
+    with pytest.raises(KeyError, match="score"):  # refused before any member scores
+        mkd.Ensemble([spy, student], normalize="zscore")(small_results)
+    assert not calls
+
+
+def test_cross_fitted_scores_each_judged_query_out_of_fold():
+    frame, _ = results(num_queries=4, per_query=2)
+    members = [pt.apply.doc_score(lambda row: 10.0), pt.apply.doc_score(lambda row: 20.0),
+               pt.apply.doc_score(lambda row: 60.0)]
+    folds = {"q0": 0, "q1": 1, "q2": 2}  # q3 is in no fold: a query none of the models trained on
+    scored = mkd.CrossFitted(members, folds)(frame).set_index(["qid", "docno"])["score"]
+    assert scored["q0", "d0"] == 40.0 and scored["q1", "d1"] == 35.0 and scored["q2", "d0"] == 15.0
+    assert scored["q3", "d0"] == 30.0
+    with pytest.raises(ValueError, match="at least 2 fold models"):
+        mkd.CrossFitted(members[:1], {})
+    with pytest.raises(ValueError, match=r"fold\(s\) \[3\]"):
+        mkd.CrossFitted(members, {"q0": 3})
+
+
+def test_choose_teacher_takes_the_label_aware_fusion_only_when_it_is_clearly_better():
+    frame, qrels = results(num_queries=16)
+    zero_shot = mkd.Ensemble([FirstStageScore(), oracle(noise=3.0)], normalize="zscore").fit(frame, qrels)
+    chosen, report = mkd.choose_teacher(zero_shot, oracle(noise=0.1), frame, qrels)
+    assert report["chosen"] == "label-aware" and chosen is not zero_shot and len(chosen.members) == 3
+    assert report["gain"] > report["gain_standard_error"] > 0
+    useless = pt.apply.doc_score(lambda row: 0.0)
+    chosen, report = mkd.choose_teacher(zero_shot, useless, frame, qrels)
+    assert report["chosen"] == "zero-shot" and chosen is zero_shot
+    # out-of-fold scores of the training queries: the weights come from them, validation measures both as they are
+    train, train_qrels = results(num_queries=16, seed=5)
+    folds = {f"q{q}": q % 2 for q in range(16)}
+    tuned = mkd.CrossFitted([oracle(noise=0.1), oracle(noise=0.1, seed=2)], folds)
+    chosen, report = mkd.choose_teacher(zero_shot, tuned, frame.assign(qid="v" + frame["qid"]),
+                                        qrels.assign(qid="v" + qrels["qid"]), fit_res=train, fit_qrels=train_qrels)
+    assert report["chosen"] == "label-aware" and "out-of-fold" in report["label_aware"]
+    # a teacher cache key tells fold assignments apart: other folds are another teacher
+    other = mkd.CrossFitted(tuned.members, {q: 1 - f for q, f in folds.items()})
+    assert describe(mkd.Ensemble([tuned])) != describe(mkd.Ensemble([other]))
+    with pytest.raises(ValueError, match="fitted zero-shot fusion"):
+        mkd.choose_teacher(mkd.Ensemble([FirstStageScore()], normalize="zscore"), useless, frame, qrels)
+
+
+def test_hard_labels_reach_only_the_judged_groups(tiny_bert_dir, cranfield_train, tmp_path):
+    res, qrels = cranfield_train
+    judged = res[res["qid"].isin(sorted(set(res["qid"]))[:5])]
+    pseudo = res[~res["qid"].isin(judged["qid"])].assign(qid=lambda f: "pq-" + f["qid"])
+    teacher = pt.apply.doc_score(lambda row: float(len(set(row["query"].split()) & set(row["text"].split()))))
+    seen = []
+
+    class Recording(mkd.losses.JudgedOnly):
+        def forward(self, student, teacher_scores=None, labels=None, judged=None):
+            seen.append(judged.clone())
+            return super().forward(student, teacher_scores, labels, judged)
+
+    torch.manual_seed(0)
+    student = mkd.DotEncoder.from_pretrained(tiny_bert_dir, max_length=64)
+    loss = mkd.losses.KLDiv() + Recording(mkd.losses.RankNet())
+    distiller = mkd.Distiller(student, teacher, loss=loss, unjudged="teacher", epochs=1, batch_size=4,
+                              num_negatives=3, output_dir=tmp_path / "kd")
+    qrels = qrels[qrels["qid"].isin(judged["qid"])]
+    groups = distiller.examples(pd.concat([judged, pseudo]), qrels).groups(0)
+    assert {g.judged for g in groups if g.qid.startswith("pq-")} == {False}
+    assert {g.judged for g in groups if not g.qid.startswith("pq-")} == {True}
+    distiller.fit(pd.concat([judged, pseudo]), qrels)
+    flags = torch.cat(seen)
+    assert flags.any() and not flags.all()  # both kinds of group were trained on, told apart
+    assert len(distiller.history) > 0 and np.isfinite(distiller.history[-1]["loss"])
