@@ -1,11 +1,10 @@
 """``marginkd rerank``: a model re-ranks the candidates of any TREC run, query by query, with the texts of a collection
-or of a Lucene index. Everything the run names is checked before the model loads."""
+or of a Lucene index. Everything the run names is checked before the model loads. Nothing heavy is imported until
+the command runs (``pyterrier_marginkd.data`` imports PyTerrier)."""
 from __future__ import annotations
 
 import argparse
 from typing import TYPE_CHECKING
-
-from pyterrier_marginkd.data.runs import RunWriter, read_run, read_topics
 
 if TYPE_CHECKING:  # for annotations only: importing these takes seconds
     from pyterrier_marginkd.data.collection import Collection
@@ -35,14 +34,18 @@ def cmd_rerank(args: argparse.Namespace) -> None:
     import pandas as pd
     import pyterrier as pt
 
+    from pyterrier_marginkd.data.runs import RunWriter, read_run, read_topics
     from pyterrier_marginkd.models.io import load_scorer
 
-    topics = read_topics(args.topics)
     qids, docnos, candidates = [], {}, 0
-    for query in read_run(args.run, args.k):  # a first pass: what the re-ranking will need
-        qids.append(query.qid)
-        docnos.update(dict.fromkeys(query.docnos))
-        candidates += len(query.docnos)
+    try:
+        topics = read_topics(args.topics)
+        for query in read_run(args.run, args.k):  # a first pass: what the re-ranking will need
+            qids.append(query.qid)
+            docnos.update(dict.fromkeys(query.docnos))
+            candidates += len(query.docnos)
+    except (OSError, ValueError) as err:  # a missing or malformed file: the message names the file and line
+        raise SystemExit(f"marginkd rerank: {err}") from None
     if not qids:
         raise SystemExit(f"{args.run} holds no run lines")
     unknown = [qid for qid in qids if qid not in topics]
