@@ -94,6 +94,11 @@ def test_the_index_is_built_once_and_atomically(cranfield, index_path, tmp_path)
     with pytest.raises(OSError, match="broke off"):
         mkd.LuceneIndex.build(failing(), tmp_path / "broken.lucene")
     assert list(tmp_path.iterdir()) == []  # nothing left behind
+    blank = [{"docno": "a", "text": "real words"}, {"docno": "nbsp", "text": "\u00a0"},
+             {"docno": "control", "text": "\x01 \t"}, {"docno": "empty", "text": ""}]
+    built = mkd.LuceneIndex.build(blank, tmp_path / "blank.lucene")  # Anserini skips what Java's trim() empties
+    assert json.loads((built.path / lucene.INDEX_MARKER).read_text())["empty"] == 2
+    assert built.missing_docnos([d["docno"] for d in blank]) == ["control", "empty"]
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("not an index")
     with pytest.raises(FileExistsError, match="neither empty nor a Lucene index"):

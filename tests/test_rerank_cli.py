@@ -139,3 +139,10 @@ def test_rerank_reads_texts_of_an_ir_datasets_collection(cranfield, pisa_run, st
     assert len(pt.io.read_results(str(tmp_path / "out.trec"))) == 12
     with pytest.raises(SystemExit, match=r"of the run's top 4 are not in the collection irds:"):
         rerank(*common, "--k", "4")
+
+
+def test_missing_ids_are_named_up_to_ten_and_counted():
+    from pyterrier_marginkd.data.runs import name_ids
+
+    assert name_ids(["a", "b"]) == "'a', 'b'"
+    assert name_ids([str(i) for i in range(12)]) == ", ".join(f"'{i}'" for i in range(10)) + " and 2 more"

@@ -10,15 +10,6 @@ if TYPE_CHECKING:  # for annotations only: importing these takes seconds
     from pyterrier_marginkd.data.collection import Collection
     from pyterrier_marginkd.data.lucene import LuceneIndex
 
-#: qids or docnos named in an error about missing ones
-SHOWN = 10
-
-
-def _examples(items: list[str]) -> str:
-    shown = ", ".join(repr(item) for item in items[:SHOWN])
-    return shown + (f" and {len(items) - SHOWN} more" if len(items) > SHOWN else "")
-
-
 def _text_source(args: argparse.Namespace) -> tuple[Collection | LuceneIndex, str]:
     """Where the texts come from (--docs or --index), and how to name it in messages."""
     if args.index:
@@ -34,7 +25,7 @@ def cmd_rerank(args: argparse.Namespace) -> None:
     import pandas as pd
     import pyterrier as pt
 
-    from pyterrier_marginkd.data.runs import RunWriter, read_run, read_topics
+    from pyterrier_marginkd.data.runs import RunWriter, name_ids, read_run, read_topics
     from pyterrier_marginkd.models.io import load_scorer
 
     qids, docnos, candidates = [], {}, 0
@@ -51,12 +42,12 @@ def cmd_rerank(args: argparse.Namespace) -> None:
     unknown = [qid for qid in qids if qid not in topics]
     if unknown:
         raise SystemExit(f"{len(unknown)} of the {len(qids)} qids of the run {args.run} have no query in "
-                         f"{args.topics}: {_examples(unknown)}")
+                         f"{args.topics}: {name_ids(unknown)}")
     source, where = _text_source(args)
     missing = source.missing_docnos(docnos)
     if missing:
         raise SystemExit(f"{len(missing)} of the {len(docnos)} docnos of the run's top {args.k} are not in {where}: "
-                         f"{_examples(missing)}")
+                         f"{name_ids(missing)}")
     model = load_scorer(args.model, batch_size=args.batch_size)
     get_text = source.get_text()
     writer = RunWriter(args.output, args.tag)

@@ -14,6 +14,7 @@ import pyterrier as pt
 
 from pyterrier_marginkd import _files
 from pyterrier_marginkd.data.java import init_pyserini
+from pyterrier_marginkd.data.runs import name_ids
 
 #: file written into an index folder once every document is indexed; a folder without it is built again
 INDEX_MARKER = "marginkd_complete.json"
@@ -22,14 +23,10 @@ INDEX_MARKER = "marginkd_complete.json"
 STORE_ARGS = ("-storeContents", "-storeRaw", "-storePositions", "-storeDocvectors")
 #: documents handed to Anserini's indexer at once
 INDEX_BATCH = 1000
-#: docnos named in an error about missing ones
-SHOWN = 10
+#: what Java's String.trim() strips (every character up to the space): Anserini skips a document whose text is only
+#: these (Python's str.strip() strips other characters too, e.g. U+00A0, and not the control characters)
+_JAVA_TRIM = "".join(map(chr, range(0x21)))
 logger = logging.getLogger(__name__)
-
-
-def _examples(items: Sequence[str]) -> str:
-    shown = ", ".join(repr(item) for item in items[:SHOWN])
-    return shown + (f" and {len(items) - SHOWN} more" if len(items) > SHOWN else "")
 
 
 def stored_text(document: Any, docno: str) -> str:
@@ -108,7 +105,7 @@ class LuceneIndex:
                         raise ValueError(f"document {docno!r} has a {type(text).__name__} text, not a string")
                     batch.append(json.dumps({"id": docno, "contents": text}))
                     count += 1
-                    empty += not text.strip()
+                    empty += not text.strip(_JAVA_TRIM)
                     if len(batch) == INDEX_BATCH:
                         indexer.add_batch_raw(batch)
                         batch = []
@@ -236,7 +233,7 @@ class LuceneText(pt.Transformer):
         missing = [d for d in dict.fromkeys(docnos) if d not in texts]
         if missing:
             raise KeyError(f"{len(missing)} docnos are not in the Lucene index {str(self.index.path)!r}: "
-                           f"{_examples(missing)} (Anserini leaves empty documents out of an index)")
+                           f"{name_ids(missing)} (Anserini leaves empty documents out of an index)")
         return inp.assign(**{self.field: [texts[d] for d in docnos]})
 
 
@@ -252,7 +249,7 @@ def rerank_hits(reranker: pt.Transformer, query: str | dict[str, str], hits: Seq
             raise TypeError("hits of batch_search (a dict qid -> hits) need a dict qid -> query text as query")
         missing = [q for q in hits if q not in query]
         if missing:
-            raise KeyError(f"{len(missing)} qids of the hits have no query text: {_examples(missing)}")
+            raise KeyError(f"{len(missing)} qids of the hits have no query text: {name_ids(missing)}")
         by_qid = hits
     else:
         if not isinstance(query, str):

@@ -5,7 +5,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
+
+#: ids named in a message about missing ones (the rest are counted)
+SHOWN = 10
+
+
+def name_ids(ids: Sequence[str]) -> str:
+    """The first :data:`SHOWN` ids quoted, and how many more there are: for messages about missing qids or docnos."""
+    shown = ", ".join(repr(i) for i in ids[:SHOWN])
+    return shown + (f" and {len(ids) - SHOWN} more" if len(ids) > SHOWN else "")
 
 
 @dataclass
