@@ -3,6 +3,8 @@ the same candidates come out, ordered by the model's own scores; what the run na
 is counted and named before any model loads."""
 from __future__ import annotations
 
+import importlib.util
+
 import ir_datasets
 import pandas as pd
 import pyterrier as pt
@@ -114,6 +116,23 @@ def test_rerank_counts_and_names_unknown_qids_and_docnos(cranfield, pisa_run, st
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir()) and out.exists()
     with pytest.raises(SystemExit, match=r"qids.trec:1: a TREC run line has 6 fields"):
         rerank(*common, "--run", str(write(bad_qids, "q1 Q0 a 1 1.0\n")))
+
+
+def test_rerank_names_a_text_source_it_cannot_read(pisa_run, student_dir, tmp_path, monkeypatch):
+    common = ["--model", str(student_dir), "--run", str(pisa_run / "bm25.trec"), "--topics",
+              str(pisa_run / "topics.tsv"), "--output", str(tmp_path / "out.trec")]
+    with pytest.raises(SystemExit, match=r"marginkd rerank: .*nowhere' is not a Lucene index"):
+        rerank(*common, "--index", str(tmp_path / "nowhere"))
+    with pytest.raises(SystemExit, match=r"marginkd rerank: .*nowhere' is neither an irds: id nor a folder"):
+        rerank(*common, "--docs", str(tmp_path / "nowhere"))
+    (tmp_path / "index").mkdir()
+    (tmp_path / "index" / "segments_1").write_bytes(b"")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pyserini" else real(name, *a))
+    with pytest.raises(SystemExit, match=r"marginkd rerank: Pyserini is not installed: pip install "
+                                         r"pyterrier-marginkd\[pyserini\]"):
+        rerank(*common, "--index", str(tmp_path / "index"))
+    assert not (tmp_path / "out.trec").exists()
 
 
 @pytest.mark.parametrize("args, message", [

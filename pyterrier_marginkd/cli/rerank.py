@@ -43,8 +43,11 @@ def cmd_rerank(args: argparse.Namespace) -> None:
     if unknown:
         raise SystemExit(f"{len(unknown)} of the {len(qids)} qids of the run {args.run} have no query in "
                          f"{args.topics}: {name_ids(unknown)}")
-    source, where = _text_source(args)
-    missing = source.missing_docnos(docnos)
+    try:
+        source, where = _text_source(args)
+        missing = source.missing_docnos(docnos)
+    except (OSError, ImportError, RuntimeError) as err:  # no such collection or index; no Pyserini or Java for it
+        raise SystemExit(f"marginkd rerank: {err}") from None
     if missing:
         raise SystemExit(f"{len(missing)} of the {len(docnos)} docnos of the run's top {args.k} are not in {where}: "
                          f"{name_ids(missing)}")
