@@ -178,6 +178,17 @@ def test_rerank_hits_of_lucene_searcher(cranfield, index_path, student_dir):
 
 
 @needs_pyserini
+def test_relative_paths_after_the_process_changed_folder(tmp_path, monkeypatch):
+    mkd.init_pyserini()  # Java runs, and resolves relative paths against the folder it started in
+    monkeypatch.chdir(tmp_path)
+    index = mkd.LuceneIndex.build([{"docno": "a", "text": "wing flutter"}], "relative.lucene")
+    assert (tmp_path / "relative.lucene" / lucene.INDEX_MARKER).exists()
+    assert index.bm25()(pd.DataFrame({"qid": ["1"], "query": ["flutter"]}))["docno"].tolist() == ["a"]
+    again = mkd.LuceneIndex("relative.lucene")
+    assert again.get_text()(pd.DataFrame({"qid": ["1"], "docno": ["a"]}))["text"].tolist() == ["wing flutter"]
+
+
+@needs_pyserini
 def test_a_real_openai_key_is_left_alone(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-the-users-own")
     home = mkd.init_pyserini()

@@ -95,7 +95,8 @@ class LuceneIndex:
         from pyserini.search.lucene import LuceneSearcher
 
         with _files.atomic_dir(path) as tmp:
-            indexer = LuceneIndexer(args=["-index", str(tmp), *STORE_ARGS], threads=threads)
+            # absolute paths for Java: it resolves relative ones against the folder it started in, not os.getcwd()
+            indexer = LuceneIndexer(args=["-index", str(tmp.absolute()), *STORE_ARGS], threads=threads)
             count = empty = 0
             try:
                 batch = []
@@ -115,7 +116,7 @@ class LuceneIndex:
                 indexer.close()
             if count == 0:
                 raise ValueError(f"no documents to index into {path}")
-            searcher = LuceneSearcher(str(tmp))
+            searcher = LuceneSearcher(str(tmp.absolute()))
             indexed = searcher.num_docs
             searcher.close()
             if indexed != count - empty:
@@ -131,7 +132,7 @@ class LuceneIndex:
             init_pyserini()
             from pyserini.search.lucene import LuceneSearcher
 
-            self._searcher = LuceneSearcher(str(self.path))
+            self._searcher = LuceneSearcher(str(self.path.absolute()))
         return self._searcher
 
     def bm25(self, num_results: int = 100, *, k1: float = 0.9, b: float = 0.4) -> LuceneBM25:
@@ -192,7 +193,7 @@ class LuceneBM25(pt.Transformer):
             init_pyserini()
             from pyserini.search.lucene import LuceneSearcher
 
-            self._searcher = LuceneSearcher(str(self.index.path))
+            self._searcher = LuceneSearcher(str(self.index.path.absolute()))
             self._searcher.set_bm25(float(self.k1), float(self.b))
         rows, docnos, scores, ranks = [], [], [], []
         for row, query in enumerate(inp["query"]):
