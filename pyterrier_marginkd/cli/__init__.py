@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from pyterrier_marginkd.cli.commands import cmd_evaluate, cmd_quickstart, cmd_score_teacher, cmd_train, unique_names
+from pyterrier_marginkd.cli.rerank import cmd_rerank
 from pyterrier_marginkd.models.io import default_model
 
 __all__ = ["build_parser", "main", "unique_names"]
@@ -130,6 +131,22 @@ def build_parser() -> argparse.ArgumentParser:
                           help="write results.md, results.csv and a quality/latency plot results.png into DIR")
     evaluate.set_defaults(func=cmd_evaluate)
 
+    rerank = command("rerank", "re-rank the candidates of a TREC run (Pyserini, Anserini, Terrier, PISA...) with a "
+                               "model, query by query, into a new TREC run")
+    rerank.add_argument("--model", required=True, help="a saved student folder, or any checkpoint: a "
+                        "sentence-transformers bi-encoder or a Hugging Face cross-encoder (id or folder)")
+    rerank.add_argument("--run", required=True, help="the TREC run to re-rank (qid Q0 docno rank score tag)")
+    rerank.add_argument("--topics", required=True, help="the queries: a qid<TAB>query file")
+    texts = rerank.add_mutually_exclusive_group(required=True)
+    texts.add_argument("--docs", help="texts from a collection: a folder with docs.jsonl.gz, or irds:<id>")
+    texts.add_argument("--index", help="texts from a Lucene index of Anserini/Pyserini (contents or raw stored; "
+                       "pip install pyterrier-marginkd[pyserini], Java >= 21)")
+    rerank.add_argument("--k", type=int, default=100, help="candidates re-ranked per query: the run's top k by score")
+    rerank.add_argument("--output", required=True, help="the re-ranked TREC run (written once complete)")
+    rerank.add_argument("--tag", default="marginkd", help="run tag (last column) of the output")
+    rerank.add_argument("--batch-size", type=int, default=32, help="pairs (or texts) the model scores at once")
+    rerank.set_defaults(func=cmd_rerank)
+
     quick = command("quickstart", "BM25, a fused zero-shot teacher, distilled students and a label-only student, "
                                   "compared in one report (models reused by later runs)")
     quick.add_argument("--data", default=QUICKSTART_DATA,
@@ -179,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "rerank" and args.k < 1:
+        parser.error(f"--k must be at least 1, got {args.k}")
     streamed = args.command == "train" and (args.scores or args.docpairs) \
         or args.command == "score-teacher" and args.docpairs
     if streamed and args.num_queries is not None:

@@ -7,7 +7,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -170,13 +170,42 @@ class Collection:
             return pt.text.get_text(self._dataset(), fields)
         return _LocalText(self, [fields] if isinstance(fields, str) else list(fields))
 
-    def bm25(self, index_path: str | os.PathLike, *, num_results: int = 100, threads: int = 1) -> pt.Transformer:
-        """PISA BM25 (porter2) over this collection; the index is built at ``index_path`` once and reused.
+    def missing_docnos(self, docnos: Iterable[str]) -> list[str]:
+        """The docnos (in their order, once each) that are not in the collection."""
+        docnos = list(dict.fromkeys(str(d) for d in docnos))
+        if not self._irds:
+            store = self._doc_store()
+            return [d for d in docnos if d not in store]
+        lookup = self._dataset().irds_ref().docs_store()
+        missing = []
+        for start in range(0, len(docnos), 10_000):
+            chunk = docnos[start:start + 10_000]
+            found = lookup.get_many(chunk)
+            missing.extend(d for d in chunk if d not in found)
+        return missing
+
+    def bm25(self, index_path: str | os.PathLike, *, num_results: int = 100, threads: int = 1,
+             engine: str = "pisa") -> pt.Transformer:
+        """BM25 over this collection (``qid, query -> docno, score, rank``); the index is built at ``index_path`` once
+        and reused.
+
+        ``engine="pisa"`` (default): embedded PISA, porter2 stemming. ``engine="anserini"``: a Lucene index built
+        through Pyserini (``pip install pyterrier-marginkd[pyserini]``, Java >= 21), its contents and raw text stored
+        so that Pyserini's own tools search it and read the texts back (``LuceneIndex(index_path)``); Anserini's
+        English analyzer (Porter stemming, stopwords removed). Both use k1=0.9, b=0.4.
 
         The index is built in a temporary folder beside ``index_path`` and moved there only once every document is
         indexed (with a completion marker, :data:`INDEX_MARKER`): a failed download or indexing leaves nothing
         behind, and a folder without the marker (an interrupted or partial index) is rebuilt.
         """
+        if engine == "anserini":
+            from pyterrier_marginkd.data.lucene import LuceneIndex
+
+            index = LuceneIndex.build(({"docno": d["docno"], "text": d["text"]} for d in self.docs_iter()),
+                                      index_path, threads=threads, source=self.data)
+            return index.bm25(num_results=num_results)
+        if engine != "pisa":
+            raise ValueError(f"unknown BM25 engine {engine!r}: 'pisa' or 'anserini'")
         from pyterrier_pisa import PisaIndex
 
         index_path = Path(index_path)
