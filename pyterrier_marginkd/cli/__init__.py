@@ -17,7 +17,8 @@ __all__ = ["build_parser", "main", "unique_names"]
 #: versions of a teacher-score file (pyterrier_marginkd.data.scorefiles.FORMATS)
 FORMATS = ("ids", "text")
 #: loss names (pyterrier_marginkd.losses.LOSSES)
-LOSS_NAMES = ("cprd", "hinge", "kl", "margin-mse", "mse", "plackett-luce", "ranknet")
+LOSS_NAMES = ("cprd", "hinge", "judged-listwise-ce", "judged-ranknet", "kl",
+              "listwise-ce", "margin-mse", "mse", "plackett-luce", "ranknet")
 #: the quickstart's defaults (pyterrier_marginkd.quickstart.DEFAULT_DATA, DEFAULT_OUTPUT)
 #: the collection every command reads unless --data names another (an ir_datasets id, downloaded on first use)
 DEFAULT_DATA = "irds:beir/scifact"
