@@ -161,8 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "Hugging Face cross-encoder ids or folders (default: --model)")
     quick.add_argument("--student-layers", nargs="+", type=int, default=[2, 4],
                        help="layer counts of the distilled students (the smallest also trains on labels only)")
-    quick.add_argument("--fast", action="store_true", help="fewer pseudo-queries and steps: under 10 minutes on 2 "
-                                                           "CPU cores")
+    quick.add_argument("--fast", action="store_true", help="fewer pseudo-queries and steps (1,000 and 300 per "
+                                                           "student)")
     quick.add_argument("--train-split", default="train", help="topic split the teacher and students train on")
     quick.add_argument("--test-split", default="test", help="topic split of the report")
     recipe = " (default: the recipe's, see --fast)"

@@ -73,7 +73,7 @@ class Recipe:
 
     @classmethod
     def preset(cls, fast: bool = False, **overrides: Any) -> Recipe:
-        """The ``--fast`` recipe (under 10 minutes on 2 CPU cores for Cranfield) or the full one, with overrides."""
+        """The ``--fast`` recipe (fewer pseudo-queries and steps) or the full one, with overrides."""
         base = FAST if fast else FULL
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
