@@ -96,7 +96,10 @@ def main() -> None:
     qids = sorted({q for q, m in first if m == "nDCG@10"})
     p_value = stats.ttest_rel([second.get((q, "nDCG@10"), 0.0) for q in qids],
                               [first.get((q, "nDCG@10"), 0.0) for q in qids]).pvalue
-    report = {"collection": data.name, "split": args.split, "k": args.k, "model": model,
+    # the model as a name that holds on any machine (an installed package's folder under <site-packages>)
+    portable = model.split("site-packages/", 1)[-1] if "site-packages/" in model else model
+    report = {"collection": data.name, "split": args.split, "k": args.k,
+              "model": f"<site-packages>/{portable}" if portable != model else model,
               "engines": table.to_dict("records"), "anserini_index_build_s": round(build_s, 1),
               "pyserini_search_s": round(search_s, 1), "rerank_s": {k: round(v, 1) for k, v in seconds.items()},
               "docs_and_index_runs_identical": same_file, "same_candidates": candidates == reranked,

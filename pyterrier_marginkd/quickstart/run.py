@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import pandas as pd
 import pyterrier as pt
 import torch
@@ -36,7 +35,7 @@ from pyterrier_marginkd.quickstart.stages import (
     short_name,
 )
 from pyterrier_marginkd.report import TABLE_FILE, deployed_report, markdown_table, report
-from pyterrier_marginkd.training.teachers import choose_teacher
+from pyterrier_marginkd.training.teachers import assign_folds, choose_teacher
 
 #: the report's second comparison: each distilled student against the label-only student
 VS_LABELS_FILE = "results_vs_labels.csv"
@@ -215,8 +214,7 @@ def _fine_tuned_member(trainer: Trainer, output: Path, depth: int, make: Callabl
     if folds == 1:
         return trainer(output / "teacher-tuned", f"teacher's fine-tuned L{depth} (labels)", make, None,
                        losses.RankNet(), (fit_res, fit_qrels), layers=layers, steps=trainer.recipe.teacher_steps), 1
-    shuffled = np.random.default_rng(seed).permutation(qids)
-    fold_of = {q: i % folds for i, q in enumerate(shuffled)}
+    fold_of = assign_folds(qids, folds, seed)
     members = []
     for fold in range(folds):
         keep = [q for q in qids if fold_of[q] != fold]

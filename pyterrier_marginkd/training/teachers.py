@@ -3,7 +3,7 @@ queries, its weights fitted on queries the fine-tuned scorer never trained on, c
 zero-shot fusion."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -12,6 +12,13 @@ import pyterrier as pt
 from pyterrier_marginkd.data.evaluation import per_query_ndcg10
 from pyterrier_marginkd.data.groups import validate_qrels
 from pyterrier_marginkd.models.ensemble import Ensemble
+
+
+def assign_folds(qids: Sequence[str], folds: int, seed: int = 0) -> dict[str, int]:
+    """Each query's fold (0 .. folds - 1): the queries shuffled with ``seed`` and dealt out in turn, so folds differ
+    in size by at most one."""
+    shuffled = np.random.default_rng(seed).permutation(np.asarray(sorted(qids), dtype=object))
+    return {str(q): i % folds for i, q in enumerate(shuffled)}
 
 
 def cross_validated_ndcg(ensemble: Ensemble, results: pd.DataFrame, qrels: pd.DataFrame, *, folds: int = 2,
@@ -25,7 +32,7 @@ def cross_validated_ndcg(ensemble: Ensemble, results: pd.DataFrame, qrels: pd.Da
         raise ValueError(f"cross-validating fusion weights in {folds} folds needs at least {folds} judged queries, "
                          f"got {len(qids)}")
     saved = ensemble.weights, ensemble.fit_report
-    fold_of = dict(zip(np.random.default_rng(seed).permutation(qids), np.arange(len(qids)) % folds))
+    fold_of = assign_folds(qids, folds, seed)
     result_fold = results["qid"].astype(str).map(fold_of)
     ranked = []
     try:
