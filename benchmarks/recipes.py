@@ -31,14 +31,20 @@ VARIANTS = {
     "xfit": ["--teacher-folds", "2", "--teacher-steps", "150", "--label-weight", "0"],
     "xfit+labels0.3": ["--teacher-folds", "2", "--teacher-steps", "150", "--label-weight", "0.3"],
     "xfit+labels1": ["--teacher-folds", "2", "--teacher-steps", "150", "--label-weight", "1"],
+    # alignment distillation (QueryAlignment) of the students' query vectors with the full model's
+    "align-first": ["--align-steps", "300"],
+    "align-beside": ["--align-weight", "1"],
+    "align-both": ["--align-steps", "300", "--align-weight", "1"],
 }
+#: flags (each with one value) that change the students only
+STUDENT_FLAGS = ("--label-weight", "--align-weight", "--align-steps")
 
 
 def teacher_flags(variant: str) -> list[str]:
-    """The variant's flags that change the teacher (all but the students' label weight): variants that share them
+    """The variant's flags that change the teacher (all but the students' settings): variants that share them
     share an output folder (and so the teacher); others get their own."""
     flags = VARIANTS[variant]
-    return [f for i, f in enumerate(flags) if f != "--label-weight" and (i == 0 or flags[i - 1] != "--label-weight")]
+    return [f for i, f in enumerate(flags) if f not in STUDENT_FLAGS and (i == 0 or flags[i - 1] not in STUDENT_FLAGS)]
 
 
 def run_stream(data: str, seed: int, variants: list[str], args: argparse.Namespace) -> list[pd.DataFrame]:

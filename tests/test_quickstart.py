@@ -92,15 +92,20 @@ def test_a_given_bi_encoder_teacher_and_time_boxed_students(cranfield, tiny_bert
     (st_folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
     output = tmp_path / "given"
     run(cranfield.path, tiny_bert_dir, output, "--teacher", str(st_folder), "--student-time", "0.001",
-        "--quantize", "none", "--student-loss", "margin-mse")
+        "--quantize", "none", "--student-loss", "margin-mse", "--align-steps", "2", "--align-weight", "0.5")
     printed = capsys.readouterr().out
-    assert table_rows(output) == systems("tiny-st", "Margin-MSE", output)
+    assert table_rows(output) == systems("tiny-st", "Margin-MSE + alignment", output)
+    assert "student L1 (Margin-MSE + alignment): 2 alignment steps first" in printed
     assert not (output / "report" / DEPLOYED_FILE).exists() and "as deployed" not in printed
     assert printed.count("budget allowed") == 2  # the students; the teacher's member keeps its step budget
     chosen = json.loads((output / "teacher" / TEACHER_FILE).read_text())["choice"]["chosen"]
-    folder = "student-L1-marginmse" + ("" if chosen == "zero-shot" else "-labelteacher")
+    folder = "student-L1-marginmse-align0.5-alignfirst2" + ("" if chosen == "zero-shot" else "-labelteacher")
     done = json.loads((output / folder / "done.json").read_text())
     assert done["report"]["stopped_by_max_time"] and done["settings"]["max_time"] == 0.001
+    assert done["settings"]["align_steps"] == 2 and "0.5 * QueryAlignment()" in done["settings"]["loss"]
+    assert not (output / folder / "align" / "student").exists()  # the aligned weights went on into distillation
+    labels_only = json.loads((output / "student-L1-labels" / "done.json").read_text())["settings"]
+    assert "align_steps" not in labels_only and labels_only["loss"] == "RankNet()"  # the twin learns from labels
 
 
 def test_recipes_and_offline_hint(cranfield):
@@ -117,6 +122,11 @@ def test_recipes_and_offline_hint(cranfield):
     assert repr(loss) == "KLDiv(temperature=1.0, normalize='zscore') + 0.5 * JudgedOnly(RankNet())"
     with pytest.raises(ValueError, match="label_weight must be >= 0"):
         Recipe.preset(True, label_weight=-1)
+    name, loss = Recipe.preset(True, label_weight=1, align_weight=0.5).student_objective()
+    assert name == "KL + labels + alignment" and loss.reads_vectors
+    assert Recipe.preset(True, align_weight=0.5, align_steps=100).folder_suffix() == "-align0.5-alignfirst100"
+    with pytest.raises(ValueError, match="align_steps must be a whole number >= 0"):
+        Recipe.preset(True, align_steps=-1)
     with pytest.raises(ValueError, match="teacher_folds and teacher_steps must be >= 1"):
         Recipe.preset(True, teacher_folds=0)
     with pytest.raises(ValueError, match="num_negatives must be between 1 and k - 1 = 49"):

@@ -126,9 +126,10 @@ def test_the_layer_loss_comes_back_with_the_scores(tiny_ce, small_results):
     intermediate = losses.HiddenStateMSE()
     distiller = mkd.Distiller(tiny_ce, teacher, intermediate=intermediate)
     part = [Group("q1", "wing flutter", ["d1", "d2"], ["flutter of a wing", "heat transfer"], [1.0, 0.0])]
-    student, _, labels, layer_loss, _ = distiller.tensors(part)
+    student, _, labels, layer_loss, _, vectors = distiller.tensors(part)
     assert student.shape == (1, 2) and labels.shape == (1, 2)
     assert layer_loss is not None and layer_loss.requires_grad and layer_loss.dim() == 0
+    assert vectors is None  # no alignment term asked for
     with torch.no_grad():
         assert distiller.tensors(part)[3] is None
     assert not any("layer" in name for name in vars(distiller))  # no side channel on the Distiller

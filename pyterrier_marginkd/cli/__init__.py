@@ -18,7 +18,7 @@ __all__ = ["build_parser", "main", "unique_names"]
 FORMATS = ("ids", "text")
 #: loss names (pyterrier_marginkd.losses.LOSSES)
 LOSS_NAMES = ("cprd", "hinge", "judged-listwise-ce", "judged-ranknet", "kl",
-              "listwise-ce", "margin-mse", "mse", "plackett-luce", "ranknet")
+              "listwise-ce", "margin-mse", "mse", "plackett-luce", "query-alignment", "ranknet")
 #: the quickstart's defaults (pyterrier_marginkd.quickstart.DEFAULT_DATA, DEFAULT_OUTPUT)
 #: the collection every command reads unless --data names another (an ir_datasets id, downloaded on first use)
 DEFAULT_DATA = "irds:beir/scifact"
@@ -183,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: int8; none: skip that table)")
     quick.add_argument("--label-weight", type=float, default=None, help="weight of the students' hard-label term "
                        "(RankNet on the judged queries) beside distillation; 0: distillation alone" + recipe)
+    quick.add_argument("--align-weight", type=float, default=None, help="weight of the students' alignment term "
+                       "(query vectors against the full model's) beside distillation; 0: none" + recipe)
+    quick.add_argument("--align-steps", type=int, default=None, help="alignment steps before distillation, on the "
+                       "training queries, pseudo-queries and document spans; 0: none" + recipe)
     quick.add_argument("--zero-shot-teacher", action="store_true", help="do not fine-tune a teacher member on the "
                        "labels: the teacher is BM25 fused with the zero-shot scorers")
     quick.add_argument("--teacher-folds", type=int, default=None, help="folds of the judged queries for the "

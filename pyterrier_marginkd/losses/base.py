@@ -13,11 +13,15 @@ class RankingLoss(nn.Module):
     needs_teacher = True
     #: whether the loss reads (graded) relevance labels
     needs_labels = False
+    #: whether the loss reads query vectors (``vectors=(student, target)``) instead of scores: QueryAlignment
+    reads_vectors = False
 
     def forward(self, student_scores: torch.Tensor, teacher_scores: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, judged: torch.Tensor | None = None) -> torch.Tensor:
+                labels: torch.Tensor | None = None, judged: torch.Tensor | None = None,
+                vectors: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """The loss of a batch; ``judged`` (``[Q]`` booleans, None: all) marks the groups whose labels come from
-        qrels rather than from the teacher's ranking — read by :class:`JudgedOnly` terms, ignored by the others."""
+        qrels rather than from the teacher's ranking — read by :class:`JudgedOnly` terms, ignored by the others;
+        ``vectors`` (the student's query vectors and their targets) is read by alignment terms only."""
         self.check(student_scores, teacher_scores, labels, judged)
         return self.compute(student_scores, teacher_scores, labels)
 
@@ -73,10 +77,16 @@ class Combined(RankingLoss):
         self.parts = nn.ModuleList([loss for _, loss in self.terms])
         self.needs_teacher = any(loss.needs_teacher for _, loss in self.terms)
         self.needs_labels = any(loss.needs_labels for _, loss in self.terms)
+        self.reads_vectors = any(loss.reads_vectors for _, loss in self.terms)
+        #: whether any term reads scores (a sum of alignment terms alone trains on texts without candidates)
+        self.reads_scores = any(not loss.reads_vectors for _, loss in self.terms)
 
-    def forward(self, student_scores, teacher_scores=None, labels=None, judged=None):
-        self.check(student_scores, teacher_scores, labels, judged)
-        return sum(w * loss(student_scores, teacher_scores, labels, judged) for w, loss in self.terms)
+    def forward(self, student_scores, teacher_scores=None, labels=None, judged=None, vectors=None):
+        if self.reads_scores:
+            self.check(student_scores, teacher_scores, labels, judged)
+        # vectors go to the terms that read them only: a loss of one's own may override forward with four arguments
+        return sum(w * (loss(student_scores, teacher_scores, labels, judged, vectors=vectors) if loss.reads_vectors
+                        else loss(student_scores, teacher_scores, labels, judged)) for w, loss in self.terms)
 
     def compute(self, student, teacher, labels):
         return sum(w * loss.compute(student, teacher, labels) for w, loss in self.terms)
@@ -98,13 +108,13 @@ class JudgedOnly(RankingLoss):
 
     def __init__(self, loss: RankingLoss):
         super().__init__()
-        if not isinstance(loss, RankingLoss) or isinstance(loss, JudgedOnly):
-            raise TypeError(f"JudgedOnly wraps one loss (e.g. JudgedOnly(RankNet())), got {loss!r}")
+        if not isinstance(loss, RankingLoss) or isinstance(loss, JudgedOnly) or loss.reads_vectors:
+            raise TypeError(f"JudgedOnly wraps one loss on scores (e.g. JudgedOnly(RankNet())), got {loss!r}")
         self.loss = loss
         self.needs_teacher = loss.needs_teacher
         self.needs_labels = loss.needs_labels
 
-    def forward(self, student_scores, teacher_scores=None, labels=None, judged=None):
+    def forward(self, student_scores, teacher_scores=None, labels=None, judged=None, vectors=None):
         self.check(student_scores, teacher_scores, labels, judged)
         if judged is None:
             return self.loss(student_scores, teacher_scores, labels)

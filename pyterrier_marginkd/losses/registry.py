@@ -1,6 +1,7 @@
 """Losses by name: the command line's names (:data:`LOSSES`) and the Distiller's ``loss=`` argument."""
 from __future__ import annotations
 
+from pyterrier_marginkd.losses.alignment import QueryAlignment
 from pyterrier_marginkd.losses.base import Combined, JudgedOnly, RankingLoss
 from pyterrier_marginkd.losses.layers import HiddenStateMSE
 from pyterrier_marginkd.losses.listwise import CPRD, KLDiv, ListwiseCE, PlackettLuce
@@ -30,6 +31,7 @@ LOSSES = {
     "listwise-ce": ListwiseCE,
     "judged-ranknet": judged_ranknet,
     "judged-listwise-ce": judged_listwise_ce,
+    "query-alignment": QueryAlignment,
 }
 
 

@@ -173,11 +173,43 @@ class DotEncoder(StoredDocs, EncoderStudent):
     def _neural_train_scores(self, queries: Sequence[str], texts: Sequence[str]) -> torch.Tensor:
         if not self.frozen_docs:
             return super()._neural_train_scores(queries, texts)
-        unique = {q: i for i, q in enumerate(dict.fromkeys(queries))}
-        batch = {f"query_{k}": v for k, v in pad(self._tok.singles(list(unique)), self._tok.pad_id).items()}
-        query_vecs = self.model.embed(self._to_device(batch), "query")[[unique[q] for q in queries]]
+        return self._frozen_train_scores(queries, texts)[0]
+
+    def _frozen_train_scores(self, queries: Sequence[str],
+                             texts: Sequence[str]) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+        """Differentiable scores of (query, text) pairs against the frozen document vectors, the distinct queries
+        and their (differentiable) vectors, from one forward pass of the query encoder."""
+        unique = {q: i for i, q in enumerate(dict.fromkeys(str(q) for q in queries))}
+        vectors = self.train_query_vectors(list(unique))
+        query_vecs = vectors[[unique[str(q)] for q in queries]]
         doc_vecs = torch.from_numpy(self._frozen_doc_vectors([str(t) for t in texts], None)).to(query_vecs)
-        return (query_vecs * doc_vecs).sum(-1)
+        return (query_vecs * doc_vecs).sum(-1), list(unique), vectors
+
+    def train_query_vectors(self, queries: Sequence[str]) -> torch.Tensor:
+        """Differentiable query vectors ``[len(queries), dim]`` from the query encoder (for training)."""
+        if len(queries) == 0:
+            raise ValueError("train_query_vectors got no queries")
+        batch = {f"query_{k}": v for k, v in pad(self._tok.singles([str(q) for q in queries]),
+                                                  self._tok.pad_id).items()}
+        return self.model.embed(self._to_device(batch), "query")
+
+    def target_query_vectors(self, queries: Sequence[str]) -> torch.Tensor:
+        """The alignment targets of query texts (``frozen_docs=True`` models): the vectors the frozen document
+        encoder gives them, the full model's query vectors (kept with the document vectors, computed once)."""
+        if not self.frozen_docs:
+            raise ValueError(f"alignment needs a DotEncoder with frozen_docs=True, whose frozen document encoder gives "
+                             f"the target vectors; {self!r} trains its document side too")
+        return torch.from_numpy(self._frozen_doc_vectors([str(q) for q in queries], None)).to(self.torch_device)
+
+    def train_scores_and_query_vectors(self, queries: Sequence[str], texts: Sequence[str],
+                                       first_stage: Sequence[float] | None = None
+                                       ) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+        """``train_scores`` and, from the same forward pass, the distinct queries and their differentiable vectors
+        (``frozen_docs=True`` models: training with an alignment term costs no second pass)."""
+        if not self.frozen_docs:
+            raise ValueError(f"alignment needs a DotEncoder with frozen_docs=True; {self!r} trains its document side")
+        neural, unique, vectors = self._frozen_train_scores(queries, texts)
+        return self._mix_train_scores(neural, first_stage), unique, vectors
 
     def _quantized_part(self) -> torch.nn.Module:
         # frozen documents keep the checkpoint's fp32 vectors (computed once, ahead of queries, where their cost

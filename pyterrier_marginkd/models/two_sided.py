@@ -105,7 +105,9 @@ class TwoSidedScorer(NeuralScorer):
                      first_stage: Sequence[float] | None = None) -> torch.Tensor:
         """Differentiable scores; with ``first_stage`` mixing, ``first_stage`` holds each pair's normalised
         first-stage score."""
-        neural = self._neural_train_scores(queries, texts)
+        return self._mix_train_scores(self._neural_train_scores(queries, texts), first_stage)
+
+    def _mix_train_scores(self, neural: torch.Tensor, first_stage: Sequence[float] | None) -> torch.Tensor:
         if self.first_stage is None:
             return neural
         if first_stage is None:

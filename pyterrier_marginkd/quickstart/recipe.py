@@ -45,6 +45,12 @@ class Recipe:
     teacher_steps: int = 150  #: optimizer steps of the teacher's fine-tuned member (of each fold model)
     #: weight of the hard-label term (RankNet on judged queries only) beside distillation (0: distillation alone)
     label_weight: float = 0.0
+    #: weight of the alignment term (each batch's query vectors against the full model's, QueryAlignment) beside
+    #: distillation (0: none)
+    align_weight: float = 0.0
+    #: alignment steps before distillation (a first stage: query vectors of the training queries, the pseudo-queries
+    #: and spans of documents learn the full model's; 0: none)
+    align_steps: int = 0
 
     def __post_init__(self):
         if self.student_loss not in STUDENT_LOSSES:
@@ -55,8 +61,11 @@ class Recipe:
         if self.teacher_folds < 1 or self.teacher_steps < 1:
             raise ValueError(f"teacher_folds and teacher_steps must be >= 1, got {self.teacher_folds}, "
                              f"{self.teacher_steps}")
-        if not self.label_weight >= 0:
-            raise ValueError(f"label_weight must be >= 0, got {self.label_weight}")
+        for name in ("label_weight", "align_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if isinstance(self.align_steps, bool) or not isinstance(self.align_steps, int) or self.align_steps < 0:
+            raise ValueError(f"align_steps must be a whole number >= 0, got {self.align_steps!r}")
 
     @property
     def negatives(self) -> int:
@@ -65,11 +74,20 @@ class Recipe:
 
     def student_objective(self) -> tuple[str, losses.RankingLoss]:
         """The distilled students' report name and loss: the distillation loss, plus ``label_weight`` times RankNet on
-        the judged queries (pseudo-queries get the distillation term only)."""
-        name, make = STUDENT_LOSSES[self.student_loss]
-        if self.label_weight == 0:
-            return name, make()
-        return f"{name} + labels", make() + self.label_weight * losses.JudgedOnly(losses.RankNet())
+        the judged queries (pseudo-queries get the distillation term only), plus ``align_weight`` times the query
+        vectors' alignment with the full model's."""
+        name, loss = STUDENT_LOSSES[self.student_loss][0], STUDENT_LOSSES[self.student_loss][1]()
+        if self.label_weight:
+            name, loss = f"{name} + labels", loss + self.label_weight * losses.JudgedOnly(losses.RankNet())
+        if self.align_weight:
+            name, loss = f"{name} + alignment", loss + self.align_weight * losses.QueryAlignment()
+        return name, loss
+
+    def folder_suffix(self) -> str:
+        """What the students' folder names add for the loss settings beyond the distillation loss."""
+        return (("" if self.label_weight == 0 else f"-hardlabels{self.label_weight:g}")
+                + ("" if self.align_weight == 0 else f"-align{self.align_weight:g}")
+                + ("" if self.align_steps == 0 else f"-alignfirst{self.align_steps}"))
 
     @classmethod
     def preset(cls, fast: bool = False, **overrides: Any) -> Recipe:

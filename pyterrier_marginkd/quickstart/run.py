@@ -155,14 +155,21 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     teacher_id = describe(fused)
     loss_label, loss = recipe.student_objective()
     # one folder per student, loss and kind of teacher: runs of other recipes in the same output never collide
-    loss_folder = (recipe.student_loss.replace("-", "")
-                   + ("" if recipe.label_weight == 0 else f"-hardlabels{recipe.label_weight:g}")
+    loss_folder = (recipe.student_loss.replace("-", "") + recipe.folder_suffix()
                    + ("-labelteacher" if fused is not zero_shot else ""))
+    align_texts = None
+    if recipe.align_steps:
+        # a first stage of alignment: the texts queries look like, no candidates or teacher scores needed
+        spans = pseudo_queries(collection, "span", num=recipe.align_steps * recipe.batch_size, seed=seed)
+        align_texts = [*fit_topics["query"], *pq["query"], *spans["query"]]
+        log(verbose, f"{len(align_texts)} texts to align the students' query vectors with the model's first "
+                     f"({len(fit_topics)} training queries, {len(pq)} pseudo-queries, {len(spans)} document spans)")
     for num_layers in layers:
         distilled[num_layers] = trainer(
             output / f"student-L{num_layers}-{loss_folder}", f"student L{num_layers} ({loss_label})",
             lambda n=num_layers: student(n), fused, loss, (train_res, fit_qrels),
-            layers=kept[num_layers], teacher_id=teacher_id, unjudged="teacher", cache_dir=output / "teacher_cache")
+            layers=kept[num_layers], teacher_id=teacher_id, align_texts=align_texts, unjudged="teacher",
+            cache_dir=output / "teacher_cache")
     baseline_layers = layers[0]
     label_only = trainer(output / f"student-L{baseline_layers}-labels", f"student L{baseline_layers} (labels only)",
                          lambda: student(baseline_layers), None, losses.RankNet(), (fit_res, fit_qrels),

@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -87,7 +88,9 @@ class Trainer:
 
     def __call__(self, folder: Path, label: str, make_student, teacher: pt.Transformer | None,
                  loss: losses.RankingLoss, fit_args: tuple, *, layers: list[int], teacher_id: str | None = None,
-                 steps: int | None = None, **extra: Any) -> DotEncoder:
+                 steps: int | None = None, align_texts: list[str] | None = None, **extra: Any) -> DotEncoder:
+        """Train (or load) the student ``label`` in ``folder``; with ``align_texts``, ``recipe.align_steps`` steps of
+        alignment on them come first."""
         r = self.recipe
         # the recipe's student budget, unless given (the teacher's member: a step budget alone, never time-boxed)
         budget, max_time = (r.student_steps, r.student_time) if steps is None else (steps, None)
@@ -96,12 +99,25 @@ class Trainer:
                     "pseudo_queries": r.pseudo_queries if teacher is not None else 0, "max_time": max_time,
                     "layers": layers, "teacher": teacher_id, "training_qids": digest(sorted(
                         fit_args[0]["qid"].astype(str).unique()))}
+        if align_texts:
+            settings.update(align_steps=r.align_steps, align_texts=digest(list(align_texts)))
         self.folders[label] = folder
 
         def fit(output_dir: Path) -> Distiller:
             torch.manual_seed(self.seed)
+            made = make_student()
+            if align_texts:
+                aligner = Distiller(made, loss=losses.QueryAlignment(), epochs=r.align_steps, max_steps=r.align_steps,
+                                    batch_size=r.batch_size, lr=r.student_lr, seed=self.seed,
+                                    eval_steps=max(r.align_steps // 3, 1), save_steps=max(r.align_steps // 3, 1),
+                                    output_dir=output_dir / "align", verbose=self.verbose)
+                aligner.fit_texts(align_texts, *self.valid)
+                shutil.rmtree(output_dir / "align" / "student")  # the weights live on in `made`
+                log(self.verbose, f"{label}: {len(aligner.history)} alignment steps first; best validation nDCG@10 "
+                                   f"{aligner.report.get('best_ndcg@10', float('nan')):.4f} at step "
+                                   f"{aligner.report.get('best_step')}")
             # a step budget: enough epochs that max_steps, not the data, ends the run
-            distiller = Distiller(make_student(), teacher, loss=loss, epochs=budget,
+            distiller = Distiller(made, teacher, loss=loss, epochs=budget,
                                   max_steps=budget, batch_size=r.batch_size, lr=r.student_lr,
                                   head_lr=r.mix_lr, num_negatives=r.negatives, max_time=max_time,
                                   seed=self.seed, eval_steps=max(budget // 6, 1),

@@ -12,6 +12,7 @@ import torch
 from pyterrier_marginkd.data.docpairs import DocPairs
 from pyterrier_marginkd.data.groups import AnnotatedGroups, Group, GroupSource
 from pyterrier_marginkd.data.scorefiles import ScoreFile
+from pyterrier_marginkd.data.texts import AlignmentTexts
 from pyterrier_marginkd.losses import HiddenStateMSE, RankingLoss, resolve_loss
 from pyterrier_marginkd.models.base import NeuralScorer
 from pyterrier_marginkd.training import distributed, preparation, run
@@ -66,7 +67,15 @@ class Distiller(pt.Estimator):
         self.loss = loss
         self.settings = settings
         self.intermediate = intermediate
-        self.tensors = BatchTensors(student, teacher, intermediate, amp=settings.amp)
+        if loss.reads_vectors:
+            if intermediate is not None:
+                raise ValueError("an alignment loss (QueryAlignment) and intermediate-layer distillation cannot train "
+                                 "together: the alignment reads a DotEncoder's query vectors, intermediate= a "
+                                 "CrossEncoder's layers")
+            if not getattr(student, "frozen_docs", False):
+                raise ValueError(f"{loss!r} aligns a student's query vectors with those of its frozen document "
+                                 f"encoder: it needs a DotEncoder(frozen_docs=True), got {student!r}")
+        self.tensors = BatchTensors(student, teacher, intermediate, amp=settings.amp, align=loss.reads_vectors)
         self.history: list[dict[str, Any]] = []
         self.validation: list[dict[str, Any]] = []
         self.report: dict[str, Any] = {}
@@ -150,6 +159,19 @@ class Distiller(pt.Estimator):
                                         shuffle_buffer=shuffle_buffer, seed=self.settings.seed,
                                         text_field=self.student.text_field), va_res, va_qrels)
 
+    def fit_texts(self, texts: Any, va_res: pd.DataFrame | None = None,
+                  va_qrels: pd.DataFrame | None = None) -> Distiller:
+        """Alignment distillation from texts alone (``loss=losses.QueryAlignment()``): the student's query vectors
+        of ``texts`` (strings, or a topics or documents frame) learn the vectors its frozen document encoder gives
+        them — no candidates, labels, negatives or teacher runs. Distinct texts, ``batch_size`` per step; validated
+        on ``va_res`` like ``fit``. A first stage before ``fit`` with a ranking loss, or a training of its own."""
+        if getattr(self.loss, "reads_scores", not self.loss.reads_vectors):
+            raise ValueError(f"fit_texts trains on texts without candidates, so every term of the loss must be an "
+                             f"alignment (losses.QueryAlignment()); {self.loss!r} reads scores: use fit(results, "
+                             "qrels) for it")
+        preparation.check_validation(self.student, va_res, va_qrels)
+        return self.fit_groups(AlignmentTexts(texts, seed=self.settings.seed), va_res, va_qrels)
+
     def fit_groups(self, source: GroupSource, va_res: pd.DataFrame | None = None,
                    va_qrels: pd.DataFrame | None = None, *, report: dict[str, Any] | None = None) -> Distiller:
         """Train on a source of groups (``groups(epoch)``: :class:`~pyterrier_marginkd.data.Group` objects, possibly
@@ -184,8 +206,9 @@ class Distiller(pt.Estimator):
         with self.student.eval_mode(), torch.no_grad():
             for start in range(0, len(groups), self.settings.batch_size):
                 part = groups[start:start + self.settings.batch_size]
-                student, teacher, labels, _, judged = self.tensors(part)
-                values.append(float(self.loss(student, teacher, labels, judged)) * len(part))
+                student, teacher, labels, _, judged, vectors = self.tensors(part)
+                extra = {"vectors": vectors} if vectors is not None else {}
+                values.append(float(self.loss(student, teacher, labels, judged, **extra)) * len(part))
         return sum(values) / len(groups)
 
     def _step(self, groups: list[Group], optimizer: torch.optim.Optimizer, scheduler: Any) -> float:

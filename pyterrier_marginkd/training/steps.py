@@ -43,34 +43,61 @@ def step_batches(groups: Iterable[Group], teacher: TeacherScores | None, *, grou
 
 
 class BatchTensors:
-    """The tensors of a batch of groups: ``(student, teacher, labels, layer_loss, judged)``, each ``[groups, group
-    size]`` but the layer loss (a scalar, or None without intermediate-layer distillation or without gradients) and
-    ``judged`` (``[groups]``: whether a group's labels are judgements rather than the teacher's pick)."""
+    """The tensors of a batch of groups: ``(student, teacher, labels, layer_loss, judged, vectors)``, each ``[groups,
+    group size]`` but the layer loss (a scalar, or None without intermediate-layer distillation or without
+    gradients), ``judged`` (``[groups]``: whether a group's labels are judgements rather than the teacher's pick) and
+    ``vectors`` (with ``align=True``: the student's vectors of the batch's distinct queries and their targets, from
+    its frozen document encoder; else None). Groups without documents (texts to align) give scores ``[groups, 0]``."""
 
     def __init__(self, student: NeuralScorer, teacher: Any = None, intermediate: HiddenStateMSE | None = None, *,
-                 amp: bool = False, teacher_factor: float = 1.0):
+                 amp: bool = False, teacher_factor: float = 1.0, align: bool = False):
         self.student = student
         self.teacher = teacher
         self.intermediate = intermediate
         self.amp = amp
         self.teacher_factor = teacher_factor
+        self.align = align
 
     def __call__(self, part: list[Group]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None,
-                                                   torch.Tensor | None, torch.Tensor]:
+                                                   torch.Tensor | None, torch.Tensor, tuple | None]:
         size = len(part[0].docnos)
+        if any(len(g.docnos) != size for g in part):
+            raise ValueError(f"a batch mixes groups of {sorted({len(g.docnos) for g in part})} documents; every group "
+                             "of a batch needs the same number")
         queries = [g.query for g in part for _ in g.docnos]
         texts = [t for g in part for t in g.texts]
         device = self.student.torch_device
+        vectors = None
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=self.amp and device.type == "cuda"):
-            student, layer_loss = self.student_scores(queries, texts, part)
+            if self.align:
+                student, vectors = self.aligned_scores(queries, texts, part)
+                layer_loss = None
+            else:
+                student, layer_loss = self.student_scores(queries, texts, part)
             student = student.float().view(len(part), size)
+        if vectors is not None:
+            vectors = (vectors[0].float(), vectors[1].float())
         teacher = labels = None
         if all(g.teacher is not None for g in part):
             teacher = torch.tensor([g.teacher for g in part], dtype=torch.float32, device=device) * self.teacher_factor
         if all(g.labels is not None for g in part):
             labels = torch.tensor([g.labels for g in part], dtype=torch.float32, device=device)
         judged = torch.tensor([g.judged for g in part], dtype=torch.bool, device=device)
-        return student, teacher, labels, layer_loss, judged
+        return student, teacher, labels, layer_loss, judged, vectors
+
+    def aligned_scores(self, queries: list[str], texts: list[str],
+                       part: list[Group]) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Differentiable scores and the ``(student, target)`` vectors of the batch's distinct queries, from one
+        forward pass of the query encoder (no scores, ``[0]``, for groups without documents)."""
+        if not texts:
+            unique = list(dict.fromkeys(g.query for g in part))
+            student = self.student.train_query_vectors(unique)
+            return student.new_zeros(0), (student, self.student.target_query_vectors(unique))
+        first_stage = None
+        if getattr(self.student, "first_stage", None) is not None:
+            first_stage = [f for g in part for f in g.first_stage]
+        scores, unique, student = self.student.train_scores_and_query_vectors(queries, texts, first_stage)
+        return scores, (student, self.student.target_query_vectors(unique))
 
     def student_scores(self, queries: list[str], texts: list[str],
                        part: list[Group]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -94,8 +121,8 @@ def optimizer_step(groups: list[Group], tensors: Callable[[list[Group]], tuple],
     total = 0.0
     for start in range(0, len(groups), batch_size):
         part = groups[start:start + batch_size]
-        student, teacher, labels, layer_loss, judged = tensors(part)
-        value = loss(student, teacher, labels, judged)
+        student, teacher, labels, layer_loss, judged, vectors = tensors(part)
+        value = loss(student, teacher, labels, judged, **({"vectors": vectors} if vectors is not None else {}))
         if layer_loss is not None:
             value = value + layer_loss
         value = value * (len(part) / len(groups))
