@@ -9,7 +9,7 @@ import pytest
 
 import pyterrier_marginkd as mkd
 from pyterrier_marginkd import cli
-from pyterrier_marginkd.quickstart import DEPLOYED_FILE, FAST, FULL, TEACHER_FILE, VS_LABELS_FILE, Recipe
+from pyterrier_marginkd.quickstart import DEPLOYED_FILE, FAST, FULL, TEACHER_FILE, TIMINGS_FILE, VS_LABELS_FILE, Recipe
 from pyterrier_marginkd.quickstart.stages import download_hint as _download_hint
 from pyterrier_marginkd.report import CSV_FILE, PLOT_FILE, TABLE_FILE
 
@@ -53,6 +53,14 @@ def test_fresh_run_then_a_second_run_reuses_every_model(cranfield, tiny_bert_dir
     assert list(deployed["name"]) == [expected[1], "student L1 (KL, int8)", "student L1 (labels only, int8)"]
     assert deployed["x teacher pairs/s"].iloc[0] == 1.0 and (deployed["x teacher pairs/s"] > 0).all()
     assert "The students as deployed (int8" in (output / "report" / TABLE_FILE).read_text()
+    timings = pd.read_csv(output / "report" / TIMINGS_FILE).set_index("stage")["seconds"]
+    stages = ["BM25 index and candidates", "zero-shot teacher (fusion weights)",
+              "label-aware teacher: fine-tuned member", "label-aware teacher: choice on validation",
+              "pseudo-queries and their candidates", "student L1 (KL)", "student L1 (labels only)",
+              "test candidates and their document vectors", "evaluation", "students as deployed (int8)"]
+    assert list(timings.index) == [*stages, "other", "total"] and (timings > 0).all()
+    assert timings[stages + ["other"]].sum() == pytest.approx(timings["total"])
+    assert "where the time went: BM25 index and candidates" in printed
     fusion = json.loads((output / "teacher" / "fusion.json").read_text())
     assert len(fusion["weights"]) == 2 and fusion["normalize"] == "zscore"
     assert (output / "cranfield.pisa").is_dir() and any((output / "teacher_cache").iterdir())

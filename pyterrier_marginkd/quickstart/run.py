@@ -24,6 +24,7 @@ from pyterrier_marginkd.models.identity import describe
 from pyterrier_marginkd.models.io import default_model, load_scorer
 from pyterrier_marginkd.quickstart.recipe import DEFAULT_DATA, DEFAULT_OUTPUT, Recipe
 from pyterrier_marginkd.quickstart.stages import (
+    StageClock,
     Trainer,
     choose_once,
     digest,
@@ -43,6 +44,8 @@ VS_LABELS_FILE = "results_vs_labels.csv"
 DEPLOYED_FILE = "results_deployed.csv"
 #: the teacher's choice between the zero-shot and the label-aware fusion
 TEACHER_FILE = "teacher.json"
+#: wall seconds per stage of the run that wrote the report
+TIMINGS_FILE = "timings.csv"
 
 
 def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike = DEFAULT_OUTPUT, *,
@@ -66,6 +69,7 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     later run reuses the index, the teacher, the teacher cache and every trained student.
     """
     started = time.time()
+    clock = StageClock()
     recipe = recipe or Recipe.preset(fast)
     layers = sorted({int(k) for k in student_layers})
     if not layers or layers[0] < 1:
@@ -79,7 +83,7 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     if collection.derived_splits:
         log(verbose, f"{collection.name} ships no train/test split: holding out {collection.test_fraction:.0%} of "
                      "its queries for testing (the same split every run; Collection.test_fraction)")
-    with download_hint(collection):
+    with download_hint(collection), clock("BM25 index and candidates"):
         bm25 = collection.bm25(output / f"{collection.name}.pisa", num_results=recipe.k)
         train_topics = sample_topics(collection.topics(train_split), recipe.train_queries, seed)
         train_qrels = collection.qrels(train_split)
@@ -92,7 +96,8 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
                          f"queries (valid_fraction={recipe.valid_fraction}); use more train queries")
     text = collection.get_text()
     candidates = bm25 % recipe.k >> text
-    fit_res, valid_res = candidates(fit_topics), candidates(valid_topics)
+    with clock("BM25 index and candidates"):
+        fit_res, valid_res = candidates(fit_topics), candidates(valid_topics)
     fit_qrels = train_qrels[train_qrels["qid"].astype(str).isin(set(fit_topics["qid"].astype(str)))]
     identity = {"data": resolve(collection.data), "train_split": train_split, "seed": seed, "k": recipe.k,
                 "max_length": recipe.max_length, "fit_qids": digest(sorted(fit_topics["qid"].astype(str)))}
@@ -103,7 +108,8 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     # a bi-encoder member keeps its document vectors (frozen_docs): each document is encoded once
     members = [load_scorer(name, bi_encoder_kwargs={"frozen_docs": True}, **scorer_kwargs) for name in teachers]
     fused = zero_shot = Ensemble([FirstStageScore(), *members], normalize="zscore")
-    fit_fusion(fused, output / "teacher", {**identity, "teachers": teachers}, fit_res, fit_qrels, verbose)
+    with clock("zero-shot teacher (fusion weights)"):
+        fit_fusion(fused, output / "teacher", {**identity, "teachers": teachers}, fit_res, fit_qrels, verbose)
     member_names = " + ".join(short_name(t) for t in teachers)
     log(verbose, f"zero-shot teacher BM25 + {member_names}: weights {fused.weights} (BM25 first; "
                  f"{fused.fit_report.get('queries')} judged queries, nDCG@10 "
@@ -130,14 +136,16 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     # --- the label-aware teacher: the whole model fine-tuned on the labels, fused as a third member ----------------
     teacher_name = f"teacher BM25 + {member_names} (zero-shot)"
     if recipe.teacher_labels:
-        tuned, folds = _fine_tuned_member(trainer, output, depth, lambda: student(depth), kept[depth], fit_res,
-                                          fit_qrels, recipe.teacher_folds, seed)
+        with clock("label-aware teacher: fine-tuned member"):
+            tuned, folds = _fine_tuned_member(trainer, output, depth, lambda: student(depth), kept[depth], fit_res,
+                                              fit_qrels, recipe.teacher_folds, seed)
         out_of_fold = {"fit_res": fit_res, "fit_qrels": fit_qrels} if folds > 1 else {}
-        fused, choice = choose_once(
+        with clock("label-aware teacher: choice on validation"):
+            fused, choice = choose_once(
             output / "teacher" / TEACHER_FILE,
-            {**identity, "teachers": teachers, "zero_shot_weights": zero_shot.weights, "tuned": describe(tuned),
-             "valid_qids": digest(sorted(valid_topics["qid"].astype(str)))}, zero_shot, tuned,
-            lambda: choose_teacher(zero_shot, tuned, valid_res, train_qrels, seed=seed, **out_of_fold), verbose)
+                {**identity, "teachers": teachers, "zero_shot_weights": zero_shot.weights, "tuned": describe(tuned),
+                 "valid_qids": digest(sorted(valid_topics["qid"].astype(str)))}, zero_shot, tuned,
+                lambda: choose_teacher(zero_shot, tuned, valid_res, train_qrels, seed=seed, **out_of_fold), verbose)
         if choice["chosen"] == "label-aware":
             teacher_name = f"teacher BM25 + {member_names} + fine-tuned L{depth} (labels)"
         log(verbose, f"teacher: {choice['chosen']} (validation nDCG@10 on {choice['validation_queries']} queries: "
@@ -148,9 +156,10 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
 
     # --- students --------------------------------------------------------------------------------------------
     method = "title" if collection.has_titles() else "first_sentence"
-    pq = pseudo_queries(collection, method, num=recipe.pseudo_queries, seed=seed)
-    log(verbose, f"{len(pq)} pseudo-queries ({method}s of documents) for the teacher to label")
-    train_res = pd.concat([fit_res, candidates(pq[["qid", "query"]])], ignore_index=True)
+    with clock("pseudo-queries and their candidates"):
+        pq = pseudo_queries(collection, method, num=recipe.pseudo_queries, seed=seed)
+        log(verbose, f"{len(pq)} pseudo-queries ({method}s of documents) for the teacher to label")
+        train_res = pd.concat([fit_res, candidates(pq[["qid", "query"]])], ignore_index=True)
     distilled = {}
     teacher_id = describe(fused)
     loss_label, loss = recipe.student_objective()
@@ -165,48 +174,59 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
         log(verbose, f"{len(align_texts)} texts to align the students' query vectors with the model's first "
                      f"({len(fit_topics)} training queries, {len(pq)} pseudo-queries, {len(spans)} document spans)")
     for num_layers in layers:
-        distilled[num_layers] = trainer(
-            output / f"student-L{num_layers}-{loss_folder}", f"student L{num_layers} ({loss_label})",
-            lambda n=num_layers: student(n), fused, loss, (train_res, fit_qrels),
-            layers=kept[num_layers], teacher_id=teacher_id, align_texts=align_texts, unjudged="teacher",
-            cache_dir=output / "teacher_cache")
+        # the first student to train also has the teacher score the training candidates (kept in the teacher cache)
+        with clock(f"student L{num_layers} ({loss_label})"):
+            distilled[num_layers] = trainer(
+                output / f"student-L{num_layers}-{loss_folder}", f"student L{num_layers} ({loss_label})",
+                lambda n=num_layers: student(n), fused, loss, (train_res, fit_qrels),
+                layers=kept[num_layers], teacher_id=teacher_id, align_texts=align_texts, unjudged="teacher",
+                cache_dir=output / "teacher_cache")
     baseline_layers = layers[0]
-    label_only = trainer(output / f"student-L{baseline_layers}-labels", f"student L{baseline_layers} (labels only)",
-                         lambda: student(baseline_layers), None, losses.RankNet(), (fit_res, fit_qrels),
-                         layers=kept[baseline_layers])
+    label_name = f"student L{baseline_layers} (labels only)"
+    with clock(label_name):
+        label_only = trainer(output / f"student-L{baseline_layers}-labels", label_name,
+                             lambda: student(baseline_layers), None, losses.RankNet(), (fit_res, fit_qrels),
+                             layers=kept[baseline_layers])
 
     # --- the report ------------------------------------------------------------------------------------------
-    test_res = candidates(test_topics)
-    started_docs = time.time()
-    for scorer in [*distilled.values(), label_only]:
-        scorer.precompute_docs(test_res[scorer.text_field].drop_duplicates().tolist())
+    with clock("test candidates and their document vectors"):
+        test_res = candidates(test_topics)
+        started_docs = time.time()
+        for scorer in [*distilled.values(), label_only]:
+            scorer.precompute_docs(test_res[scorer.text_field].drop_duplicates().tolist())
     log(verbose, f"document vectors of the test candidates computed ahead of queries ({len(shared_docs)} kept, "
                  f"{time.time() - started_docs:.0f} s), as an index would hold them")
     systems: dict[str, pt.Transformer] = {"BM25": bm25 % recipe.k, teacher_name: candidates >> fused}
     students = {f"student L{n} ({loss_label})": candidates >> s for n, s in distilled.items()}
-    label_name = f"student L{baseline_layers} (labels only)"
     systems.update(students)
     systems[label_name] = candidates >> label_only
     plot = importlib.util.find_spec("matplotlib") is not None
     log(verbose, f"evaluating {len(systems)} systems on {len(test_topics)} {test_split} queries, BM25 top {recipe.k}")
-    table = report(systems, test_topics, test_qrels, output / "report", baseline=0, plot=plot)
-    versus = pt.Experiment([systems[label_name], *students.values()], test_topics, test_qrels,
-                           [pt.measures.nDCG @ 10, pt.measures.RR @ 10], names=[label_name, *students],
-                           baseline=0, correction="holm")
+    with clock("evaluation"):
+        table = report(systems, test_topics, test_qrels, output / "report", baseline=0, plot=plot)
+        versus = pt.Experiment([systems[label_name], *students.values()], test_topics, test_qrels,
+                               [pt.measures.nDCG @ 10, pt.measures.RR @ 10], names=[label_name, *students],
+                               baseline=0, correction="holm")
     versus.to_csv(output / "report" / VS_LABELS_FILE, index=False)
     with open(output / "report" / TABLE_FILE, "a") as f:
         f.write(f"\nAgainst the label-only student (paired t-test, Holm-corrected):\n\n{markdown_table(versus)}\n")
     if recipe.quantize:
         student_folders = {name: folder for name, folder in trainer.folders.items() if name.startswith("student")}
-        deployed_report(DEPLOYED_FILE, output, recipe.quantize, candidates, teacher_name, fused, student_folders,
-                        test_topics, test_qrels, scorer_kwargs, shared_docs, verbose)
+        with clock("students as deployed (int8)"):
+            deployed_report(DEPLOYED_FILE, output, recipe.quantize, candidates, teacher_name, fused,
+                            student_folders, test_topics, test_qrels, scorer_kwargs, shared_docs, verbose)
+    timings = clock.table(time.time() - started)
+    timings.to_csv(output / "report" / TIMINGS_FILE, index=False)
     if verbose:
         print((output / "report" / TABLE_FILE).read_text())
         files = (f"results.md, results.csv, {VS_LABELS_FILE}" + (f", {DEPLOYED_FILE}" if recipe.quantize else "")
                  + (", results.png" if plot else ""))
         hint = "" if plot else " (pip install pyterrier-marginkd[plot] for the plot)"
         print(f"report: {output / 'report'}: {files}{hint}")
-        print(f"quickstart finished in {time.time() - started:.0f} s")
+        print("where the time went: " + "; ".join(f"{row.stage} {row.seconds:.0f} s ({row.share:.0%})"
+                                                  for row in timings.itertuples() if row.stage != "total"))
+        print(f"quickstart finished in {timings['seconds'].iloc[-1]:.0f} s (seconds per stage: "
+              f"{output / 'report' / TIMINGS_FILE})")
     return table
 
 

@@ -27,6 +27,28 @@ from pyterrier_marginkd.training.once import fit_once
 FUSION_FILE = "fusion.json"
 
 
+class StageClock:
+    """Wall seconds of the quickstart's stages, in the order they ran: the report's ``timings.csv`` and the last
+    lines printed say where a run's time went (a reused stage costs seconds)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
+
+    def table(self, total: float) -> pd.DataFrame:
+        """One row per stage (seconds, share of ``total``), then what ran between stages and the total."""
+        rows = [*self.seconds.items(), ("other", max(total - sum(self.seconds.values()), 0.0)), ("total", total)]
+        table = pd.DataFrame(rows, columns=["stage", "seconds"])
+        return table.assign(share=table["seconds"] / total if total > 0 else float("nan"))
+
+
 def fit_fusion(fused: Ensemble, folder: Path, settings: dict, fit_res: pd.DataFrame, qrels: pd.DataFrame,
                 verbose: bool) -> None:
     """Fit the fusion weights, or read them from ``folder`` when a run with the same settings fitted them."""
