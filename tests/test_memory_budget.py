@@ -149,3 +149,13 @@ def test_the_step_shape_reads_the_tokens_the_student_makes(tiny_bert_dir):
     assert memory.step_shape(cross, _groups("wing flutter"), 16).pair_length == 64
     stacks = memory.student_stacks(cross, memory.step_shape(cross, _groups("wing flutter"), 16))
     assert [(s.sequences, s.length, s.layers) for s in stacks] == [(48, 64, 1)]  # last layer: first token only
+
+
+def test_texts_to_align_count_the_query_encoder_alone(tiny_bert_dir):
+    dot = mkd.DotEncoder(tiny_bert_dir, frozen_docs=True, max_length=64)
+    texts = [Group(str(i), "the boundary layer of a flat plate", [], [], None) for i in range(3)]
+    shape = memory.step_shape(dot, texts, 8)
+    assert (shape.groups, shape.group_size, shape.query_length) == (8, 0, 9)
+    assert [(s.sequences, s.length, s.layers) for s in memory.student_stacks(dot, shape)] == [(8, 9, 2)]
+    docs = memory.student_stacks(dot, memory.step_shape(dot, _groups("wing flutter"), 8))
+    assert [s.sequences for s in docs] == [8]  # the frozen document encoder keeps no activations

@@ -21,12 +21,14 @@ from pyterrier_marginkd.training.settings import TrainSettings
 FLOAT_BYTES = 4
 #: activation bytes per counted element (attention scores heads x L x L plus hidden and feed-forward values L x
 #: (hidden + intermediate), per sequence and layer), measured once against real peaks of 6-layer all-MiniLM-L6-v2
-#: students (12 heads, hidden 384, feed-forward 1536), Margin-MSE at 16 groups x 5 documents, max length 256
-#: (benchmarks/train_memory.py, peak RSS minus RSS before the fit): CrossEncoder 8,075 MiB with 256-token pairs
-#: (4.1 per element), PreTT 10,396 MiB with 256-token documents and Cranfield's queries (up to 56 tokens; 4.6 per
-#: element); DotEncoder and ColBERT gave 3.9 and 3.9 (benchmarks/results/train-memory/). It holds everything a step
-#: keeps besides the counted elements: the saved softmax and dropout outputs and masks, the gradients flowing back,
-#: the AdamW state, and the freed blocks glibc's heap keeps.
+#: students (12 heads, hidden 384, feed-forward 1536), Margin-MSE at 16 groups x 5 documents, max length 256, one CPU
+#: thread (benchmarks/train_memory.py; peak RSS minus RSS before the fit, per counted element): CrossEncoder 4.1
+#: (256-token pairs), DotEncoder 3.9, ColBERT 3.9 (benchmarks/results/train-memory/), PreTT 4.4 with Cranfield's
+#: queries (up to 56 tokens) and 4.35 with 140-word queries (up to 205 tokens; 8 groups)
+#: (benchmarks/results/train-memory-auto/). It holds everything a step keeps besides the counted elements: the
+#: saved softmax and dropout outputs and masks, the gradients flowing back, the AdamW state, the freed blocks
+#: glibc's heap keeps. Under gradient checkpointing the estimate is lower than the peak by about the parameters'
+#: gradients and AdamW state (3 x the weights: 260 MiB for MiniLM-L6), which no longer vanish beside the activations.
 CALIBRATION = 4.5
 #: the share of the available memory that ``memory_budget="auto"`` gives one step's activations
 AUTO_SHARE = 0.5
