@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
-from conftest import BUILDERS, CountingTeacher, build
+from conftest import BUILDERS, CountingTeacher, build, tiny_encoder_folder
 
 import pyterrier_marginkd as mkd
 from pyterrier_marginkd.data.groups import Group
@@ -19,6 +19,7 @@ def unmap_calls(monkeypatch):
     """unmap_large_blocks changes glibc for the whole process: recorded here instead."""
     calls = []
     monkeypatch.setattr(checkpoints, "unmap_large_blocks", lambda: calls.append(1) or True)
+    monkeypatch.setattr(checkpoints, "_unmapping", False)
     return calls
 
 
@@ -64,7 +65,7 @@ def test_auto_is_half_the_available_memory(tiny_ce, small_results, tmp_path, mon
     distiller, said, _ = _fit(tiny_ce, small_results, tmp_path / "auto")
     assert distiller.memory_budget == "auto"
     assert distiller.report["memory"]["budget_bytes"] == 1000 and distiller.report["memory"]["checkpointing"]
-    assert len(said) == 1 and "half of the available memory" in str(said[0].message)
+    assert len(said) == 1 and "50% of the available memory" in str(said[0].message)
     monkeypatch.setattr(memory, "available_memory", lambda: None)  # unknown: no budget
     assert memory.resolve_budget("auto") is None
 
@@ -116,27 +117,25 @@ def _groups(query: str, num: int = 3, size: int = 3) -> list[Group]:
 def test_every_architecture_has_an_estimate_that_grows_with_the_batch(name, tiny_bert_dir):
     student = build(name, tiny_bert_dir)
     groups = _groups("wing flutter")
-    small, large = (memory.estimate_step(student, groups, n) for n in (2, 4))
+    small, large = (memory.activation_bytes(memory.step_stacks(student, groups, n)) for n in (2, 4))
     assert 0 < small < large <= 2 * small
 
 
-def test_long_queries_cost_pretts_its_joint_layers():
-    """PreTT's joint layers see query and document in one sequence: paragraph-long queries cost attention maps of
-    (query + document)^2, the estimate follows the tokens in the batch, checkpointing keeps one layer's."""
-    config = {"heads": 12, "hidden": 384, "intermediate": 1536}
-    short = memory.StepShape(groups=16, group_size=5, query_length=20, doc_length=255, pair_length=275)
-    long = memory.StepShape(groups=16, group_size=5, query_length=205, doc_length=255, pair_length=460)
-    stacks = {}
-    for label, shape in (("short", short), ("long", long)):
-        pairs = shape.groups * shape.group_size
-        stacks[label] = [memory.Stack(shape.groups, shape.query_length, 3, **config),
-                         memory.Stack(pairs, shape.doc_length, 3, **config),
-                         memory.Stack(pairs, shape.query_length + shape.doc_length - 1, 2, **config)]
-    joint = stacks["long"][2]
-    assert joint.layer_bytes() == memory.CALIBRATION * 4 * 80 * 459 * (12 * 459 + 384 + 1536)
-    assert memory.activation_bytes(stacks["long"]) > 1.4 * memory.activation_bytes(stacks["short"])
-    checkpointed = memory.activation_bytes(stacks["long"], checkpointing=True)
-    assert checkpointed == int(sum(s.input_bytes() for s in stacks["long"]) + joint.layer_bytes())
+def test_long_queries_cost_pretts_its_joint_layers(tmp_path):
+    """PreTT's joint layers read query and document as one sequence: long queries cost attention maps of (query +
+    document)^2; under checkpointing one chunk of CHECKPOINT_ROWS sequences of one layer is held at a time."""
+    pretts = mkd.PreTT(tiny_encoder_folder(4, tmp_path, intermediate_size=64, seed=0), max_length=64)
+    short = memory.StepShape(groups=16, group_size=5, query_length=6, doc_length=63, pair_length=69)
+    long = memory.StepShape(groups=16, group_size=5, query_length=64, doc_length=63, pair_length=127)
+    stacks = memory.student_stacks(pretts, long)
+    # 2 separate layers (distinct queries, documents), 1 joint layer on the pairs (the last reads [CLS] alone)
+    assert [(s.sequences, s.length, s.layers) for s in stacks] == [(16, 64, 2), (80, 63, 2), (80, 127, 1)]
+    joint = stacks[2]
+    assert joint.layer_bytes() == memory.CALIBRATION * 4 * 80 * 127 * (2 * 127 + 32 + 64)
+    assert memory.activation_bytes(stacks) > 1.5 * memory.activation_bytes(memory.student_stacks(pretts, short))
+    checkpointed = memory.activation_bytes(stacks, checkpointing=True)
+    assert checkpointed == int(sum(s.input_bytes() for s in stacks) + joint.layer_bytes(16))
+    assert memory.CHECKPOINT_ROWS == 16 and checkpointed < memory.activation_bytes(stacks) / 3
 
 
 def test_the_step_shape_reads_the_tokens_the_student_makes(tiny_bert_dir):

@@ -139,7 +139,7 @@ def student_stacks(student: NeuralScorer, shape: StepShape) -> list[Stack] | Non
         joint = layers - separate - (config.model_type in BERT_LIKE)
         return [Stack(shape.groups, shape.query_length, separate, **dims, checkpoint_rows=CHECKPOINT_ROWS),
                 Stack(pairs, shape.doc_length, separate, **dims, checkpoint_rows=CHECKPOINT_ROWS),
-                Stack(pairs, shape.query_length + shape.doc_length - 1, joint, **dims, checkpoint_rows=CHECKPOINT_ROWS)]
+                Stack(pairs, shape.query_length + shape.doc_length, joint, **dims, checkpoint_rows=CHECKPOINT_ROWS)]
     stacks = [Stack(shape.groups, shape.query_length, layers, **dims)]
     if not getattr(student, "frozen_docs", False):
         doc_encoder = getattr(student.model, "doc_encoder", None)
@@ -154,13 +154,6 @@ def step_stacks(student: NeuralScorer, groups: Iterable[Group], groups_per_pass:
     estimate does not know, or without groups."""
     sample = list(itertools.islice(iter(groups), SAMPLED_GROUPS))
     return student_stacks(student, step_shape(student, sample, groups_per_pass)) if sample else None
-
-
-def estimate_step(student: NeuralScorer, groups: Iterable[Group], groups_per_pass: int, *,
-                  checkpointing: bool = False) -> int | None:
-    """Bytes of the activations of the student's largest training pass (:func:`step_stacks`), or None."""
-    stacks = step_stacks(student, groups, groups_per_pass)
-    return None if stacks is None else activation_bytes(stacks, checkpointing=checkpointing)
 
 
 def available_memory() -> int | None:
@@ -210,7 +203,7 @@ def keep_budget(student: NeuralScorer, source: GroupSource, settings: TrainSetti
     estimate = record["estimate_bytes"] = activation_bytes(stacks)
     if settings.gradient_checkpointing or estimate <= budget:
         return record
-    which = "half of the available memory" if settings.memory_budget == "auto" else "memory_budget"
+    which = f"{AUTO_SHARE:.0%} of the available memory" if settings.memory_budget == "auto" else "memory_budget"
     said = (f"one training step of {student!r} is estimated to take {gib(estimate)} of activations "
             f"({settings.batch_size} groups per forward pass), more than the budget of {gib(budget)} ({which})")
     if not checkpoints.checkpointable_models(student.model):
