@@ -19,6 +19,14 @@ variable ``MALLOC_MMAP_THRESHOLD_=4194304``) maps blocks from 4 MiB one by one, 
 
     OMP_NUM_THREADS=1 python benchmarks/train_memory.py --fits 2 --gradient-checkpointing --unmap-large-blocks \
         --output benchmarks/results/train-memory/fresh-low-memory
+
+A default fit estimates its step and may switch to those settings by itself (``memory_budget="auto"``); the table
+shows the estimate, the budget and what was switched on. ``--memory-budget`` passes another (``none``: never
+switch); ``--query-words 140`` lengthens each query with its first judged document's words to 140 words (up to
+205 tokens), for paragraph-long queries::
+
+    OMP_NUM_THREADS=1 python benchmarks/train_memory.py --architectures pretts --steps 2 --query-words 140 \
+        --output benchmarks/results/train-memory-auto/pretts-paragraph-default
 """
 from __future__ import annotations
 
