@@ -19,6 +19,14 @@ variable ``MALLOC_MMAP_THRESHOLD_=4194304``) maps blocks from 4 MiB one by one, 
 
     OMP_NUM_THREADS=1 python benchmarks/train_memory.py --fits 2 --gradient-checkpointing --unmap-large-blocks \
         --output benchmarks/results/train-memory/fresh-low-memory
+
+A default fit estimates its step and may switch to those settings by itself (``memory_budget="auto"``); the table
+shows the estimate, the budget and what was switched on. ``--memory-budget`` passes another (``none``: never
+switch); ``--query-words 140`` lengthens each query with its first judged document's words to 140 words (up to
+205 tokens), for paragraph-long queries::
+
+    OMP_NUM_THREADS=1 python benchmarks/train_memory.py --architectures pretts --steps 2 --query-words 140 \
+        --output benchmarks/results/train-memory-auto/pretts-paragraph-default
 """
 from __future__ import annotations
 
@@ -83,8 +91,10 @@ class RssSampler:
         self._thread.join()
 
 
-def training_frames(data: str, num_candidates: int, seed: int = 0):
-    """Cranfield train candidates (qrels positives + random documents, long texts) and their qrels."""
+def training_frames(data: str, num_candidates: int, seed: int = 0, query_words: int = 0):
+    """Cranfield train candidates (qrels positives + random documents, long texts) and their qrels; with
+    ``query_words``, each query is lengthened to that many words with the words of its first judged document's long
+    text (paragraph-long queries)."""
     import pandas as pd
 
     import pyterrier_marginkd as mkd
@@ -99,6 +109,8 @@ def training_frames(data: str, num_candidates: int, seed: int = 0):
     for qid, query in zip(topics["qid"].astype(str), topics["query"]):
         judged = qrels[(qrels["qid"].astype(str) == qid) & (qrels["label"] > 0)]["docno"].astype(str).tolist()
         others = [d for d in rng.sample(docnos, num_candidates + len(judged)) if d not in judged][:num_candidates]
+        if query_words:
+            query = " ".join((query + " " + long_text[(judged or others)[0]]).split()[:query_words])
         rows += [{"qid": qid, "query": query, "docno": d, "text": long_text[d]} for d in judged + others]
     return pd.DataFrame(rows), qrels
 
@@ -134,6 +146,9 @@ def distiller_kwargs(args: argparse.Namespace) -> dict[str, Any]:
                               "max_steps": args.steps, "save_steps": 10**6, "seed": 0}
     if args.gradient_checkpointing:
         kwargs["gradient_checkpointing"] = True
+    if args.memory_budget is not None:
+        kwargs["memory_budget"] = None if args.memory_budget == "none" else (
+            args.memory_budget if args.memory_budget == "auto" else float(args.memory_budget))
     return kwargs
 
 
@@ -158,6 +173,7 @@ def fit_once(arch: str, tr_res, qrels, args: argparse.Namespace) -> dict[str, An
         seconds = time.perf_counter() - started
         peak = _status_mib("VmHWM")
         steps = len(distiller.history)
+        memory = distiller.report.get("memory")
     del distiller, student
     gc.collect()
     tail = sampler.samples[len(sampler.samples) // 3:]  # the later steps, past start-up
@@ -165,7 +181,7 @@ def fit_once(arch: str, tr_res, qrels, args: argparse.Namespace) -> dict[str, An
             "rss_before_build_mib": round(before_build, 1), "rss_before_fit_mib": round(before_fit, 1),
             "peak_rss_mib": round(peak, 1), "added_by_fit_mib": round(peak - before_fit, 1),
             "rss_low_during_later_steps_mib": round(min(tail), 1) if tail else None,
-            "rss_after_fit_mib": round(rss_mib(), 1)}
+            "rss_after_fit_mib": round(rss_mib(), 1), "memory": memory}
 
 
 def run_in_process(archs: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -177,7 +193,7 @@ def run_in_process(archs: list[str], args: argparse.Namespace) -> list[dict[str,
         from pyterrier_marginkd import unmap_large_blocks
 
         unmap_large_blocks()
-    tr_res, qrels = training_frames(args.data, args.candidates)
+    tr_res, qrels = training_frames(args.data, args.candidates, query_words=args.query_words)
     results = []
     for arch in archs:
         for fit in range(args.fits):
@@ -185,6 +201,18 @@ def run_in_process(archs: list[str], args: argparse.Namespace) -> list[dict[str,
             print(json.dumps(row), file=sys.stderr, flush=True)
             results.append(row)
     return results
+
+
+def _mib(size: float | None) -> str:
+    return "-" if size is None else f"{size / 2**20:,.0f}"
+
+
+def switched(memory: dict[str, Any]) -> str:
+    """What the memory budget switched on in a fit (from the Distiller's ``report["memory"]``)."""
+    if not memory:
+        return "-"
+    done = [name for name in ("checkpointing", "unmapped") if memory.get(name)]
+    return " + ".join(done) if done else "nothing"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -196,15 +224,19 @@ def markdown(report: dict[str, Any]) -> str:
              f"{settings['threads']} thread(s); mode: {report['mode']}"
              + (f"; MALLOC_MMAP_THRESHOLD_={settings['malloc_mmap_threshold']}" if settings['malloc_mmap_threshold']
                 else "")
-             + ("; mkd.unmap_large_blocks() called first" if settings.get("unmap_large_blocks") else "") + ".", "",
+             + ("; mkd.unmap_large_blocks() called first" if settings.get("unmap_large_blocks") else "")
+             + (f"; queries lengthened to {settings['query_words']} words" if settings.get("query_words") else "")
+             + (f"; memory_budget={settings['memory_budget']}" if settings.get("memory_budget") else "") + ".", "",
              "| process | architecture | fit | attention | RSS before fit (MiB) | peak RSS (MiB) | added by fit "
-             "| low RSS, later steps | RSS after fit | s/step |",
-             "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| low RSS, later steps | RSS after fit | s/step | estimate (MiB) | budget (MiB) | switched on |",
+             "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for row in report["results"]:
+        memory = row.get("memory") or {}
         lines.append(f"| {row['process']} | {row['architecture']} | {row['fit']} | {row['attn_implementation']} | "
                      f"{row['rss_before_fit_mib']:.0f} | **{row['peak_rss_mib']:.0f}** | {row['added_by_fit_mib']:.0f} "
                      f"| {row['rss_low_during_later_steps_mib']:.0f} | {row['rss_after_fit_mib']:.0f} | "
-                     f"{row['seconds'] / max(row['steps'], 1):.1f} |")
+                     f"{row['seconds'] / max(row['steps'], 1):.1f} | {_mib(memory.get('estimate_bytes'))} | "
+                     f"{_mib(memory.get('budget_bytes'))} | {switched(memory)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -231,6 +263,10 @@ def main() -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--unmap-large-blocks", action="store_true",
                         help="call mkd.unmap_large_blocks() first (what `marginkd train --low-memory` does)")
+    parser.add_argument("--memory-budget", default=None,
+                        help="the Distiller's memory_budget: auto, none or bytes (default: the library's default)")
+    parser.add_argument("--query-words", type=int, default=0,
+                        help="lengthen each query to this many words (paragraph-long queries; 0: Cranfield's own)")
     parser.add_argument("--sequence", action="store_true", help="every architecture in one process, one after another")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default=None,
@@ -264,7 +300,8 @@ def main() -> None:
                            "attn_implementation": args.attn_implementation,
                            "gradient_checkpointing": args.gradient_checkpointing, "data": args.data,
                            "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
-                           "unmap_large_blocks": args.unmap_large_blocks},
+                           "unmap_large_blocks": args.unmap_large_blocks, "query_words": args.query_words,
+                           "memory_budget": args.memory_budget},
               "environment": {"torch": torch.__version__, "cpu_count": os.cpu_count()},
               "results": results}
     text = markdown(report)

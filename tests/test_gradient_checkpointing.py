@@ -116,3 +116,39 @@ def test_cli_low_memory_trains_with_checkpointing_and_unmapped_blocks(tiny_bert_
                                               "--loss", "ranknet", "--output", str(tmp_path), *flag])
         assert commands._distiller(args, tmp_path).gradient_checkpointing is expected
     assert calls == [1]
+
+
+def test_pretts_recomputes_its_layers_in_chunks_with_the_same_gradients(tiny_bert_dir):
+    """Under checkpointing PreTT runs (and recomputes) each layer on CHECKPOINT_ROWS sequences at a time, so that the
+    backward pass holds one chunk's attention maps; without dropout its scores and gradients are those of all rows at
+    once."""
+    from pyterrier_marginkd.models import pretts
+    from pyterrier_marginkd.training.checkpoints import gradient_checkpointing
+
+    torch.manual_seed(0)
+    student = mkd.PreTT.from_pretrained(tiny_bert_dir, max_length=48, hidden_dropout_prob=0.0,
+                                        attention_probs_dropout_prob=0.0)
+    queries = [f"wing flutter number {i}" for i in range(10) for _ in range(4)]  # 10 queries, 40 pairs
+    texts = [f"the boundary layer of plate {i} " * (1 + i % 5) for i in range(40)]
+    rows = []
+    first = layer_list(student.model.encoder)[0].intermediate  # its feed-forward runs again in each recomputation
+    handle = first.register_forward_hook(lambda _, args, out: rows.append(len(args[0])))
+
+    def scores_and_gradients(checkpointing: bool):
+        student.model.train()
+        student.model.zero_grad()
+        rows.clear()
+        with gradient_checkpointing(student.model) if checkpointing else contextlib.nullcontext():
+            scores = student.train_scores(queries, texts)
+            scores.pow(2).sum().backward()
+        return scores.detach(), {n: p.grad.clone() for n, p in student.model.named_parameters() if p.grad is not None}
+
+    plain_scores, plain = scores_and_gradients(False)
+    assert sorted(rows) == [10, 40]  # the distinct queries, the documents
+    chunked_scores, chunked = scores_and_gradients(True)
+    handle.remove()
+    assert max(rows) == pretts.CHECKPOINT_ROWS and sum(rows) == 2 * (10 + 40)  # in chunks, each recomputed once
+    torch.testing.assert_close(chunked_scores, plain_scores)
+    assert plain.keys() == chunked.keys()
+    for name in plain:
+        torch.testing.assert_close(chunked[name], plain[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0, help="seed of sampling, shuffling and initialisation")
     train.add_argument("--low-memory", action="store_true", help="train in less memory: gradient checkpointing "
                        "(layer activations recomputed in the backward pass) and freed activations handed back to the "
-                       "system at once (glibc); about a quarter of the peak RSS of a 6-layer student, see README")
+                       "system at once (glibc); about a quarter of the peak RSS of a 6-layer student, see README. "
+                       "Without it, a step estimated above half the available memory switches to them by itself")
     train.add_argument("--output", required=True, help="folder for checkpoints, teacher cache and the student")
     train.add_argument("--scores", default=None, help="train from this teacher-score file instead of BM25 candidates")
     train.add_argument("--format", default="ids", choices=FORMATS, help="--scores file version; the ids of the ids "

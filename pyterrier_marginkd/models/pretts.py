@@ -11,9 +11,13 @@ from transformers import PreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask
 
 from pyterrier_marginkd.models.docstore import StoredDocs
-from pyterrier_marginkd.models.fast_training import is_bert_self_attention, self_attention
+from pyterrier_marginkd.models.fast_training import is_bert_self_attention, recomputes_layers, self_attention
 from pyterrier_marginkd.models.hf import layer_list
 from pyterrier_marginkd.models.two_sided import EncoderStudent, Tokens
+
+#: sequences a layer runs together under gradient checkpointing: the backward pass then holds one chunk's
+#: activations of one layer at a time, whose attention maps grow with (query + document length)^2 in the joint layers
+CHECKPOINT_ROWS = 16
 
 
 class _PreTTModel(nn.Module):
@@ -28,8 +32,17 @@ class _PreTTModel(nn.Module):
     def _run_layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, layers: Sequence[nn.Module]):
         mask = create_bidirectional_mask(config=self.encoder.config, inputs_embeds=hidden,
                                          attention_mask=attention_mask)
+        if len(hidden) <= CHECKPOINT_ROWS or not (self.training and torch.is_grad_enabled()
+                                                  and recomputes_layers(self.encoder)):
+            for layer in layers:
+                hidden = layer(hidden, attention_mask=mask)
+            return hidden
+        # each chunk is checkpointed (and recomputed in the backward pass) on its own; its dropout masks are drawn
+        # per chunk, so the training equals the unchunked one in distribution, not bit for bit
+        masks = mask.split(CHECKPOINT_ROWS) if mask is not None else [None] * -(-len(hidden) // CHECKPOINT_ROWS)
         for layer in layers:
-            hidden = layer(hidden, attention_mask=mask)
+            hidden = torch.cat([layer(part, attention_mask=part_mask)
+                                for part, part_mask in zip(hidden.split(CHECKPOINT_ROWS), masks)])
         return hidden
 
     def separate(self, batch: dict[str, torch.Tensor], side: str) -> torch.Tensor:

@@ -113,6 +113,11 @@ def unmap_large_blocks(min_mib: float = 4) -> bool:
     return True
 
 
+def large_blocks_unmapped() -> bool:
+    """Whether :func:`unmap_large_blocks` took effect in this process."""
+    return _unmapping
+
+
 @contextlib.contextmanager
 def keep_freed_memory() -> Iterator[bool]:
     """While training, glibc keeps freed blocks of any size in its heap for the next step instead of handing them

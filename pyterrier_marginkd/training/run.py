@@ -19,7 +19,7 @@ from safetensors.torch import load_model, save_model
 from pyterrier_marginkd import _files
 from pyterrier_marginkd.data.evaluation import evaluate_ndcg10
 from pyterrier_marginkd.data.groups import GroupSource
-from pyterrier_marginkd.training import distributed, preparation
+from pyterrier_marginkd.training import distributed, memory, preparation
 from pyterrier_marginkd.training.checkpoints import (
     STATE_FILE,
     gradient_checkpointing,
@@ -173,10 +173,11 @@ def train(distiller: Distiller, source: GroupSource, va_res: pd.DataFrame | None
     def validate_step(step: int) -> None:
         state.best = dist.on_main(lambda: validate(distiller, va_res, va_qrels, step, state, clock))
 
+    report["memory"] = memory.keep_budget(student, source, settings)
     bar = pt.tqdm(total=plan.total_steps, initial=state.step, desc="distil", unit="step",
                   disable=not (settings.verbose and dist.is_main))
     memory_saving = contextlib.ExitStack()
-    if settings.gradient_checkpointing:
+    if report["memory"]["checkpointing"]:
         memory_saving.enter_context(gradient_checkpointing(model))
     else:  # freed activations stay in the heap for the next step (not under unmap_large_blocks)
         memory_saving.enter_context(keep_freed_memory())

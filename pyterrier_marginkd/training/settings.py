@@ -57,6 +57,9 @@ class TrainSettings:
             completed fit.
         verbose: progress bars and messages.
         gradient_checkpointing: recompute each layer in the backward pass (less memory, about a third more compute).
+        memory_budget: bytes one training step's activations may take, or ``"auto"`` (half of the memory available
+            when the fit starts); when the estimate of the largest step exceeds it, the fit turns on gradient
+            checkpointing and :func:`~pyterrier_marginkd.unmap_large_blocks` (process-wide) and warns. None: never.
     """
 
     epochs: int = 1
@@ -89,6 +92,7 @@ class TrainSettings:
     keep_checkpoint: bool = False
     verbose: bool = False
     gradient_checkpointing: bool = False
+    memory_budget: float | str | None = "auto"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum_steps", "num_negatives", "save_steps", "pseudo_positives"):
@@ -113,6 +117,12 @@ class TrainSettings:
                      "gradient_checkpointing"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        budget = self.memory_budget
+        if not (budget is None or (isinstance(budget, str) and budget == "auto")
+                or (isinstance(budget, numbers.Real) and not isinstance(budget, bool) and math.isfinite(budget)
+                    and budget > 0)):
+            raise ValueError(f"memory_budget must be a positive number of bytes (e.g. 8e9), 'auto' (half of the "
+                             f"available memory) or None (never switch to low-memory training), got {budget!r}")
         scale = self.teacher_scale
         if not (scale is None or scale == "auto" or (isinstance(scale, (int, float)) and not isinstance(scale, bool))):
             raise ValueError(f"teacher_scale must be 'auto', a number or None, got {scale!r}")
