@@ -14,7 +14,7 @@ from transformers import AutoModel, PreTrainedModel
 
 from pyterrier_marginkd.models import io
 from pyterrier_marginkd.models.docstore import StoredDocs
-from pyterrier_marginkd.models.hf import load_hf_model, pad, sentence_transformers_settings
+from pyterrier_marginkd.models.hf import length_buckets, load_hf_model, pad, sentence_transformers_settings
 from pyterrier_marginkd.models.two_sided import EncoderStudent, encode, load_encoder
 
 POOLINGS = ("cls", "mean")
@@ -189,9 +189,16 @@ class DotEncoder(StoredDocs, EncoderStudent):
         """Differentiable query vectors ``[len(queries), dim]`` from the query encoder (for training)."""
         if len(queries) == 0:
             raise ValueError("train_query_vectors got no queries")
-        batch = {f"query_{k}": v for k, v in pad(self._tok.singles([str(q) for q in queries]),
-                                                  self._tok.pad_id).items()}
-        return self.model.embed(self._to_device(batch), "query")
+        items = self._tok.singles([str(q) for q in queries])
+        runs = length_buckets([len(ids) for ids, _ in items])  # short and long queries padded apart
+        if len(runs) == 1:
+            runs = [list(range(len(items)))]  # one forward pass, in the given order
+        vectors = [self.model.embed(self._to_device({f"query_{k}": v for k, v in pad(
+            [items[i] for i in run], self._tok.pad_id).items()}), "query") for run in runs]
+        if len(runs) == 1:
+            return vectors[0]
+        position = torch.argsort(torch.tensor([i for run in runs for i in run]))
+        return torch.cat(vectors)[position.to(vectors[0].device)]
 
     def target_query_vectors(self, queries: Sequence[str]) -> torch.Tensor:
         """The alignment targets of query texts (``frozen_docs=True`` models): the vectors the frozen document

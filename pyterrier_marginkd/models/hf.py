@@ -229,6 +229,28 @@ def pad(items: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, 
     return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
 
 
+#: the cost of one more forward pass, in padded tokens, when a training batch is split by length
+BUCKET_OVERHEAD_TOKENS = 32
+
+
+def length_buckets(lengths: Sequence[int], overhead: int = BUCKET_OVERHEAD_TOKENS) -> list[list[int]]:
+    """Split a batch into runs of similar length so that padding each run to its own longest costs the fewest tokens:
+    positions of ``lengths`` sorted by length, cut where sum(run size x run's longest) + ``overhead`` per run is least
+    (one run when the lengths are alike). A training batch that mixes one-line queries with paragraph-long ones then
+    stops padding every query to the paragraph's length."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    sizes = [lengths[i] for i in order]
+    best = [0] + [None] * len(sizes)  # best[j]: least cost of the first j (sorted) items
+    cut = [0] * (len(sizes) + 1)
+    for j in range(1, len(sizes) + 1):
+        best[j], cut[j] = min((best[i] + (j - i) * sizes[j - 1] + overhead, i) for i in range(j))
+    runs, j = [], len(sizes)
+    while j > 0:
+        runs.append(order[cut[j]:j])
+        j = cut[j]
+    return runs[::-1]
+
+
 #: sentence-transformers pooling modes (``1_Pooling/config.json``) and the DotEncoder pooling that equals them
 _ST_POOLINGS = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean"}
 
