@@ -160,3 +160,17 @@ def test_load_model_names_a_missing_folder_without_asking_the_hub(tmp_path, monk
     for name in ("runs/teacher/student", "./teacher", str(tmp_path / "nothing")):
         with pytest.raises(FileNotFoundError, match=f"model folder {re.escape(repr(name))} does not exist"):
             commands.load_reranker(name)
+
+
+def test_quickstart_flags_reach_the_recipe(monkeypatch):
+    import pyterrier_marginkd.quickstart as quickstart_module
+
+    seen = {}
+    monkeypatch.setattr(quickstart_module, "quickstart", lambda *a, recipe, **kw: seen.update(recipe=recipe))
+    cli.main(["quickstart", "--fast", "--query-words-per-step", "512", "--align-steps", "7", "--teacher-steps", "9"])
+    recipe = seen["recipe"]
+    assert (recipe.query_words_per_step, recipe.align_steps, recipe.teacher_steps) == (512, 7, 9)
+    cli.main(["quickstart", "--fast", "--query-words-per-step", "0"])
+    assert seen["recipe"].query_words_per_step is None and seen["recipe"].batch_size == 32
+    cli.main(["quickstart", "--fast"])
+    assert seen["recipe"] == quickstart_module.FAST

@@ -157,3 +157,18 @@ def test_quickstart_on_a_collection_without_splits(vaswani, tiny_bert_dir, tmp_p
     assert "vaswani ships no train/test split: holding out 30%" in printed
     assert "(first_sentences of documents)" in printed
     assert table_rows(output) == systems(tiny_bert_dir.name, output=output)
+
+
+def test_word_budget_shrinks_batches_of_paragraph_queries_only(cranfield):
+    queries = cranfield.topics("train")["query"]
+    assert FAST.query_words_per_step == 1024 and FAST.batch_for(queries) == FAST.batch_size == 32  # one-liners
+    paragraphs = [f"{q} {' '.join(['pressure distribution on a slender wing'] * 25)}" for q in queries]
+    mean_words = sum(len(q.split()) for q in set(paragraphs)) / len(set(paragraphs))  # about 167
+    assert FAST.batch_for(paragraphs) == 8  # 1024 // 167 = 6, raised to the floor of 8
+    assert Recipe.preset(True, query_words_per_step=4096).batch_for(paragraphs) == int(4096 // mean_words) == 24
+    assert Recipe.preset(True, query_words_per_step=None).batch_for(paragraphs) == 32
+    # a few paragraphs among many pseudo-queries (the distilled students' mix) keep the full batch
+    assert FAST.batch_for(paragraphs[:100] + [f"title {i}" for i in range(1000)]) == 32
+    assert FAST.batch_for([]) == 32
+    with pytest.raises(ValueError, match="query_words_per_step must be >= 1 or None"):
+        Recipe.preset(True, query_words_per_step=0)

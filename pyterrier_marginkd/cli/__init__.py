@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "(query vectors against the full model's) beside distillation; 0: none" + recipe)
     quick.add_argument("--align-steps", type=int, default=None, help="alignment steps before distillation, on the "
                        "training queries, pseudo-queries and document spans; 0: none" + recipe)
+    quick.add_argument("--query-words-per-step", type=int, default=None, help="words of training queries one step "
+                       "may encode: paragraph-long queries train in smaller batches (at least 8 groups); 0: always "
+                       "the full batch" + recipe)
     quick.add_argument("--zero-shot-teacher", action="store_true", help="do not fine-tune a teacher member on the "
                        "labels: the teacher is BM25 fused with the zero-shot scorers")
     quick.add_argument("--teacher-folds", type=int, default=None, help="folds of the judged queries for the "

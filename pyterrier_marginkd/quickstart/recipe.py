@@ -3,13 +3,16 @@ students' losses."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Sequence
 
 from pyterrier_marginkd import losses
 
 #: an ir_datasets collection with train and test topics and qrels (downloaded on first use)
 DEFAULT_DATA = "irds:beir/scifact"
 DEFAULT_OUTPUT = "runs/quickstart"
+
+#: the fewest training groups a step takes when the query-word budget shrinks batches of long queries
+MIN_WORD_BUDGET_BATCH = 8
 
 #: the students' distillation losses: name -> (report name, loss). "kl": the teacher's distribution over each query's
 #: candidate list (both sides z-scored per query); "margin-mse": its margins, positive minus each negative.
@@ -51,6 +54,10 @@ class Recipe:
     #: alignment steps before distillation (a first stage: query vectors of the training queries, the pseudo-queries
     #: and spans of documents learn the full model's; 0: none)
     align_steps: int = 0
+    #: words of training queries one step may encode: when the training queries are paragraphs, a step takes fewer
+    #: groups (mean words of the distinct queries x groups <= this; at least 8) so that it costs about what a batch of
+    #: one-line queries costs (None: always batch_size). Short-query collections keep batch_size.
+    query_words_per_step: int | None = 1024
 
     def __post_init__(self):
         if self.student_loss not in STUDENT_LOSSES:
@@ -64,6 +71,8 @@ class Recipe:
         for name in ("label_weight", "align_weight"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.query_words_per_step is not None and not self.query_words_per_step >= 1:
+            raise ValueError(f"query_words_per_step must be >= 1 or None, got {self.query_words_per_step!r}")
         if isinstance(self.align_steps, bool) or not isinstance(self.align_steps, int) or self.align_steps < 0:
             raise ValueError(f"align_steps must be a whole number >= 0, got {self.align_steps!r}")
 
@@ -71,6 +80,17 @@ class Recipe:
     def negatives(self) -> int:
         """Negatives per training group: ``num_negatives``, else every other candidate of the query."""
         return self.num_negatives or self.k - 1
+
+    def batch_for(self, queries: Sequence[str]) -> int:
+        """Training groups per step for these training queries: ``batch_size``, or fewer (at least
+        ``MIN_WORD_BUDGET_BATCH``) when their mean length in words times ``batch_size`` exceeds
+        ``query_words_per_step``."""
+        distinct = {str(q) for q in queries}
+        if self.query_words_per_step is None or not distinct:
+            return self.batch_size
+        mean_words = max(sum(len(q.split()) for q in distinct) / len(distinct), 1.0)
+        fitting = int(self.query_words_per_step // mean_words)
+        return max(min(self.batch_size, fitting), min(MIN_WORD_BUDGET_BATCH, self.batch_size))
 
     def student_objective(self) -> tuple[str, losses.RankingLoss]:
         """The distilled students' report name and loss: the distillation loss, plus ``label_weight`` times RankNet on

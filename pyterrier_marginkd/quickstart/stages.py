@@ -116,8 +116,12 @@ class Trainer:
         r = self.recipe
         # the recipe's student budget, unless given (the teacher's member: a step budget alone, never time-boxed)
         budget, max_time = (r.student_steps, r.student_time) if steps is None else (steps, None)
+        batch_size = r.batch_for(fit_args[0]["query"].unique())
+        if batch_size != r.batch_size:
+            log(self.verbose, f"{label}: {batch_size} groups per step instead of {r.batch_size}: its training queries "
+                               f"are long (query_words_per_step={r.query_words_per_step})")
         settings = {**self.identity, "loss": repr(loss), "steps": budget, "lr": r.student_lr,
-                    "mix_lr": r.mix_lr, "batch_size": r.batch_size, "num_negatives": r.negatives,
+                    "mix_lr": r.mix_lr, "batch_size": batch_size, "num_negatives": r.negatives,
                     "pseudo_queries": r.pseudo_queries if teacher is not None else 0, "max_time": max_time,
                     "layers": layers, "teacher": teacher_id, "training_qids": digest(sorted(
                         fit_args[0]["qid"].astype(str).unique()))}
@@ -140,7 +144,7 @@ class Trainer:
                                    f"{aligner.report.get('best_step')}")
             # a step budget: enough epochs that max_steps, not the data, ends the run
             distiller = Distiller(made, teacher, loss=loss, epochs=budget,
-                                  max_steps=budget, batch_size=r.batch_size, lr=r.student_lr,
+                                  max_steps=budget, batch_size=batch_size, lr=r.student_lr,
                                   head_lr=r.mix_lr, num_negatives=r.negatives, max_time=max_time,
                                   seed=self.seed, eval_steps=max(budget // 6, 1),
                                   save_steps=max(budget // 3, 1), output_dir=output_dir,
