@@ -6,7 +6,7 @@ import importlib.util
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import ir_measures
 import numpy as np
@@ -15,6 +15,7 @@ import pyterrier as pt
 from ir_measures import AP, RR, nDCG
 
 from pyterrier_marginkd.models.base import NeuralScorer
+from pyterrier_marginkd.models.docstore import StoredReranker
 from pyterrier_marginkd.models.io import load
 
 #: measures of a report unless others are given; the first one is plotted against mean response time
@@ -109,9 +110,12 @@ def _baseline_index(baseline: int | str | None, names: list[str]) -> int | None:
 
 
 def last_neural_scorer(system: pt.Transformer) -> NeuralScorer | None:
-    """The last pyterrier-marginkd re-ranker inside a pipeline (searching subtransformers), or None."""
+    """The last pyterrier-marginkd re-ranker inside a pipeline (searching subtransformers; a re-ranker reading a
+    document store counts as its student), or None."""
     if isinstance(system, NeuralScorer):
         return system
+    if isinstance(system, StoredReranker):
+        return system.student
     try:
         children = pt.inspect.subtransformers(system)
     except pt.inspect.InspectError:
@@ -125,25 +129,35 @@ def last_neural_scorer(system: pt.Transformer) -> NeuralScorer | None:
 
 @contextlib.contextmanager
 def _metered(scorer: NeuralScorer | None) -> Iterator[dict[str, float]]:
-    """Count the pairs ``scorer`` scores, and the seconds it spends scoring them, inside the block."""
+    """Count the pairs ``scorer`` scores, and the seconds it spends scoring them, inside the block: pairs of texts
+    (``score_pairs``) and pairs of a query and a stored document (``score_stored``), each counted once when one
+    calls the other."""
     meter = {"pairs": 0, "seconds": 0.0}
     if scorer is None:
         yield meter
         return
-    score_pairs = scorer.score_pairs
+    depth = [0]
 
-    def metered_score_pairs(queries, texts, **kwargs):
-        started = time.perf_counter()
-        try:
-            return score_pairs(queries, texts, **kwargs)
-        finally:
-            meter["seconds"] += time.perf_counter() - started
-            meter["pairs"] += len(queries)
-    scorer.score_pairs = metered_score_pairs
+    def metered(method):
+        def wrapped(queries, *args, **kwargs):
+            depth[0] += 1
+            started = time.perf_counter()
+            try:
+                return method(queries, *args, **kwargs)
+            finally:
+                depth[0] -= 1
+                if depth[0] == 0:
+                    meter["seconds"] += time.perf_counter() - started
+                    meter["pairs"] += len(queries)
+        return wrapped
+    names = [name for name in ("score_pairs", "score_stored") if hasattr(scorer, name)]
+    for name in names:
+        setattr(scorer, name, metered(getattr(scorer, name)))
     try:
         yield meter
     finally:
-        del scorer.score_pairs
+        for name in names:
+            delattr(scorer, name)
 
 
 def _timed_run(system: pt.Transformer, topics: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -296,15 +310,18 @@ def markdown_table(table: pd.DataFrame) -> str:
 
 def deployed_report(file_name: str, output: Path, quantize: str, candidates: pt.Transformer, teacher_name: str,
                      teacher: pt.Transformer, folders: dict[str, Path], topics: pd.DataFrame, qrels: pd.DataFrame,
-                     scorer_kwargs: dict, shared_docs: dict, verbose: bool) -> pd.DataFrame:
+                     scorer_kwargs: dict, shared_docs: dict, verbose: bool,
+                     deploy: Callable[[str, NeuralScorer], pt.Transformer] | None = None) -> pd.DataFrame:
     """The students as deployed on a CPU: each trained student loaded with ``quantize`` (int8 query encoder; the
     stored document vectors stay fp32), against the fp32 teacher in one run — quality (paired t-test against the
-    teacher) and pairs/s as a multiple of the teacher's. Appended to results.md, written to ``file_name``."""
+    teacher) and pairs/s as a multiple of the teacher's. Appended to results.md, written to ``file_name``.
+    ``deploy(name, student)`` gives the re-ranker of a loaded student (default: a DotEncoder reading
+    ``shared_docs``)."""
     systems: dict[str, pt.Transformer] = {teacher_name: candidates >> teacher}
     for name, folder in folders.items():
         student = load(folder / "student", quantize=quantize, **scorer_kwargs)
-        student.share_doc_vectors(shared_docs)
-        systems[f"{name[:-1]}, {quantize})"] = candidates >> student
+        deployed = student.share_doc_vectors(shared_docs) if deploy is None else deploy(name, student)
+        systems[f"{name[:-1]}, {quantize})"] = candidates >> deployed
     if verbose:
         print(f"the students as deployed ({quantize}) against the teacher, on {len(topics)} queries", flush=True)
     table = report(systems, topics, qrels, output / "report" / "deployed", baseline=0, plot=False)

@@ -172,5 +172,9 @@ def test_quickstart_flags_reach_the_recipe(monkeypatch):
     assert (recipe.query_words_per_step, recipe.align_steps, recipe.teacher_steps) == (512, 7, 9)
     cli.main(["quickstart", "--fast", "--query-words-per-step", "0"])
     assert seen["recipe"].query_words_per_step is None and seen["recipe"].batch_size == 32
+    cli.main(["quickstart", "--fast", "--students-start", "model"])
+    assert seen["recipe"].students_from_tuned is False
+    cli.main(["quickstart", "--fast", "--students-start", "tuned"])
+    assert seen["recipe"].students_from_tuned is True
     cli.main(["quickstart", "--fast"])
     assert seen["recipe"] == quickstart_module.FAST

@@ -201,3 +201,16 @@ def test_pretts_last_layer_computes_cls_alone_with_the_same_scores(tiny_bert_dir
     last = layer_list(model.encoder)[-1]
     for part in (last.attention.self.query, last.attention.self.key, last.output.dense):
         assert part.weight.grad is not None and part.weight.grad.abs().sum() > 0
+
+
+def test_report_meters_a_stored_reranker_once_per_pair(tiny_bert_dir, tmp_path):
+    from pyterrier_marginkd.report import _timed_run
+
+    student = make("colbert", tiny_bert_dir)
+    inp = candidates()
+    stored = student.with_store(student.build_store(DOCS, tmp_path / "store"))
+    for system in (stored, student):  # from the store, and on the fly (score_pairs may call score_stored)
+        run, stats = _timed_run(system, inp)
+        assert stats["pairs"] == len(inp) and stats["pairs/s"] > 0
+        assert stats["params"] == student.num_parameters() and len(run) == len(inp)
+    assert "score_pairs" not in vars(student) and "score_stored" not in vars(student)  # the meters are removed

@@ -64,7 +64,7 @@ def test_fresh_run_then_a_second_run_reuses_every_model(cranfield, tiny_bert_dir
     fusion = json.loads((output / "teacher" / "fusion.json").read_text())
     assert len(fusion["weights"]) == 2 and fusion["normalize"] == "zscore"
     assert (output / "cranfield.pisa").is_dir() and any((output / "teacher_cache").iterdir())
-    student_folder = "student-L1-kl" + ("" if choice["chosen"] == "zero-shot" else "-labelteacher")
+    student_folder = "student-L1-kl" + ("" if choice["chosen"] == "zero-shot" else "-labelteacher-fromtuned")
     tuned = json.loads((output / "teacher-tuned" / "done.json").read_text())["settings"]
     assert tuned["layers"] == [0, 1] and tuned["loss"] == "RankNet()"  # the whole model, fine-tuned on labels
     for stage in ("student-L1-labels", student_folder):
@@ -107,7 +107,8 @@ def test_a_given_bi_encoder_teacher_and_time_boxed_students(cranfield, tiny_bert
     assert not (output / "report" / DEPLOYED_FILE).exists() and "as deployed" not in printed
     assert printed.count("budget allowed") == 2  # the students; the teacher's member keeps its step budget
     chosen = json.loads((output / "teacher" / TEACHER_FILE).read_text())["choice"]["chosen"]
-    folder = "student-L1-marginmse-align0.5-alignfirst2" + ("" if chosen == "zero-shot" else "-labelteacher")
+    folder = "student-L1-marginmse-align0.5-alignfirst2" + ("" if chosen == "zero-shot" else
+                                                             "-labelteacher-fromtuned")
     done = json.loads((output / folder / "done.json").read_text())
     assert done["report"]["stopped_by_max_time"] and done["settings"]["max_time"] == 0.001
     assert done["settings"]["align_steps"] == 2 and "0.5 * QueryAlignment()" in done["settings"]["loss"]
@@ -172,3 +173,73 @@ def test_word_budget_shrinks_batches_of_paragraph_queries_only(cranfield):
     assert FAST.batch_for([]) == 32
     with pytest.raises(ValueError, match="query_words_per_step must be >= 1 or None"):
         Recipe.preset(True, query_words_per_step=0)
+
+
+def test_distilled_students_start_from_the_chosen_fine_tuned_member(cranfield, tiny_bert_dir, tmp_path, capsys,
+                                                                    monkeypatch):
+    import pyterrier_marginkd.quickstart.run as quickstart_run
+
+    real = quickstart_run.choose_teacher
+
+    def label_aware(zero_shot, tuned, *args, **kwargs):  # the label-aware teacher, whatever validation says
+        _, choice = real(zero_shot, tuned, *args, **kwargs)
+        aware = mkd.Ensemble([*zero_shot.members, tuned], choice["label_aware_weights"], normalize=zero_shot.normalize)
+        return aware, {**choice, "chosen": "label-aware"}
+
+    monkeypatch.setattr(quickstart_run, "choose_teacher", label_aware)
+    output = tmp_path / "aware"
+    run(cranfield.path, tiny_bert_dir, output, "--quantize", "none")
+    printed = capsys.readouterr().out
+    start = str(output / "teacher-tuned" / "student")
+    assert f"distilled students start from the fine-tuned member's layers ({start})" in printed
+    done = json.loads((output / "student-L1-kl-labelteacher-fromtuned" / "done.json").read_text())["settings"]
+    assert done["start"] == start and done["layers"] == [1]  # the member's last layer, as from the model
+    assert "start" not in json.loads((output / "student-L1-labels" / "done.json").read_text())["settings"]
+    # the student began as the member's layer (150 teacher steps away from the model) and took 3 steps from there
+    def layer(folder):
+        return mkd.DotEncoder.from_pretrained(folder, num_layers=[1], frozen_docs=True, first_stage="zscore",
+                                              max_length=48).model.encoder.encoder.layer[0].output.dense.weight
+    trained = mkd.load(output / "student-L1-kl-labelteacher-fromtuned" / "student").model.encoder.encoder.layer[0]
+    trained = trained.output.dense.weight
+    assert (trained - layer(start)).norm() < 0.5 * (trained - layer(tiny_bert_dir)).norm()
+
+    quickstart_run.quickstart(cranfield.path, tmp_path / "off", model=str(tiny_bert_dir), student_layers=[1],
+                              recipe=Recipe.preset(True, train_queries=10, test_queries=4, k=6, max_length=48,
+                                                   pseudo_queries=12, student_steps=3, quantize=None,
+                                                   students_from_tuned=False), verbose=False)
+    assert (tmp_path / "off" / "student-L1-kl-labelteacher").is_dir()
+    assert not (tmp_path / "off" / "student-L1-kl-labelteacher-fromtuned").exists()
+
+
+def test_architectures_each_distilled_and_on_labels_alone_in_one_report(cranfield, tiny_bert_dir, tmp_path, capsys):
+    output = tmp_path / "arch"
+    run(cranfield.path, tiny_bert_dir, output, "--zero-shot-teacher", "--architectures", "DotEncoder", "crossencoder",
+        "ColBERT", "PreTT", "TK")
+    printed = capsys.readouterr().out
+    archs = ["DotEncoder", "CrossEncoder", "ColBERT", "PreTT", "TK"]
+    students = [f"student {a} L1 ({what})" for a in archs for what in ("KL", "labels only")]
+    assert table_rows(output) == ["BM25", f"teacher BM25 + {tiny_bert_dir.name} (zero-shot)", *students]
+    table = pd.read_csv(output / "report" / CSV_FILE).set_index("name")
+    assert (table.loc[students, "pairs/s"] > 0).all() and (table.loc[students, "params"] > 0).all()
+    # each architecture's distilled student against its own label-only twin
+    versus = pd.read_csv(output / "report" / VS_LABELS_FILE)
+    assert list(versus["name"]) == [s for a in archs for s in (f"student {a} L1 (labels only)",
+                                                               f"student {a} L1 (KL)")]
+    assert "Against its label-only twin (paired t-test, Holm-corrected per architecture)" in printed
+    deployed = pd.read_csv(output / "report" / DEPLOYED_FILE)
+    assert list(deployed["name"])[1:] == [f"{s[:-1]}, int8)" for s in students]
+    assert (deployed["pairs/s"] > 0).all()
+    # the joint architectures: 8 groups of 1 + (k - 1 = 5) candidates, the same for both twins; stores for the test
+    for architecture, kind in (("CrossEncoder", mkd.CrossEncoder), ("ColBERT", mkd.ColBERT), ("PreTT", mkd.PreTT),
+                               ("TK", mkd.TK)):
+        for folder in (f"student-{architecture}-L1-kl", f"student-{architecture}-L1-labels"):
+            settings = json.loads((output / folder / "done.json").read_text())["settings"]
+            assert (settings["batch_size"], settings["num_negatives"], settings["steps"]) == (8, 5, 3)
+            assert settings["lr"] == (1e-3 if architecture == "TK" else 1e-4)
+            assert isinstance(mkd.load(output / folder / "student"), kind)
+    assert {p.name for p in (output / "stores").iterdir()} >= {"student-ColBERT-L1-KL", "student-PreTT-L1-KL-int8"}
+    timings = pd.read_csv(output / "report" / TIMINGS_FILE)["stage"].tolist()
+    assert all(s in timings for s in students)
+
+    with pytest.raises(ValueError, match=r"unknown student architecture\(s\) \['BERT-DOT'\]"):
+        run(cranfield.path, tiny_bert_dir, output, "--architectures", "BERT-DOT")

@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "Hugging Face cross-encoder ids or folders (default: --model)")
     quick.add_argument("--student-layers", nargs="+", type=int, default=[2, 4],
                        help="layer counts of the distilled students (the smallest also trains on labels only)")
+    quick.add_argument("--architectures", nargs="+", default=None, metavar="NAME",
+                       help="student architectures to compare, each distilled and trained on labels alone at the "
+                            "smallest --student-layers: DotEncoder CrossEncoder ColBERT PreTT TK (default: DotEncoder)")
     quick.add_argument("--fast", action="store_true", help="fewer pseudo-queries and steps (1,000 and 300 per "
                                                            "student)")
     quick.add_argument("--train-split", default="train", help="topic split the teacher and students train on")
@@ -193,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "the full batch" + recipe)
     quick.add_argument("--zero-shot-teacher", action="store_true", help="do not fine-tune a teacher member on the "
                        "labels: the teacher is BM25 fused with the zero-shot scorers")
+    quick.add_argument("--students-start", choices=["tuned", "model"], default=None, help="where the distilled "
+                       "students' weights start when the label-aware teacher is chosen: the layers of its fine-tuned "
+                       "member, or of the zero-shot model (the label-only student always starts from the model)"
+                       + recipe)
     quick.add_argument("--teacher-folds", type=int, default=None, help="folds of the judged queries for the "
                        "teacher's fine-tuned member (one model per fold; 1: one model)" + recipe)
     quick.add_argument("--teacher-steps", type=int, default=None, help="optimizer steps of each of the teacher's "

@@ -251,6 +251,8 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
                                                          "teacher_steps", "align_weight", "align_steps")}
     if args.zero_shot_teacher:
         overrides["teacher_labels"] = False
+    if args.students_start is not None:
+        overrides["students_from_tuned"] = args.students_start == "tuned"
     if args.query_words_per_step is not None:
         overrides["query_words_per_step"] = args.query_words_per_step or None  # 0: always the full batch
     if args.quantize is not None:
@@ -258,4 +260,5 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
     recipe = Recipe.preset(args.fast, **{k: v for k, v in overrides.items()
                                          if v is not None or k in ("quantize", "query_words_per_step")})
     quickstart(args.data, args.output, model=args.model, teacher=args.teacher, student_layers=args.student_layers,
-               recipe=recipe, train_split=args.train_split, test_split=args.test_split, seed=args.seed, verbose=True)
+               recipe=recipe, train_split=args.train_split, test_split=args.test_split, seed=args.seed,
+               architectures=args.architectures, verbose=True)

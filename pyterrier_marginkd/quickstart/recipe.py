@@ -20,6 +20,51 @@ STUDENT_LOSSES = {"kl": ("KL", lambda: losses.KLDiv(normalize="zscore")),
                   "margin-mse": ("Margin-MSE", losses.MarginMSE)}
 
 
+#: the student architectures the quickstart trains (``architectures=``; the default is the first alone)
+ARCHITECTURES = ("DotEncoder", "CrossEncoder", "ColBERT", "PreTT", "TK")
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchitectureRecipe:
+    """How a student architecture other than the default DotEncoder trains in the quickstart. Its distilled student
+    and its label-only twin train alike: the same data, steps, groups and learning rates; only the loss differs."""
+
+    batch_size: int  #: training groups per step (each candidate of a group goes through the whole model)
+    num_negatives: int  #: sampled negatives per positive in a group (the KL divergence is over the group)
+    lr: float  #: learning rate of the encoder
+    head_lr: float | None = None  #: learning rate of new heads and first-stage mixing weights (None: ``lr``)
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.num_negatives < 1 or not self.lr > 0:
+            raise ValueError(f"batch_size and num_negatives must be >= 1 and lr > 0, got {self}")
+
+
+#: joint architectures encode every candidate of every group in a step (DotEncoder students encode only queries
+#: against stored document vectors), so they take 8 groups of 1 + 7 candidates; TK is small and trained from its
+#: embeddings, so it takes a larger learning rate (as benchmarks/architectures.py trained it)
+ARCHITECTURE_RECIPES = {
+    "CrossEncoder": ArchitectureRecipe(batch_size=8, num_negatives=7, lr=1e-4, head_lr=1e-3),
+    "ColBERT": ArchitectureRecipe(batch_size=8, num_negatives=7, lr=1e-4, head_lr=1e-3),
+    "PreTT": ArchitectureRecipe(batch_size=8, num_negatives=7, lr=1e-4, head_lr=1e-3),
+    "TK": ArchitectureRecipe(batch_size=8, num_negatives=7, lr=1e-3),
+}
+
+
+def architecture_names(names: Sequence[str] | None) -> tuple[str, ...]:
+    """``names`` spelled as in :data:`ARCHITECTURES` (any case), in the given order without repeats; the default
+    (``None``) is the DotEncoder alone."""
+    if names is None:
+        return ARCHITECTURES[:1]
+    if isinstance(names, str):
+        names = [names]
+    by_lower = {a.lower(): a for a in ARCHITECTURES}
+    unknown = [n for n in names if str(n).lower() not in by_lower]
+    if unknown or not names:
+        raise ValueError(f"unknown student architecture(s) {unknown}; choose from {list(ARCHITECTURES)}"
+                         if unknown else f"architectures is empty; choose from {list(ARCHITECTURES)}")
+    return tuple(dict.fromkeys(by_lower[str(n).lower()] for n in names))
+
+
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """How much data and how many steps the quickstart spends; ``Recipe.preset(fast)`` gives the standard ones."""
@@ -58,6 +103,9 @@ class Recipe:
     #: groups (mean words of the distinct queries x groups <= this; at least 8) so that it costs about what a batch of
     #: one-line queries costs (None: always batch_size). Short-query collections keep batch_size.
     query_words_per_step: int | None = 1024
+    #: when the label-aware teacher is chosen, the distilled students start from the layers of its fine-tuned member
+    #: (one model, not cross-fitted folds) instead of the zero-shot model's; the label-only student never does
+    students_from_tuned: bool = True
 
     def __post_init__(self):
         if self.student_loss not in STUDENT_LOSSES:
@@ -92,14 +140,15 @@ class Recipe:
         fitting = int(self.query_words_per_step // mean_words)
         return max(min(self.batch_size, fitting), min(MIN_WORD_BUDGET_BATCH, self.batch_size))
 
-    def student_objective(self) -> tuple[str, losses.RankingLoss]:
+    def student_objective(self, alignment: bool = True) -> tuple[str, losses.RankingLoss]:
         """The distilled students' report name and loss: the distillation loss, plus ``label_weight`` times RankNet on
         the judged queries (pseudo-queries get the distillation term only), plus ``align_weight`` times the query
-        vectors' alignment with the full model's."""
+        vectors' alignment with the full model's (unless ``alignment=False``: students without query vectors of the
+        full model's space)."""
         name, loss = STUDENT_LOSSES[self.student_loss][0], STUDENT_LOSSES[self.student_loss][1]()
         if self.label_weight:
             name, loss = f"{name} + labels", loss + self.label_weight * losses.JudgedOnly(losses.RankNet())
-        if self.align_weight:
+        if self.align_weight and alignment:
             name, loss = f"{name} + alignment", loss + self.align_weight * losses.QueryAlignment()
         return name, loss
 

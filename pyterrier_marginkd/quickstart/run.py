@@ -2,8 +2,10 @@
 report."""
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
+import re
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -16,13 +18,26 @@ from transformers import AutoConfig
 from pyterrier_marginkd import losses
 from pyterrier_marginkd.data.collection import Collection
 from pyterrier_marginkd.data.pseudo import pseudo_queries
+from pyterrier_marginkd.models.base import NeuralScorer
+from pyterrier_marginkd.models.colbert import ColBERT
+from pyterrier_marginkd.models.cross_encoder import CrossEncoder
 from pyterrier_marginkd.models.crossfit import CrossFitted
+from pyterrier_marginkd.models.docstore import StoredDocs
 from pyterrier_marginkd.models.dot import DotEncoder
 from pyterrier_marginkd.models.ensemble import Ensemble, FirstStageScore
 from pyterrier_marginkd.models.hf import spread_layers
 from pyterrier_marginkd.models.identity import describe
 from pyterrier_marginkd.models.io import default_model, load_scorer
-from pyterrier_marginkd.quickstart.recipe import DEFAULT_DATA, DEFAULT_OUTPUT, Recipe
+from pyterrier_marginkd.models.pretts import PreTT
+from pyterrier_marginkd.models.tk import TK
+from pyterrier_marginkd.quickstart.recipe import (
+    ARCHITECTURE_RECIPES,
+    ARCHITECTURES,
+    DEFAULT_DATA,
+    DEFAULT_OUTPUT,
+    Recipe,
+    architecture_names,
+)
 from pyterrier_marginkd.quickstart.stages import (
     StageClock,
     Trainer,
@@ -46,13 +61,15 @@ DEPLOYED_FILE = "results_deployed.csv"
 TEACHER_FILE = "teacher.json"
 #: wall seconds per stage of the run that wrote the report
 TIMINGS_FILE = "timings.csv"
+#: the report name of the teacher's fine-tuned member (one model)
+TUNED_LABEL = "teacher's fine-tuned L{depth} (labels)"
 
 
 def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike = DEFAULT_OUTPUT, *,
                model: str | None = None, teacher: str | Sequence[str] | None = None,
                student_layers: Sequence[int] = (2, 4), fast: bool = False, recipe: Recipe | None = None,
                train_split: str = "train", test_split: str = "test", seed: int = 0,
-               verbose: bool = True) -> pd.DataFrame:
+               architectures: Sequence[str] | None = None, verbose: bool = True) -> pd.DataFrame:
     """Index, build a teacher, distil students and evaluate on one collection; return the report table.
 
     BM25 (PISA) gives ``recipe.k`` candidates per query. The zero-shot teacher fuses BM25 with zero-shot neural
@@ -67,10 +84,18 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     (``recipe.student_loss``) on all, plus ``recipe.label_weight`` times RankNet on the judged ones. A label-only
     student (the smallest size, RankNet on the fitting labels) is the baseline. Everything lands in ``output``; a
     later run reuses the index, the teacher, the teacher cache and every trained student.
+
+    ``architectures`` (names of :data:`ARCHITECTURES`; default the DotEncoder alone) adds the Margin-MSE paper's other
+    students: each at the smallest of ``student_layers`` (TK: that many of its own layers over the model's token
+    embeddings), distilled from the same teacher on the same data and trained on the labels alone alike
+    (:data:`ARCHITECTURE_RECIPES`), each pair compared in the report; ColBERT and PreTT re-rank from document stores
+    built ahead of the queries, as the DotEncoder from its stored vectors.
     """
     started = time.time()
     clock = StageClock()
     recipe = recipe or Recipe.preset(fast)
+    archs = architecture_names(architectures)
+    named = archs != ARCHITECTURES[:1]  # rows name the architecture when there is more than the default
     layers = sorted({int(k) for k in student_layers})
     if not layers or layers[0] < 1:
         raise ValueError(f"student_layers must be positive layer counts, got {list(student_layers)}")
@@ -125,8 +150,9 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     depth = AutoConfig.from_pretrained(model).num_hidden_layers
     kept = {n: spread_layers(depth, n) for n in {*layers, depth}}
 
-    def student(num_layers: int) -> DotEncoder:
-        made = DotEncoder.from_pretrained(model, num_layers=kept[num_layers], frozen_docs=True, first_stage="zscore",
+    def student(num_layers: int, start: str | Path = model) -> DotEncoder:
+        # `start`: the model, or a saved fine-tuned member of it (its query encoder cut to the same layers)
+        made = DotEncoder.from_pretrained(start, num_layers=kept[num_layers], frozen_docs=True, first_stage="zscore",
                                           **scorer_kwargs)
         return made.share_doc_vectors(shared_docs)
 
@@ -135,6 +161,7 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
 
     # --- the label-aware teacher: the whole model fine-tuned on the labels, fused as a third member ----------------
     teacher_name = f"teacher BM25 + {member_names} (zero-shot)"
+    students_start: str | Path = model
     if recipe.teacher_labels:
         with clock("label-aware teacher: fine-tuned member"):
             tuned, folds = _fine_tuned_member(trainer, output, depth, lambda: student(depth), kept[depth], fit_res,
@@ -148,6 +175,9 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
                 lambda: choose_teacher(zero_shot, tuned, valid_res, train_qrels, seed=seed, **out_of_fold), verbose)
         if choice["chosen"] == "label-aware":
             teacher_name = f"teacher BM25 + {member_names} + fine-tuned L{depth} (labels)"
+            if recipe.students_from_tuned and folds == 1:
+                students_start = trainer.folders[TUNED_LABEL.format(depth=depth)] / "student"
+                log(verbose, f"distilled students start from the fine-tuned member's layers ({students_start})")
         log(verbose, f"teacher: {choice['chosen']} (validation nDCG@10 on {choice['validation_queries']} queries: "
                      f"zero-shot fusion {choice['zero_shot_validation_ndcg@10']:.4f}, label-aware fusion "
                      f"{choice['label_aware_validation_ndcg@10']:.4f}, {choice['label_aware']}; its gain "
@@ -163,9 +193,16 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     distilled = {}
     teacher_id = describe(fused)
     loss_label, loss = recipe.student_objective()
+
+    rows_of: dict[str, list[str]] = {a: [] for a in archs}  # each architecture's distilled students' rows
+
+    def row(architecture: str, num_layers: int, what: str) -> str:
+        return f"student {architecture + ' ' if named else ''}L{num_layers} ({what})"
+
     # one folder per student, loss and kind of teacher: runs of other recipes in the same output never collide
     loss_folder = (recipe.student_loss.replace("-", "") + recipe.folder_suffix()
-                   + ("-labelteacher" if fused is not zero_shot else ""))
+                   + ("-labelteacher" if fused is not zero_shot else "")
+                   + ("-fromtuned" if students_start != model else ""))
     align_texts = None
     if recipe.align_steps:
         # a first stage of alignment: the texts queries look like, no candidates or teacher scores needed
@@ -173,48 +210,82 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
         align_texts = [*fit_topics["query"], *pq["query"], *spans["query"]]
         log(verbose, f"{len(align_texts)} texts to align the students' query vectors with the model's first "
                      f"({len(fit_topics)} training queries, {len(pq)} pseudo-queries, {len(spans)} document spans)")
-    for num_layers in layers:
+    for num_layers in layers if "DotEncoder" in archs else []:
         # the first student to train also has the teacher score the training candidates (kept in the teacher cache)
-        with clock(f"student L{num_layers} ({loss_label})"):
-            distilled[num_layers] = trainer(
-                output / f"student-L{num_layers}-{loss_folder}", f"student L{num_layers} ({loss_label})",
-                lambda n=num_layers: student(n), fused, loss, (train_res, fit_qrels),
+        rows_of["DotEncoder"].append(row("DotEncoder", num_layers, loss_label))
+        with clock(row("DotEncoder", num_layers, loss_label)):
+            distilled[row("DotEncoder", num_layers, loss_label)] = trainer(
+                output / f"student-L{num_layers}-{loss_folder}", row("DotEncoder", num_layers, loss_label),
+                lambda n=num_layers: student(n, students_start), fused, loss, (train_res, fit_qrels),
                 layers=kept[num_layers], teacher_id=teacher_id, align_texts=align_texts, unjudged="teacher",
-                cache_dir=output / "teacher_cache")
+                cache_dir=output / "teacher_cache",
+                start=None if students_start == model else str(students_start))
     baseline_layers = layers[0]
-    label_name = f"student L{baseline_layers} (labels only)"
-    with clock(label_name):
-        label_only = trainer(output / f"student-L{baseline_layers}-labels", label_name,
-                             lambda: student(baseline_layers), None, losses.RankNet(), (fit_res, fit_qrels),
-                             layers=kept[baseline_layers])
+    twins: dict[str, tuple[str, pt.Transformer]] = {}  # per architecture: its label-only student's row and model
+    if "DotEncoder" in archs:
+        label_name = row("DotEncoder", baseline_layers, "labels only")
+        with clock(label_name):
+            twins["DotEncoder"] = label_name, trainer(
+                output / f"student-L{baseline_layers}-labels", label_name, lambda: student(baseline_layers), None,
+                losses.RankNet(), (fit_res, fit_qrels), layers=kept[baseline_layers])
+    # the other architectures: the smallest size, distilled and on labels alone, with the same groups and steps
+    joint_label, joint_loss = recipe.student_objective(alignment=False)
+    joint_folder = (recipe.student_loss.replace("-", "")
+                    + ("" if recipe.label_weight == 0 else f"-hardlabels{recipe.label_weight:g}")
+                    + ("-labelteacher" if fused is not zero_shot else ""))
+    for architecture in archs[1:] if "DotEncoder" in archs else archs:
+        own = ARCHITECTURE_RECIPES[architecture]
+        made = functools.partial(architecture_student, architecture, model, baseline_layers, kept[baseline_layers],
+                                 scorer_kwargs)
+        name = row(architecture, baseline_layers, joint_label)
+        rows_of[architecture].append(name)
+        with clock(name):
+            distilled[name] = trainer(output / f"student-{architecture}-L{baseline_layers}-{joint_folder}", name, made,
+                                      fused, joint_loss, (train_res, fit_qrels), layers=kept[baseline_layers],
+                                      teacher_id=teacher_id, unjudged="teacher", cache_dir=output / "teacher_cache",
+                                      architecture=own)
+        twin = row(architecture, baseline_layers, "labels only")
+        with clock(twin):
+            twins[architecture] = twin, trainer(
+                output / f"student-{architecture}-L{baseline_layers}-labels", twin, made, None, losses.RankNet(),
+                (fit_res, fit_qrels), layers=kept[baseline_layers], architecture=own)
 
     # --- the report ------------------------------------------------------------------------------------------
     with clock("test candidates and their document vectors"):
         test_res = candidates(test_topics)
         started_docs = time.time()
-        for scorer in [*distilled.values(), label_only]:
-            scorer.precompute_docs(test_res[scorer.text_field].drop_duplicates().tolist())
+        ahead = {name: ahead_of_queries(scorer, test_res, output / "stores" / slug(name))
+                 for name, scorer in [*distilled.items(), *twins.values()]}
     log(verbose, f"document vectors of the test candidates computed ahead of queries ({len(shared_docs)} kept, "
                  f"{time.time() - started_docs:.0f} s), as an index would hold them")
     systems: dict[str, pt.Transformer] = {"BM25": bm25 % recipe.k, teacher_name: candidates >> fused}
-    students = {f"student L{n} ({loss_label})": candidates >> s for n, s in distilled.items()}
-    systems.update(students)
-    systems[label_name] = candidates >> label_only
+    for architecture in archs:
+        for name in [*rows_of[architecture], twins[architecture][0]]:
+            systems[name] = candidates >> ahead[name]
     plot = importlib.util.find_spec("matplotlib") is not None
     log(verbose, f"evaluating {len(systems)} systems on {len(test_topics)} {test_split} queries, BM25 top {recipe.k}")
     with clock("evaluation"):
         table = report(systems, test_topics, test_qrels, output / "report", baseline=0, plot=plot)
-        versus = pt.Experiment([systems[label_name], *students.values()], test_topics, test_qrels,
-                               [pt.measures.nDCG @ 10, pt.measures.RR @ 10], names=[label_name, *students],
-                               baseline=0, correction="holm")
+        versus = []  # each architecture's distilled students against its own label-only twin
+        for architecture in archs:
+            twin = twins[architecture][0]
+            mine = rows_of[architecture]
+            versus.append(pt.Experiment([systems[twin], *(systems[n] for n in mine)], test_topics, test_qrels,
+                                        [pt.measures.nDCG @ 10, pt.measures.RR @ 10], names=[twin, *mine],
+                                        baseline=0, correction="holm"))
+        versus = pd.concat(versus, ignore_index=True)
     versus.to_csv(output / "report" / VS_LABELS_FILE, index=False)
     with open(output / "report" / TABLE_FILE, "a") as f:
-        f.write(f"\nAgainst the label-only student (paired t-test, Holm-corrected):\n\n{markdown_table(versus)}\n")
+        against = "its label-only twin" if named else "the label-only student"
+        f.write(f"\nAgainst {against} (paired t-test, Holm-corrected{' per architecture' if named else ''}):\n\n"
+                f"{markdown_table(versus)}\n")
     if recipe.quantize:
         student_folders = {name: folder for name, folder in trainer.folders.items() if name.startswith("student")}
         with clock("students as deployed (int8)"):
             deployed_report(DEPLOYED_FILE, output, recipe.quantize, candidates, teacher_name, fused,
-                            student_folders, test_topics, test_qrels, scorer_kwargs, shared_docs, verbose)
+                            student_folders, test_topics, test_qrels, scorer_kwargs, shared_docs, verbose,
+                            deploy=lambda name, s: s.share_doc_vectors(shared_docs) if isinstance(s, DotEncoder)
+                            else ahead_of_queries(s, test_res, output / "stores" / slug(f"{name} {recipe.quantize}")))
     timings = clock.table(time.time() - started)
     timings.to_csv(output / "report" / TIMINGS_FILE, index=False)
     if verbose:
@@ -239,7 +310,7 @@ def _fine_tuned_member(trainer: Trainer, output: Path, depth: int, make: Callabl
     qids = sorted(set(fit_res["qid"].astype(str)) & set(fit_qrels["qid"].astype(str)))
     folds = folds if len(qids) >= 2 * folds else 1
     if folds == 1:
-        return trainer(output / "teacher-tuned", f"teacher's fine-tuned L{depth} (labels)", make, None,
+        return trainer(output / "teacher-tuned", TUNED_LABEL.format(depth=depth), make, None,
                        losses.RankNet(), (fit_res, fit_qrels), layers=layers, steps=trainer.recipe.teacher_steps), 1
     fold_of = assign_folds(qids, folds, seed)
     members = []
@@ -251,3 +322,37 @@ def _fine_tuned_member(trainer: Trainer, output: Path, depth: int, make: Callabl
                                losses.RankNet(), (rows, fit_qrels[fit_qrels["qid"].astype(str).isin(keep)]),
                                layers=layers, steps=trainer.recipe.teacher_steps))
     return CrossFitted(members, fold_of), folds
+
+
+def slug(name: str) -> str:
+    """A folder name for a report row: ``student ColBERT L2 (KL)`` -> ``student-ColBERT-L2-KL``."""
+    return re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-")
+
+
+def architecture_student(architecture: str, model: str, num_layers: int, kept: list[int],
+                         scorer_kwargs: dict) -> NeuralScorer:
+    """A fresh quickstart student of ``architecture`` started from ``model``: its ``kept`` layers (the DotEncoder's
+    choice, ``spread_layers``), mixing in the normalised first-stage score where the architecture can; TK: that many
+    layers of its own over the model's token embeddings."""
+    if architecture == "CrossEncoder":
+        return CrossEncoder.from_pretrained(model, num_layers=kept, **scorer_kwargs)
+    if architecture == "ColBERT":
+        return ColBERT.from_pretrained(model, num_layers=kept, first_stage="zscore", **scorer_kwargs)
+    if architecture == "PreTT":
+        return PreTT.from_pretrained(model, num_layers=kept, first_stage="zscore", **scorer_kwargs)
+    if architecture == "TK":
+        return TK.from_pretrained(model, num_layers=num_layers, **scorer_kwargs)
+    raise ValueError(f"no quickstart student of architecture {architecture!r}; choose from {list(ARCHITECTURES)}")
+
+
+def ahead_of_queries(scorer: NeuralScorer, res: pd.DataFrame, store_path: Path) -> pt.Transformer:
+    """``scorer`` with the documents of ``res`` represented before any query, as an index would hold them: a
+    DotEncoder's vectors kept in memory, a ColBERT's or PreTT's document store at ``store_path`` (built again, so it
+    always matches the weights); the other architectures read every document with its query."""
+    if isinstance(scorer, DotEncoder):
+        scorer.precompute_docs(res[scorer.text_field].drop_duplicates().tolist())
+        return scorer
+    if isinstance(scorer, StoredDocs):
+        docs = res[["docno", scorer.text_field]].drop_duplicates("docno").to_dict("records")
+        return scorer.with_store(scorer.build_store(docs, store_path, overwrite=True))
+    return scorer

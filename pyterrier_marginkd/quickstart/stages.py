@@ -18,9 +18,10 @@ import torch
 
 from pyterrier_marginkd import losses
 from pyterrier_marginkd.data.collection import Collection
+from pyterrier_marginkd.models.base import NeuralScorer
 from pyterrier_marginkd.models.dot import DotEncoder
 from pyterrier_marginkd.models.ensemble import Ensemble
-from pyterrier_marginkd.quickstart.recipe import Recipe
+from pyterrier_marginkd.quickstart.recipe import ArchitectureRecipe, Recipe
 from pyterrier_marginkd.training.distiller import Distiller
 from pyterrier_marginkd.training.once import fit_once
 
@@ -110,21 +111,29 @@ class Trainer:
 
     def __call__(self, folder: Path, label: str, make_student, teacher: pt.Transformer | None,
                  loss: losses.RankingLoss, fit_args: tuple, *, layers: list[int], teacher_id: str | None = None,
-                 steps: int | None = None, align_texts: list[str] | None = None, **extra: Any) -> DotEncoder:
+                 steps: int | None = None, align_texts: list[str] | None = None, start: str | None = None,
+                 architecture: ArchitectureRecipe | None = None, **extra: Any) -> NeuralScorer:
         """Train (or load) the student ``label`` in ``folder``; with ``align_texts``, ``recipe.align_steps`` steps of
-        alignment on them come first."""
+        alignment on them come first. ``architecture``: the groups, negatives and learning rates of a student
+        architecture other than the DotEncoder (its ``make_student`` builds it)."""
         r = self.recipe
         # the recipe's student budget, unless given (the teacher's member: a step budget alone, never time-boxed)
         budget, max_time = (r.student_steps, r.student_time) if steps is None else (steps, None)
-        batch_size = r.batch_for(fit_args[0]["query"].unique())
-        if batch_size != r.batch_size:
-            log(self.verbose, f"{label}: {batch_size} groups per step instead of {r.batch_size}: its training queries "
+        full = r.batch_size if architecture is None else architecture.batch_size
+        batch_size = min(r.batch_for(fit_args[0]["query"].unique()), full)
+        if batch_size != full:
+            log(self.verbose, f"{label}: {batch_size} groups per step instead of {full}: its training queries "
                                f"are long (query_words_per_step={r.query_words_per_step})")
-        settings = {**self.identity, "loss": repr(loss), "steps": budget, "lr": r.student_lr,
-                    "mix_lr": r.mix_lr, "batch_size": batch_size, "num_negatives": r.negatives,
+        lr, mix_lr, negatives = ((r.student_lr, r.mix_lr, r.negatives) if architecture is None else
+                                 (architecture.lr, architecture.head_lr or architecture.lr,
+                                  min(architecture.num_negatives, r.negatives)))
+        settings = {**self.identity, "loss": repr(loss), "steps": budget, "lr": lr,
+                    "mix_lr": mix_lr, "batch_size": batch_size, "num_negatives": negatives,
                     "pseudo_queries": r.pseudo_queries if teacher is not None else 0, "max_time": max_time,
                     "layers": layers, "teacher": teacher_id, "training_qids": digest(sorted(
                         fit_args[0]["qid"].astype(str).unique()))}
+        if start is not None:  # where the weights start, when not the model of the identity
+            settings["start"] = start
         if align_texts:
             settings.update(align_steps=r.align_steps, align_texts=digest(list(align_texts)))
         self.folders[label] = folder
@@ -144,8 +153,8 @@ class Trainer:
                                    f"{aligner.report.get('best_step')}")
             # a step budget: enough epochs that max_steps, not the data, ends the run
             distiller = Distiller(made, teacher, loss=loss, epochs=budget,
-                                  max_steps=budget, batch_size=batch_size, lr=r.student_lr,
-                                  head_lr=r.mix_lr, num_negatives=r.negatives, max_time=max_time,
+                                  max_steps=budget, batch_size=batch_size, lr=lr,
+                                  head_lr=mix_lr, num_negatives=negatives, max_time=max_time,
                                   seed=self.seed, eval_steps=max(budget // 6, 1),
                                   save_steps=max(budget // 3, 1), output_dir=output_dir,
                                   verbose=self.verbose, **extra)
@@ -160,7 +169,7 @@ class Trainer:
 
         student, _ = fit_once(folder, settings, fit, label=label, verbose=self.verbose,
                               load_kwargs=self.scorer_kwargs)
-        return student.share_doc_vectors(self.shared_docs)
+        return student.share_doc_vectors(self.shared_docs) if isinstance(student, DotEncoder) else student
 
 
 def short_name(name: str) -> str:
