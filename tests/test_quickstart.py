@@ -64,7 +64,7 @@ def test_fresh_run_then_a_second_run_reuses_every_model(cranfield, tiny_bert_dir
     fusion = json.loads((output / "teacher" / "fusion.json").read_text())
     assert len(fusion["weights"]) == 2 and fusion["normalize"] == "zscore"
     assert (output / "cranfield.pisa").is_dir() and any((output / "teacher_cache").iterdir())
-    student_folder = "student-L1-kl" + ("" if choice["chosen"] == "zero-shot" else "-labelteacher-fromtuned")
+    student_folder = "student-L1-kl" + ("" if choice["chosen"] == "zero-shot" else "-labelteacher")
     tuned = json.loads((output / "teacher-tuned" / "done.json").read_text())["settings"]
     assert tuned["layers"] == [0, 1] and tuned["loss"] == "RankNet()"  # the whole model, fine-tuned on labels
     for stage in ("student-L1-labels", student_folder):
@@ -107,8 +107,7 @@ def test_a_given_bi_encoder_teacher_and_time_boxed_students(cranfield, tiny_bert
     assert not (output / "report" / DEPLOYED_FILE).exists() and "as deployed" not in printed
     assert printed.count("budget allowed") == 2  # the students; the teacher's member keeps its step budget
     chosen = json.loads((output / "teacher" / TEACHER_FILE).read_text())["choice"]["chosen"]
-    folder = "student-L1-marginmse-align0.5-alignfirst2" + ("" if chosen == "zero-shot" else
-                                                             "-labelteacher-fromtuned")
+    folder = "student-L1-marginmse-align0.5-alignfirst2" + ("" if chosen == "zero-shot" else "-labelteacher")
     done = json.loads((output / folder / "done.json").read_text())
     assert done["report"]["stopped_by_max_time"] and done["settings"]["max_time"] == 0.001
     assert done["settings"]["align_steps"] == 2 and "0.5 * QueryAlignment()" in done["settings"]["loss"]
@@ -188,7 +187,7 @@ def test_distilled_students_start_from_the_chosen_fine_tuned_member(cranfield, t
 
     monkeypatch.setattr(quickstart_run, "choose_teacher", label_aware)
     output = tmp_path / "aware"
-    run(cranfield.path, tiny_bert_dir, output, "--quantize", "none")
+    run(cranfield.path, tiny_bert_dir, output, "--quantize", "none", "--students-start", "tuned")
     printed = capsys.readouterr().out
     start = str(output / "teacher-tuned" / "student")
     assert f"distilled students start from the fine-tuned member's layers ({start})" in printed
@@ -205,8 +204,8 @@ def test_distilled_students_start_from_the_chosen_fine_tuned_member(cranfield, t
 
     quickstart_run.quickstart(cranfield.path, tmp_path / "off", model=str(tiny_bert_dir), student_layers=[1],
                               recipe=Recipe.preset(True, train_queries=10, test_queries=4, k=6, max_length=48,
-                                                   pseudo_queries=12, student_steps=3, quantize=None,
-                                                   students_from_tuned=False), verbose=False)
+                                                   pseudo_queries=12, student_steps=3, quantize=None),
+                              verbose=False)  # the default: students start from the model
     assert (tmp_path / "off" / "student-L1-kl-labelteacher").is_dir()
     assert not (tmp_path / "off" / "student-L1-kl-labelteacher-fromtuned").exists()
 
@@ -229,12 +228,12 @@ def test_architectures_each_distilled_and_on_labels_alone_in_one_report(cranfiel
     deployed = pd.read_csv(output / "report" / DEPLOYED_FILE)
     assert list(deployed["name"])[1:] == [f"{s[:-1]}, int8)" for s in students]
     assert (deployed["pairs/s"] > 0).all()
-    # the joint architectures: 8 groups of 1 + (k - 1 = 5) candidates, the same for both twins; stores for the test
+    # the joint architectures: 4 groups of 1 + 3 candidates, the same for both twins; stores for the test
     for architecture, kind in (("CrossEncoder", mkd.CrossEncoder), ("ColBERT", mkd.ColBERT), ("PreTT", mkd.PreTT),
                                ("TK", mkd.TK)):
         for folder in (f"student-{architecture}-L1-kl", f"student-{architecture}-L1-labels"):
             settings = json.loads((output / folder / "done.json").read_text())["settings"]
-            assert (settings["batch_size"], settings["num_negatives"], settings["steps"]) == (8, 5, 3)
+            assert (settings["batch_size"], settings["num_negatives"], settings["steps"]) == (4, 3, 3)
             assert settings["lr"] == (1e-3 if architecture == "TK" else 1e-4)
             assert isinstance(mkd.load(output / folder / "student"), kind)
     assert {p.name for p in (output / "stores").iterdir()} >= {"student-ColBERT-L1-KL", "student-PreTT-L1-KL-int8"}
