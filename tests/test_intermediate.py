@@ -122,7 +122,7 @@ def test_non_package_models_are_refused(tiny_ce):
 def test_layer_loss_scores_read_a_two_logit_head_as_the_model_does(tmp_path, minilm_dir, small_results):
     """With intermediate-layer distillation the training scores come from the layer-loss forward pass: a 2-logit
     student (monoBERT style) must be scored logit[1] - logit[0] there too, not by its first logit."""
-    from test_issue18_two_logit import _classifier_dir
+    from test_checkpoint_heads import _classifier_dir
 
     from pyterrier_marginkd.training.layer_distillation import check_models
 

@@ -1,4 +1,4 @@
-"""Issue 18: training qrels that judge queries absent from the training results are reported with a warning (the
+"""Training qrels that judge queries absent from the training results are reported with a warning (the
 count and examples) instead of passing silently."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 18: the Distiller refuses unusable settings when it is built (loss names, steps, learning rate, negative
+"""The Distiller refuses unusable settings when it is built (loss names, steps, learning rate, negative
 sampling) and unusable validation arguments before it builds any example or asks the teacher for a score."""
 from __future__ import annotations
 

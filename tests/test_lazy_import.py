@@ -1,4 +1,4 @@
-"""Issue 18: ``import pyterrier_marginkd`` (and so ``marginkd --help`` and PyTerrier's start-up) imports neither
+"""``import pyterrier_marginkd`` (and so ``marginkd --help`` and PyTerrier's start-up) imports neither
 torch nor PyTerrier; the public names, submodule attributes and ``mkd.report`` (the function) work as before."""
 from __future__ import annotations
 

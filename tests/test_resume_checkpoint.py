@@ -1,4 +1,4 @@
-"""Issue 18: a fit that completes deletes its resume checkpoint (182 MB of trainer state for a MiniLM) unless
+"""A fit that completes deletes its resume checkpoint (182 MB of trainer state for a MiniLM) unless
 ``keep_checkpoint=True``; a fit stopped by ``max_time`` keeps it, and fitting again resumes it."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 18 / issue 16 item 2: MS MARCO-style checkpoints load as they are — 2-logit heads (monoBERT/monoELECTRA:
+"""MS MARCO-style checkpoints load as they are — 2-logit heads (monoBERT/monoELECTRA:
 score = logit[1] - logit[0]), 1-logit heads unchanged, plain encoders get a new 1-output head; a local model path
 that does not exist is named at once instead of being asked of the hub."""
 from __future__ import annotations
