@@ -57,18 +57,18 @@ def test_resume_after_interruption_equals_uninterrupted(train_data, student_dir,
     full.fit(res, qrels)
     expected = load_file(str(tmp_path / "full" / "checkpoint" / "model.safetensors"))
 
-    original = mkd.Distiller._step
+    original = run.optimizer_step
     calls = {"n": 0}
 
-    def dying_step(self, *args, **kwargs):
+    def dying_step(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 4:
             raise KeyboardInterrupt("killed")
-        return original(self, *args, **kwargs)
-    monkeypatch.setattr(mkd.Distiller, "_step", dying_step)
+        return original(*args, **kwargs)
+    monkeypatch.setattr(run, "optimizer_step", dying_step)
     with pytest.raises(KeyboardInterrupt):
         make(student_dir, CountingTeacher(), tmp_path, name="killed", save_steps=2).fit(res, qrels)
-    monkeypatch.setattr(mkd.Distiller, "_step", original)
+    monkeypatch.setattr(run, "optimizer_step", original)
     resumed = make(student_dir, CountingTeacher(), tmp_path, name="killed", save_steps=2, keep_checkpoint=True)
     resumed.fit(res, qrels)
     assert resumed.report["resumed_from"] == 2

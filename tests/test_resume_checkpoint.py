@@ -7,6 +7,7 @@ import pytest
 from conftest import CountingTeacher, make
 
 import pyterrier_marginkd as mkd
+from pyterrier_marginkd.training import run
 from pyterrier_marginkd.training.checkpoints import STATE_FILE
 
 
@@ -44,15 +45,15 @@ def test_a_fit_stopped_by_max_time_keeps_its_checkpoint_and_the_resumed_fit_dele
 
 
 def test_a_failed_fit_keeps_its_checkpoint(train_data, student_dir, tmp_path, monkeypatch):
-    original = mkd.Distiller._step
+    original = run.optimizer_step
     calls = {"n": 0}
 
-    def dying_step(self, *args, **kwargs):
+    def dying_step(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt("killed")
-        return original(self, *args, **kwargs)
-    monkeypatch.setattr(mkd.Distiller, "_step", dying_step)
+        return original(*args, **kwargs)
+    monkeypatch.setattr(run, "optimizer_step", dying_step)
     with pytest.raises(KeyboardInterrupt):
         make(student_dir, CountingTeacher(), tmp_path, save_steps=1).fit(*train_data)
     assert (tmp_path / "run" / "checkpoint" / STATE_FILE).exists()

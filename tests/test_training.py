@@ -14,7 +14,7 @@ from conftest import CountingTeacher
 import pyterrier_marginkd as mkd
 from pyterrier_marginkd import losses
 from pyterrier_marginkd.data import Group, TrainingExamples
-from pyterrier_marginkd.training import loop, schedule, steps
+from pyterrier_marginkd.training import loop, run, schedule, steps
 from pyterrier_marginkd.training.settings import TrainSettings
 
 
@@ -101,17 +101,17 @@ def test_grad_accum_steps_makes_each_step_several_forward_passes(student_dir, sm
     results = pd.concat([small_results.assign(qid=small_results["qid"] + f"-{i}") for i in range(5)])
     qrels = pd.concat([qrels.assign(qid=qrels["qid"] + f"-{i}") for i in range(5)])
     step_sizes, pass_sizes = [], []
-    original_step, original_tensors = mkd.Distiller._step, steps.BatchTensors.__call__
+    original_step, original_tensors = run.optimizer_step, steps.BatchTensors.__call__
 
-    def recorded_step(self, groups, optimizer, scheduler):
+    def recorded_step(groups, *args, **kwargs):
         step_sizes.append(len(groups))
-        return original_step(self, groups, optimizer, scheduler)
+        return original_step(groups, *args, **kwargs)
 
     def recorded_tensors(self, part):
         pass_sizes.append(len(part))
         return original_tensors(self, part)
 
-    monkeypatch.setattr(mkd.Distiller, "_step", recorded_step)
+    monkeypatch.setattr(run, "optimizer_step", recorded_step)
     monkeypatch.setattr(steps.BatchTensors, "__call__", recorded_tensors)
     distiller = mkd.Distiller(mkd.CrossEncoder.from_pretrained(student_dir), CountingTeacher(), batch_size=2,
                               grad_accum_steps=2, output_dir=tmp_path / "run")

@@ -10,7 +10,7 @@ import pyterrier as pt
 import torch
 
 from pyterrier_marginkd.data.docpairs import DocPairs
-from pyterrier_marginkd.data.groups import AnnotatedGroups, Group, GroupSource
+from pyterrier_marginkd.data.groups import AnnotatedGroups, GroupSource
 from pyterrier_marginkd.data.scorefiles import ScoreFile
 from pyterrier_marginkd.data.texts import AlignmentTexts
 from pyterrier_marginkd.losses import HiddenStateMSE, RankingLoss, resolve_loss
@@ -19,7 +19,7 @@ from pyterrier_marginkd.training import distributed, preparation, run
 from pyterrier_marginkd.training.checkpoints import checkpointable_models
 from pyterrier_marginkd.training.layer_distillation import check_models
 from pyterrier_marginkd.training.settings import TrainSettings
-from pyterrier_marginkd.training.steps import BatchTensors, optimizer_step
+from pyterrier_marginkd.training.steps import BatchTensors
 from pyterrier_marginkd.training.teacher_cache import TeacherScores
 
 __all__ = ["Distiller"]
@@ -187,13 +187,13 @@ class Distiller(pt.Estimator):
         """The training examples ``fit`` would build from these results and qrels (None: label-free);
         ``teacher_scores`` (of the candidates) rank label-free queries instead of the cached teacher."""
         return preparation.build_examples(self.settings, self.student.text_field, self.teacher, tr_res, tr_qrels,
-                                          self.cache_path, self._teacher_cache, teacher_scores=teacher_scores)
+                                          self.cache_path, self.teacher_cache, teacher_scores=teacher_scores)
 
     def evaluate_loss(self, tr_res: pd.DataFrame, tr_qrels: pd.DataFrame, *, epoch: int = 0) -> float:
         """Mean loss of the current student over one epoch of training groups (no gradient, no update)."""
         source = self.examples(tr_res, tr_qrels)
         groups = source.groups(epoch)
-        cache = self._teacher_cache() if self.teacher is not None and self.loss.needs_teacher else None
+        cache = self.teacher_cache() if self.teacher is not None and self.loss.needs_teacher else None
         try:
             if cache is not None:
                 cache.fill(groups)
@@ -211,11 +211,9 @@ class Distiller(pt.Estimator):
                 values.append(float(self.loss(student, teacher, labels, judged, **extra)) * len(part))
         return sum(values) / len(groups)
 
-    def _step(self, groups: list[Group], optimizer: torch.optim.Optimizer, scheduler: Any) -> float:
-        return optimizer_step(groups, self.tensors, self.loss, batch_size=self.settings.batch_size,
-                              optimizer=optimizer, scheduler=scheduler, max_grad_norm=self.settings.max_grad_norm)
-
-    def _teacher_cache(self) -> TeacherScores:
+    def teacher_cache(self) -> TeacherScores:
+        """The teacher behind its score cache (``cache_path``, keyed by ``teacher_id``): what a training run asks for
+        the scores of its pairs."""
         return TeacherScores(self.teacher, self.cache_path, teacher_id=self.settings.teacher_id,
                              text_field=self.student.text_field, verbose=self.settings.verbose,
                              shard=distributed.current().shard_name)

@@ -33,7 +33,7 @@ from pyterrier_marginkd.training.checkpoints import (
 )
 from pyterrier_marginkd.training.loop import Budget, Clock, LoopState, run_loop
 from pyterrier_marginkd.training.schedule import linear_schedule
-from pyterrier_marginkd.training.steps import step_batches
+from pyterrier_marginkd.training.steps import optimizer_step, step_batches
 
 if TYPE_CHECKING:
     from pyterrier_marginkd.training.distiller import Distiller
@@ -143,7 +143,7 @@ def train(distiller: Distiller, source: GroupSource, va_res: pd.DataFrame | None
             raise ValueError(f"the teacher {distiller.teacher!r} scores whole candidate lists (it normalises per "
                              "query), so it cannot score these training pairs one batch at a time; train with "
                              "fit(results, qrels) on candidate lists, or score the pairs into a file first")
-        teacher = distiller._teacher_cache()
+        teacher = distiller.teacher_cache()
     preparation.require_teacher_scores(distiller.loss, source, teacher)
     distiller.tensors.teacher_factor = preparation.teacher_scale_factor(settings.teacher_scale, source, teacher,
                                                                         report)
@@ -168,7 +168,9 @@ def train(distiller: Distiller, source: GroupSource, va_res: pd.DataFrame | None
                             validation=state.validation, elapsed=clock.elapsed())
 
     def one_step(batch: list) -> tuple[float, float]:
-        return distiller._step(batch, optimizer, scheduler), scheduler.get_last_lr()[0]
+        loss = optimizer_step(batch, distiller.tensors, distiller.loss, batch_size=settings.batch_size,
+                              optimizer=optimizer, scheduler=scheduler, max_grad_norm=settings.max_grad_norm)
+        return loss, scheduler.get_last_lr()[0]
 
     def validate_step(step: int) -> None:
         state.best = dist.on_main(lambda: validate(distiller, va_res, va_qrels, step, state, clock))
