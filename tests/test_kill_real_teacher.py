@@ -57,15 +57,16 @@ def teacher_scores(frame):
     torch.rand(3)  # a teacher that draws from torch's random stream (dropout left on, sampling, ...)
     return ce.score_pairs(frame["query"].tolist(), frame["text"].tolist())
 
-step = mkd.Distiller._step
-def counted_step(self, *args, **kwargs):
+from pyterrier_marginkd.training import run as training_run
+step = training_run.optimizer_step
+def counted_step(*args, **kwargs):
     global done
     if kind == "step" and done == int(when):
         held()
-    loss = step(self, *args, **kwargs)
+    loss = step(*args, **kwargs)
     done += 1
     return loss
-mkd.Distiller._step = counted_step
+training_run.optimizer_step = counted_step
 
 results, qrels = pd.read_pickle(data)
 distiller = mkd.Distiller(mkd.CrossEncoder.from_pretrained(student),
