@@ -198,3 +198,20 @@ def make(student_dir, teacher, tmp_path, name="run", **kw):
     settings = dict(epochs=2, batch_size=4, lr=2e-3, seed=1, output_dir=tmp_path / name)
     settings.update(kw)
     return mkd.Distiller(mkd.CrossEncoder.from_pretrained(student_dir), teacher, **settings)
+
+
+def kill_at_step(monkeypatch, n: int):
+    """Make the ``n``-th optimizer step of the next fits raise KeyboardInterrupt (as a killed run stops); returns the
+    real ``optimizer_step`` to put back."""
+    from pyterrier_marginkd.training import run
+
+    original = run.optimizer_step
+    calls = {"n": 0}
+
+    def dying_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt("killed")
+        return original(*args, **kwargs)
+    monkeypatch.setattr(run, "optimizer_step", dying_step)
+    return original

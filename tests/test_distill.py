@@ -8,7 +8,7 @@ import pandas as pd
 import pyterrier as pt
 import pytest
 import torch
-from conftest import CountingTeacher, make
+from conftest import CountingTeacher, kill_at_step, make
 from safetensors.torch import load_file
 
 import pyterrier_marginkd as mkd
@@ -57,15 +57,7 @@ def test_resume_after_interruption_equals_uninterrupted(train_data, student_dir,
     full.fit(res, qrels)
     expected = load_file(str(tmp_path / "full" / "checkpoint" / "model.safetensors"))
 
-    original = run.optimizer_step
-    calls = {"n": 0}
-
-    def dying_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt("killed")
-        return original(*args, **kwargs)
-    monkeypatch.setattr(run, "optimizer_step", dying_step)
+    original = kill_at_step(monkeypatch, 4)
     with pytest.raises(KeyboardInterrupt):
         make(student_dir, CountingTeacher(), tmp_path, name="killed", save_steps=2).fit(res, qrels)
     monkeypatch.setattr(run, "optimizer_step", original)

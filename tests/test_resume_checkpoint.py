@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from conftest import CountingTeacher, make
+from conftest import CountingTeacher, kill_at_step, make
 
 import pyterrier_marginkd as mkd
-from pyterrier_marginkd.training import run
 from pyterrier_marginkd.training.checkpoints import STATE_FILE
 
 
@@ -45,15 +44,7 @@ def test_a_fit_stopped_by_max_time_keeps_its_checkpoint_and_the_resumed_fit_dele
 
 
 def test_a_failed_fit_keeps_its_checkpoint(train_data, student_dir, tmp_path, monkeypatch):
-    original = run.optimizer_step
-    calls = {"n": 0}
-
-    def dying_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("killed")
-        return original(*args, **kwargs)
-    monkeypatch.setattr(run, "optimizer_step", dying_step)
+    kill_at_step(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         make(student_dir, CountingTeacher(), tmp_path, save_steps=1).fit(*train_data)
     assert (tmp_path / "run" / "checkpoint" / STATE_FILE).exists()

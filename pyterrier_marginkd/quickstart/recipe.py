@@ -154,9 +154,12 @@ class Recipe:
             name, loss = f"{name} + alignment", loss + self.align_weight * losses.QueryAlignment()
         return name, loss
 
-    def folder_suffix(self) -> str:
-        """What the students' folder names add for the loss settings beyond the distillation loss."""
-        return (("" if self.label_weight == 0 else f"-hardlabels{self.label_weight:g}")
+    def folder_suffix(self, alignment: bool = True) -> str:
+        """What the students' folder names add for the loss settings beyond the distillation loss (``alignment=False``:
+        for students trained without the alignment terms)."""
+        if not alignment:
+            return "" if self.label_weight == 0 else f"-hardlabels{self.label_weight:g}"
+        return (self.folder_suffix(alignment=False)
                 + ("" if self.align_weight == 0 else f"-align{self.align_weight:g}")
                 + ("" if self.align_steps == 0 else f"-alignfirst{self.align_steps}"))
 

@@ -212,10 +212,11 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
                      f"({len(fit_topics)} training queries, {len(pq)} pseudo-queries, {len(spans)} document spans)")
     for num_layers in layers if "DotEncoder" in archs else []:
         # the first student to train also has the teacher score the training candidates (kept in the teacher cache)
-        rows_of["DotEncoder"].append(row("DotEncoder", num_layers, loss_label))
-        with clock(row("DotEncoder", num_layers, loss_label)):
-            distilled[row("DotEncoder", num_layers, loss_label)] = trainer(
-                output / f"student-L{num_layers}-{loss_folder}", row("DotEncoder", num_layers, loss_label),
+        name = row("DotEncoder", num_layers, loss_label)
+        rows_of["DotEncoder"].append(name)
+        with clock(name):
+            distilled[name] = trainer(
+                output / f"student-L{num_layers}-{loss_folder}", name,
                 lambda n=num_layers: student(n, students_start), fused, loss, (train_res, fit_qrels),
                 layers=kept[num_layers], teacher_id=teacher_id, align_texts=align_texts, unjudged="teacher",
                 cache_dir=output / "teacher_cache",
@@ -230,10 +231,9 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
                 losses.RankNet(), (fit_res, fit_qrels), layers=kept[baseline_layers])
     # the other architectures: the smallest size, distilled and on labels alone, with the same groups and steps
     joint_label, joint_loss = recipe.student_objective(alignment=False)
-    joint_folder = (recipe.student_loss.replace("-", "")
-                    + ("" if recipe.label_weight == 0 else f"-hardlabels{recipe.label_weight:g}")
+    joint_folder = (recipe.student_loss.replace("-", "") + recipe.folder_suffix(alignment=False)
                     + ("-labelteacher" if fused is not zero_shot else ""))
-    for architecture in archs[1:] if "DotEncoder" in archs else archs:
+    for architecture in [a for a in archs if a != "DotEncoder"]:
         own = ARCHITECTURE_RECIPES[architecture]
         made = functools.partial(architecture_student, architecture, model, baseline_layers, kept[baseline_layers],
                                  scorer_kwargs)
