@@ -10,7 +10,7 @@ import torch
 
 import pyterrier_marginkd as mkd
 from pyterrier_marginkd.models.ensemble import FirstStageScore, normalize_scores
-from pyterrier_marginkd.training.teacher_cache import teacher_key
+from pyterrier_marginkd.training.teacher_cache import LISTS_FOLDER, teacher_key
 
 
 def frame_with_scores() -> pd.DataFrame:
@@ -158,8 +158,9 @@ def test_distil_a_mixing_student_from_a_fused_teacher(tiny_bert_dir, cranfield_t
     assert a > 0 and b == pytest.approx(0.5, abs=0.25)
     assert len(distiller.history) > 0 and np.isfinite([h["loss"] for h in distiller.history]).all()
     # each (query, docno) pair was scored once by the neural member, into its own cache
-    caches = [p for p in (tmp_path / "run" / "teacher_cache").iterdir() if p.is_dir()]
+    caches = [p for p in (tmp_path / "run" / "teacher_cache").iterdir() if p.is_dir() and p.name != LISTS_FOLDER]
     assert len(caches) == 1
+    assert len(list((tmp_path / "run" / "teacher_cache" / LISTS_FOLDER).glob("*.npz"))) == 1  # and the fused lists
     saved = mkd.load(tmp_path / "run" / "student")
     np.testing.assert_allclose(saved(results)["score"], distiller.student(results)["score"], rtol=1e-5)
 

@@ -12,7 +12,7 @@ import torch
 import pyterrier_marginkd as mkd
 from pyterrier_marginkd.models.ensemble import FirstStageScore, reads_first_stage
 from pyterrier_marginkd.models.identity import describe
-from pyterrier_marginkd.training.teacher_cache import list_teacher_scores
+from pyterrier_marginkd.training.teacher_cache import LISTS_FOLDER, list_teacher_scores
 
 
 def results(num_queries: int = 12, per_query: int = 6, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -111,3 +111,40 @@ def test_hard_labels_reach_only_the_judged_groups(tiny_bert_dir, cranfield_train
     flags = torch.cat(seen)
     assert flags.any() and not flags.all()  # both kinds of group were trained on, told apart
     assert len(distiller.history) > 0 and np.isfinite(distiller.history[-1]["loss"])
+
+
+def test_whole_list_scores_are_kept_for_the_same_candidates_and_only_for_them(tiny_bert_dir, small_results, tmp_path):
+    student = mkd.DotEncoder.from_pretrained(tiny_bert_dir, first_stage="zscore", frozen_docs=True, max_length=64)
+    student.set_first_stage_weights(1.0, 2.0)
+    scored = small_results.assign(score=[3.0, 2.0, 1.0, 1.0, 2.0, 3.0])
+    fused = mkd.Ensemble([FirstStageScore(), student], [0.5, 0.5], normalize="zscore")
+    first = list_teacher_scores(fused, scored, tmp_path / "cache")
+    assert len(list((tmp_path / "cache" / LISTS_FOLDER).glob("*.npz"))) == 1
+    encoded = []
+    student.encode_queries = lambda texts, batch_size=None: encoded.append(list(texts)) or 1 / 0
+    again = list_teacher_scores(fused, scored.sample(frac=1.0, random_state=1), tmp_path / "cache")
+    assert again == first and not encoded  # the same candidates (in another order): read, nothing scored
+    del student.encode_queries
+    # another first-stage score, another text, another weight: each scores the lists afresh
+    for changed, teacher in [(scored.assign(score=[1.0, 2.0, 3.0, 1.0, 2.0, 3.0]), fused),
+                             (scored.assign(text=scored["text"].str.upper()), fused),
+                             (scored, mkd.Ensemble([FirstStageScore(), student], [0.2, 0.8], normalize="zscore"))]:
+        direct = teacher(changed)
+        got = list_teacher_scores(teacher, changed, tmp_path / "cache")
+        np.testing.assert_allclose([got[q, d] for q, d in zip(direct["qid"], direct["docno"])], direct["score"],
+                                   rtol=1e-6, atol=1e-6)
+    assert len(list((tmp_path / "cache" / LISTS_FOLDER).glob("*.npz"))) == 4
+    assert not list((tmp_path / "cache" / LISTS_FOLDER).glob("*partial*"))
+
+
+def test_frozen_document_vectors_encode_each_query_once_per_call(tiny_bert_dir, small_results):
+    frozen = mkd.DotEncoder.from_pretrained(tiny_bert_dir, frozen_docs=True, max_length=64)
+    frozen.chunk_size = 2  # many chunks: sorted by text, a query would come back in several of them
+    queries = [f"query {i % 3}" for i in range(12)]
+    texts = [f"document {i % 4}" for i in range(12)]
+    expected = np.einsum("ij,ij->i", frozen.encode_queries(queries), frozen.encode_docs(texts))
+    seen = []
+    encode = frozen.encode_queries
+    frozen.encode_queries = lambda batch, batch_size=None: seen.extend(batch) or encode(batch, batch_size)
+    np.testing.assert_allclose(frozen.score_pairs(queries, texts), expected, rtol=1e-5, atol=1e-6)
+    assert sorted(seen) == sorted(set(queries))

@@ -231,7 +231,8 @@ class DotEncoder(StoredDocs, EncoderStudent):
                     desc: str | None = None) -> np.ndarray:
         """Scores of (query, text) pairs in input order: each distinct query and text (per ``chunk_size`` pairs) is
         encoded once, then pairs are scored by dot product — re-ranking k candidates of many queries over one
-        corpus encodes each document once, not once per query."""
+        corpus encodes each document once, not once per query. With ``frozen_docs`` the document vectors are kept
+        across calls, and each distinct query of the call is encoded once, before the chunks."""
         if len(queries) != len(texts):
             raise ValueError(f"got {len(queries)} queries but {len(texts)} texts; they must pair up one to one")
         scores = np.empty(len(queries), dtype=np.float64)
@@ -239,14 +240,22 @@ class DotEncoder(StoredDocs, EncoderStudent):
         queries, texts = [str(q) for q in queries], [str(t) for t in texts]
         # pairs sorted by text: a chunk then holds few distinct documents, each encoded about once per call
         order = np.asarray(sorted(range(len(texts)), key=texts.__getitem__), dtype=np.int64)
+        # frozen document vectors are kept across calls, so a chunk costs only its queries: encode each distinct
+        # query of the call once, not once in every chunk its documents fall in
+        every_query = ({q: i for i, q in enumerate(dict.fromkeys(queries))} if self.frozen_docs and len(queries)
+                       else None)
+        every_vec = self.encode_queries(list(every_query), batch_size) if every_query is not None else None
         try:
             for start in range(0, len(queries), self.chunk_size):
                 rows = order[start:start + self.chunk_size]
                 chunk_q = [queries[i] for i in rows]
                 chunk_t = [texts[i] for i in rows]
-                query_ids = {q: i for i, q in enumerate(dict.fromkeys(chunk_q))}
+                if every_query is not None:
+                    query_ids, query_vecs = every_query, every_vec
+                else:
+                    query_ids = {q: i for i, q in enumerate(dict.fromkeys(chunk_q))}
+                    query_vecs = self.encode_queries(list(query_ids), batch_size)
                 text_ids = {t: i for i, t in enumerate(dict.fromkeys(chunk_t))}
-                query_vecs = self.encode_queries(list(query_ids), batch_size)
                 doc_vecs = self.encode_docs(list(text_ids), batch_size)
                 rows_q = query_vecs[[query_ids[q] for q in chunk_q]]
                 rows_d = doc_vecs[[text_ids[t] for t in chunk_t]]

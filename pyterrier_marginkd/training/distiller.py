@@ -130,7 +130,8 @@ class Distiller(pt.Estimator):
                                                               or self.settings.unjudged == "teacher"):
             teacher_scores = preparation.whole_list_scores(self.teacher, tr_res, self.cache_path,
                                                            text_field=self.student.text_field,
-                                                           verbose=self.settings.verbose)
+                                                           verbose=self.settings.verbose,
+                                                           teacher_id=self.settings.teacher_id)
         examples = self.examples(tr_res, tr_qrels, teacher_scores=teacher_scores)
         report = dict(examples.report)
         if teacher_scores is not None or first_stage is not None:

@@ -70,12 +70,13 @@ def first_stage_scores(student: NeuralScorer, tr_res: pd.DataFrame) -> dict[tupl
 
 
 def whole_list_scores(teacher: pt.Transformer, tr_res: pd.DataFrame, cache_dir: str | os.PathLike, *,
-                      text_field: str, verbose: bool) -> dict[tuple[str, str], float]:
+                      text_field: str, verbose: bool, teacher_id: str | None = None) -> dict[tuple[str, str], float]:
     """The teacher's scores of the training candidates, each query's list scored as a whole."""
     validate_training_results(tr_res, text_field)
     if verbose:
         print(f"Distiller: the teacher scores the {len(tr_res)} training candidates as whole lists", flush=True)
-    return list_teacher_scores(teacher, tr_res, cache_dir, text_field=text_field, verbose=verbose)
+    return list_teacher_scores(teacher, tr_res, cache_dir, text_field=text_field, verbose=verbose,
+                               teacher_id=teacher_id)
 
 
 def build_examples(settings: TrainSettings, text_field: str, teacher: pt.Transformer | None,
@@ -105,7 +106,8 @@ def build_examples(settings: TrainSettings, text_field: str, teacher: pt.Transfo
     if teacher_scores is not None:
         scores = teacher_scores
     elif scores_whole_lists(teacher):
-        scores = whole_list_scores(teacher, unjudged, cache_dir, text_field=text_field, verbose=settings.verbose)
+        scores = whole_list_scores(teacher, unjudged, cache_dir, text_field=text_field, verbose=settings.verbose,
+                                   teacher_id=settings.teacher_id)
     else:
         cache = open_cache()
         try:

@@ -138,29 +138,67 @@ class _CachedMember(pt.Transformer):
         return repr(self.member)
 
 
+#: the folder under a teacher cache that keeps whole-list teacher scores (one file per teacher and candidate set)
+LISTS_FOLDER = "lists"
+
+
+def results_digest(results: pd.DataFrame, text_field: str = "text") -> str:
+    """A digest of what whole-list teacher scores depend on in ``results``: each row's qid, query, docno, first-stage
+    score and text, in (qid, docno) order."""
+    rows = results.sort_values(["qid", "docno"], kind="stable")
+    scores = rows["score"] if "score" in rows.columns else pd.Series(np.nan, index=rows.index)
+    digest = hashlib.sha256()
+    for values in zip(rows["qid"].astype(str), rows["query"].astype(str), rows["docno"].astype(str),
+                      scores.astype(float), rows[text_field].astype(str)):
+        digest.update(repr(values).encode("utf8", "surrogatepass"))
+    return digest.hexdigest()[:24]
+
+
 def list_teacher_scores(teacher: pt.Transformer, results: pd.DataFrame, cache_dir: str | os.PathLike, *,
-                        text_field: str = "text", verbose: bool = False) -> dict[tuple[str, str], float]:
+                        text_field: str = "text", verbose: bool = False,
+                        teacher_id: str | None = None) -> dict[tuple[str, str], float]:
     """Scores of a teacher whose score of a row depends on its query's other candidates (an Ensemble with a
     per-query normalisation), computed over each query's whole candidate list in ``results``.
 
     An Ensemble's members keep their raw pair scores in on-disk caches under ``cache_dir`` (one per member, keyed by
     its weights' content): each pair is scored once by each member, however often the candidates are fused again.
     Members that read the first stage's score (``FirstStageScore``, a student mixing it in) score a row relative to
-    its query's list, so they score the whole lists, uncached, as do teachers that are not an Ensemble.
+    its query's list, so they score the whole lists, as do teachers that are not an Ensemble. The fused scores of a
+    candidate set are kept too (``cache_dir/lists``, keyed by the teacher, ``teacher_id`` when given, and a digest of
+    every row's qid, query, docno, first-stage score and text): students trained on the same candidates after the
+    first read them instead of scoring the lists again; any other candidate set is scored afresh.
     """
     results = results.assign(qid=results["qid"].astype(str), docno=results["docno"].astype(str))
     results = results.drop_duplicates(["qid", "docno"]).reset_index(drop=True)
+    file = (Path(cache_dir) / LISTS_FOLDER
+            / f"{teacher_key(teacher, teacher_id)}-{results_digest(results, text_field)}.npz")
+    if file.exists():
+        with np.load(file, allow_pickle=False) as saved:
+            kept = dict(zip(zip(saved["qid"].tolist(), saved["docno"].tolist()), saved["score"].tolist()))
+        if len(kept) == len(results):
+            if verbose:
+                print(f"teacher: reusing the whole-list scores of {len(kept)} candidates in {file}", flush=True)
+            return kept
     if not isinstance(teacher, Ensemble):
         out = CheckedTeacher(teacher, text_field)(results)
-        return dict(zip(zip(out["qid"].astype(str), out["docno"].astype(str)), out["score"].astype(float)))
-    members = [m if reads_first_stage(m) else _CachedMember(m, cache_dir, text_field, verbose)
-               for m in teacher.members]
-    try:
-        fused = Ensemble(members, teacher.weights, normalize=teacher.normalize)
-        base, matrix = fused.member_scores(results)
-        values = fused.fuse(base["qid"], matrix)
-    finally:
-        for member in members:
-            if isinstance(member, _CachedMember):
-                member.close()
-    return dict(zip(zip(base["qid"].astype(str), base["docno"].astype(str)), values.astype(float)))
+        scores = dict(zip(zip(out["qid"].astype(str), out["docno"].astype(str)), out["score"].astype(float)))
+    else:
+        members = [m if reads_first_stage(m) else _CachedMember(m, cache_dir, text_field, verbose)
+                   for m in teacher.members]
+        try:
+            fused = Ensemble(members, teacher.weights, normalize=teacher.normalize)
+            base, matrix = fused.member_scores(results)
+            values = fused.fuse(base["qid"], matrix)
+        finally:
+            for member in members:
+                if isinstance(member, _CachedMember):
+                    member.close()
+        scores = dict(zip(zip(base["qid"].astype(str), base["docno"].astype(str)), values.astype(float)))
+    file.parent.mkdir(parents=True, exist_ok=True)
+    partial = file.with_name(f"{file.stem}.partial.npz")  # written whole, then renamed: never a half file
+    keys = list(scores)
+    np.savez(partial, qid=np.asarray([q for q, _ in keys], dtype=str),
+             docno=np.asarray([d for _, d in keys], dtype=str),
+             score=np.asarray([scores[k] for k in keys], dtype=np.float64))
+    os.replace(partial, file)
+    return scores
