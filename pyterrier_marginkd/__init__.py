@@ -119,6 +119,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from pyterrier_marginkd.models.colbert import ColBERT
     from pyterrier_marginkd.models.cross_encoder import CrossEncoder
     from pyterrier_marginkd.models.crossfit import CrossFitted
+    from pyterrier_marginkd.models.docstore import DocumentStore
     from pyterrier_marginkd.models.dot import DotEncoder
     from pyterrier_marginkd.models.ensemble import Ensemble, FirstStageScore, normalize_scores
     from pyterrier_marginkd.models.hf import spread_layers
@@ -126,6 +127,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from pyterrier_marginkd.models.pretts import PreTT
     from pyterrier_marginkd.models.tk import TK
     from pyterrier_marginkd.report import report
+    from pyterrier_marginkd.training.checkpoints import unmap_large_blocks
     from pyterrier_marginkd.training.distiller import Distiller
     from pyterrier_marginkd.training.once import fit_once
     from pyterrier_marginkd.training.settings import TrainSettings

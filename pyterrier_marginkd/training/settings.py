@@ -49,8 +49,8 @@ class TrainSettings:
         output_dir: checkpoints, the teacher cache and the final ``student`` (None: a temporary folder).
         cache_dir: the teacher cache (default ``output_dir/teacher_cache``); ``teacher_id`` names the teacher in it.
         unjudged: ``"skip"`` queries without qrels, or let the ``"teacher"`` rank their candidates.
-        pseudo_positives, pseudo_negative_start: label-free groups: the teacher's top ``pseudo_positives`` are
-            positives, negatives come from rank ``pseudo_negative_start`` on.
+        pseudo_positives: label-free groups: the teacher's top ``pseudo_positives`` candidates are positives.
+        pseudo_negative_start: label-free groups: negatives come from rank ``pseudo_negative_start`` on.
         teacher_scale: factor on teacher scores; ``"auto"`` rescales teachers whose margins are small (std < 0.5).
         select_best: end with the weights that validated best. ``validate_start``: the starting weights compete.
         resume: continue from ``output_dir/checkpoint`` when it exists. ``keep_checkpoint``: keep it after a
