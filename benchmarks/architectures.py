@@ -1,144 +1,107 @@
-"""The students of the Margin-MSE paper on a collection's train/test split: each one trained with Margin-MSE from the
-same teacher and on labels alone, re-ranking BM25 top-k of the test queries (run by hand; not part of CI).
+"""The Margin-MSE paper's table on our collections: every student architecture distilled from the quickstart's
+teacher and trained on labels alone, side by side, per collection and on average (run by hand; not part of CI).
 
-Teacher: a saved cross-encoder (``--teacher``, e.g. the one examples/distill_cranfield.py trains into
-runs/cranfield-kd/teacher/student), else the same recipe trained here: MiniLM-L6 cross-encoder on the train labels
-(RankNet). Students start from the same checkpoint: DotEncoder (mean pooling), ColBERT (dim 128) and PreTT on its
-first ``--student-layers`` layers, TK on its input embeddings. Writes ``<output>/architectures.md`` (and .csv):
-nDCG@10, RR@10, parameters, re-ranking pairs/s and mrt per student and training.
+Each ``--data`` collection goes through ``marginkd quickstart --fast --architectures DotEncoder CrossEncoder ColBERT
+PreTT TK`` (``--output <output>/<collection>``; a folder from an earlier quickstart with the same settings is
+reused: only what is missing trains). The table takes, per architecture at the smallest ``--student-layers``, the
+distilled student and its label-only twin from each collection's report: nDCG@10 and RR@10, parameters, pairs/s as
+evaluated (DotEncoder from its stored document vectors, ColBERT and PreTT from document stores built ahead of the
+queries, CrossEncoder and TK on the fly), the int8 students' pairs/s as a multiple of the teacher's, and the paired
+t-test against the twin (Holm per architecture, from ``results_vs_labels.csv``). Writes
+``<output>/architectures.md`` and ``architectures.csv``.
 
-    python benchmarks/architectures.py --data ../shared/data/cranfield --output runs/architectures
-    python benchmarks/architectures.py --num-queries 4 --epochs 1 --max-length 64 --output runs/arch-tiny  # smoke
+    python benchmarks/architectures.py --data ../shared/data/cranfield ../shared/data/vaswani --output runs/paper
 """
 from __future__ import annotations
 
 import argparse
-import os
-import time
 from pathlib import Path
 
 import pandas as pd
-import pyterrier as pt
-import torch
-from ir_measures import RR, nDCG
 
-import pyterrier_marginkd as mkd
-from pyterrier_marginkd.models.io import default_model, load_reranker
-
-ARCHITECTURES = ("dot", "colbert", "pretts", "tk")
+from pyterrier_marginkd.quickstart import quickstart
+from pyterrier_marginkd.quickstart.recipe import ARCHITECTURES
+from pyterrier_marginkd.quickstart.run import DEPLOYED_FILE, VS_LABELS_FILE
 
 
-def make_student(architecture: str, model: str, layers: int, max_length: int):
-    """A fresh student of ``architecture`` started from ``model`` (seeded, so both trainings start alike)."""
-    torch.manual_seed(0)
-    if architecture == "dot":
-        return mkd.DotEncoder(model, pooling="mean", num_layers=layers, max_length=max_length)
-    if architecture == "colbert":
-        return mkd.ColBERT(model, num_layers=layers, max_length=max_length)
-    if architecture == "pretts":
-        return mkd.PreTT(model, num_layers=layers, max_length=max_length)
-    return mkd.TK(model, max_length=max_length)
+def architecture_rows(report: Path, collection: str, layers: int) -> pd.DataFrame:
+    """One row per architecture and training (distilled / labels only) of a quickstart report with every
+    architecture; a missing row is an error (a model left out of the table is a bug)."""
+    results = pd.read_csv(report / "results.csv").set_index("name")
+    versus = pd.read_csv(report / VS_LABELS_FILE).set_index("name")
+    deployed = pd.read_csv(report / DEPLOYED_FILE).set_index("name") if (report / DEPLOYED_FILE).exists() else None
+    rows = []
+    for architecture in ARCHITECTURES:
+        prefix = f"student {architecture} L{layers} ("
+        names = [n for n in results.index if n.startswith(prefix)]
+        twin = f"{prefix}labels only)"
+        distilled = [n for n in names if n != twin]
+        if twin not in names or len(distilled) != 1:
+            raise ValueError(f"{report}: expected {twin!r} and one distilled {architecture} L{layers} row, found "
+                             f"{names}; was the quickstart run with --architectures {' '.join(ARCHITECTURES)}?")
+        for training, name in (("distilled", distilled[0]), ("labels only", twin)):
+            row = results.loc[name]
+            int8 = None
+            if deployed is not None:
+                quantized = name[:-1] + ", int8)"
+                int8 = deployed.loc[quantized, "x teacher pairs/s"] if quantized in deployed.index else None
+            rows.append({"collection": collection, "architecture": architecture, "training": training,
+                         "row": name, "nDCG@10": row["nDCG@10"], "RR@10": row["RR@10"],
+                         "params (M)": row["params"] / 1e6, "pairs/s": row["pairs/s"],
+                         "int8 x teacher pairs/s": int8,
+                         "p vs twin (nDCG@10, Holm)": (versus.loc[name, "nDCG@10 p-value corrected"]
+                                                       if training == "distilled" else None)})
+    teacher = [n for n in results.index if n.startswith("teacher")]
+    for name in ["BM25", *teacher]:
+        rows.append({"collection": collection, "architecture": name.split(" (")[0], "training": "",
+                     "row": name, "nDCG@10": results.loc[name, "nDCG@10"], "RR@10": results.loc[name, "RR@10"],
+                     "pairs/s": results.loc[name, "pairs/s"]})
+    return pd.DataFrame(rows)
 
 
-def train(folder: Path, student, teacher, loss, fit_args, **settings):
-    """Fit once; a later run with the same settings reuses the saved student (and an interrupted fit resumes from
-    its checkpoint)."""
-    def fit(output_dir: Path) -> mkd.Distiller:
-        distiller = mkd.Distiller(student, teacher, loss=loss, output_dir=output_dir, verbose=True, **settings)
-        return distiller.fit(*fit_args)
-
-    # the teacher is named by teacher_id where it matters (its repr names the folder it was first built from)
-    recorded = {"student": repr(student), "loss": repr(loss), **settings}
-    return mkd.fit_once(folder, recorded, fit, verbose=True)
-
-
-def pairs_per_second(model, pairs: pd.DataFrame) -> float:
-    """Re-ranking throughput of ``model`` on ``pairs`` (query, text), after one warm-up batch."""
-    queries, texts = pairs["query"].tolist(), pairs[model.text_field].tolist()
-    model.score_pairs(queries[:model.batch_size], texts[:model.batch_size])
-    started = time.perf_counter()
-    model.score_pairs(queries, texts)
-    return len(pairs) / (time.perf_counter() - started)
+def paper_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """nDCG@10 of each architecture's distilled student and twin per collection and their mean, the distilled
+    student's gain over its twin, and p per collection."""
+    students = rows[rows["training"] != ""]
+    wide = students.pivot_table(index=["architecture", "training"], columns="collection", values="nDCG@10")
+    wide["mean"] = wide.mean(axis=1)
+    out = []
+    for architecture in ARCHITECTURES:
+        distilled, twin = wide.loc[(architecture, "distilled")], wide.loc[(architecture, "labels only")]
+        entry = {"architecture": architecture}
+        for collection in [c for c in wide.columns if c != "mean"]:
+            p = students[(students["architecture"] == architecture) & (students["collection"] == collection)
+                         & (students["training"] == "distilled")]["p vs twin (nDCG@10, Holm)"].iloc[0]
+            entry[collection] = f"{distilled[collection]:.3f} / {twin[collection]:.3f} (p {p:.2g})"
+        entry["mean: distilled / labels only"] = f"{distilled['mean']:.3f} / {twin['mean']:.3f}"
+        entry["gain"] = f"{distilled['mean'] - twin['mean']:+.3f}"
+        out.append(entry)
+    return pd.DataFrame(out)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=os.path.join(os.environ.get("MARGINKD_DATA", "../shared/data"), "cranfield"))
-    parser.add_argument("--model", default=default_model(), help="checkpoint the teacher and the students start from")
-    parser.add_argument("--teacher", default=None, help="saved teacher folder (default: train one into <output>)")
-    parser.add_argument("--architectures", default=",".join(ARCHITECTURES), help="comma-separated subset")
-    parser.add_argument("--output", default="runs/architectures")
-    parser.add_argument("--k-train", type=int, default=30, help="BM25 candidates per training query")
-    parser.add_argument("--k", type=int, default=50, help="BM25 candidates re-ranked at test time")
-    parser.add_argument("--student-layers", type=int, default=2)
-    parser.add_argument("--max-length", type=int, default=192)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--max-time", type=float, default=None, help="seconds of training per student at most")
-    parser.add_argument("--teacher-epochs", type=int, default=2)
-    parser.add_argument("--num-negatives", type=int, default=3)
-    parser.add_argument("--lr", type=float, default=1e-4, help="learning rate of the BERT-based students")
-    parser.add_argument("--tk-lr", type=float, default=1e-3, help="learning rate of TK")
-    parser.add_argument("--num-queries", type=int, default=None, help="train/test on the first N queries only")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", nargs="+", default=["../shared/data/cranfield", "../shared/data/vaswani"])
+    parser.add_argument("--output", default="runs/paper")
+    parser.add_argument("--student-layers", type=int, default=2, help="the size every architecture is trained at")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    architectures = [a.strip() for a in args.architectures.split(",")]
-    unknown = sorted(set(architectures) - set(ARCHITECTURES))
-    if unknown:
-        raise SystemExit(f"unknown architecture(s) {unknown}; choose from {list(ARCHITECTURES)}")
-
-    data = mkd.Collection(args.data)
     output = Path(args.output)
-    bm25 = data.bm25(output / f"{data.name}.pisa", num_results=max(args.k, args.k_train))
-    train_topics, test_topics = data.topics("train"), data.topics("test")
-    if args.num_queries:
-        train_topics, test_topics = train_topics.head(args.num_queries), test_topics.head(args.num_queries)
-    fit_args = ((bm25 % args.k_train >> data.get_text())(train_topics), data.qrels("train"))
-    common = dict(epochs=args.epochs, batch_size=8, num_negatives=args.num_negatives, seed=0, max_time=args.max_time)
-
-    if args.teacher:
-        teacher_path = Path(args.teacher)
-        teacher = load_reranker(str(teacher_path), max_length=args.max_length)
-    else:
-        teacher_path = output / "teacher" / "student"
-        torch.manual_seed(0)
-        teacher, _ = train(output / "teacher", mkd.CrossEncoder.from_pretrained(args.model, max_length=args.max_length),
-                           None, mkd.losses.RankNet(), fit_args, **{**common, "epochs": args.teacher_epochs,
-                                                                     "lr": 4e-5})
-    teacher_cache = dict(cache_dir=output / "teacher_cache", teacher_id=f"teacher:{teacher_path.resolve()}")
-
-    rerankers = {"teacher": teacher}
-    rows = []
-    for architecture in architectures:
-        lr = args.tk_lr if architecture == "tk" else args.lr
-        for training, loss, with_teacher in (("labels", mkd.losses.RankNet(), None),
-                                             ("Margin-MSE", mkd.losses.MarginMSE(), teacher)):
-            folder = output / f"{architecture}-{'marginmse' if with_teacher is not None else 'labels'}"
-            student = make_student(architecture, args.model, args.student_layers, args.max_length)
-            extra = teacher_cache if with_teacher is not None else {}
-            student, report = train(folder, student, with_teacher, loss, fit_args, **common, lr=lr, **extra)
-            name = f"{architecture} ({training})"
-            rerankers[name] = student
-            rows.append({"name": name, "architecture": type(student).__name__, "training": training,
-                         "parameters (M)": round(student.num_parameters() / 1e6, 1),
-                         "train s": round(report["train_seconds"], 1)})
-
-    test_pairs = (bm25 % args.k >> data.get_text())(test_topics)
-    sample = test_pairs.sample(n=min(len(test_pairs), 500), random_state=0)
-    speed = {name: pairs_per_second(model, sample) for name, model in rerankers.items()}
-    systems = [bm25 % args.k] + [bm25 % args.k >> data.get_text() >> model for model in rerankers.values()]
-    table = pt.Experiment(systems, test_topics, data.qrels("test"), [nDCG @ 10, RR @ 10, "mrt"],
-                          names=["BM25", *rerankers], round=4)
-    table = table.merge(pd.DataFrame(rows), on="name", how="left")
-    table["pairs/s"] = table["name"].map(speed).round(1)
-    table.loc[table["name"] == "teacher", "parameters (M)"] = round(teacher.num_parameters() / 1e6, 1)
-    cols = ["name", "nDCG@10", "RR@10", "parameters (M)", "pairs/s", "mrt", "train s"]
-    markdown = table[cols].to_markdown(index=False)
-    print(markdown)
-    (output / "architectures.md").write_text(
-        f"{data.name}: {len(train_topics)} train / {len(test_topics)} test queries, BM25 top-{args.k}, "
-        f"students on {args.student_layers} layers of {Path(args.model).name}, {args.epochs} epoch(s) "
-        f"(at most {args.max_time} s each), "
-        f"max_length {args.max_length}, {torch.get_num_threads()} thread(s)\n\n{markdown}\n")
-    table.to_csv(output / "architectures.csv", index=False)
+    frames = []
+    for data in args.data:
+        name = Path(str(data).rstrip("/")).name.replace("irds:", "").replace("/", "-")
+        quickstart(data, output / name, fast=True, student_layers=(args.student_layers,), seed=args.seed,
+                   architectures=ARCHITECTURES)
+        frames.append(architecture_rows(output / name / "report", name, args.student_layers))
+    rows = pd.concat(frames, ignore_index=True)
+    rows.to_csv(output / "architectures.csv", index=False)
+    table = paper_table(rows)
+    text = (f"Each architecture at {args.student_layers} layers: nDCG@10 distilled / labels only (p of the paired "
+            "t-test against the label-only twin, Holm per architecture), `--fast`, seed "
+            f"{args.seed}.\n\n{table.to_markdown(index=False)}\n\nEvery row (pairs/s as evaluated; int8 as deployed, "
+            f"a multiple of the teacher's pairs/s):\n\n{rows.round(4).to_markdown(index=False)}\n")
+    (output / "architectures.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":
