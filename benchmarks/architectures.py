@@ -11,6 +11,9 @@ t-test against the twin (Holm per architecture, from ``results_vs_labels.csv``).
 ``<output>/architectures.md`` and ``architectures.csv``.
 
     python benchmarks/architectures.py --data ../shared/data/cranfield ../shared/data/vaswani --output runs/paper
+
+``--reports NAME=FOLDER ...`` builds the table from reports that such runs already wrote (a quickstart ``report/``
+folder, or a copy of it under ``benchmarks/results/``), without training anything.
 """
 from __future__ import annotations
 
@@ -85,14 +88,26 @@ def main() -> None:
     parser.add_argument("--output", default="runs/paper")
     parser.add_argument("--student-layers", type=int, default=2, help="the size every architecture is trained at")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reports", nargs="+", metavar="NAME=FOLDER",
+                        help="build the table from these existing quickstart reports instead of running --data")
     args = parser.parse_args()
     output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
     frames = []
-    for data in args.data:
-        name = Path(str(data).rstrip("/")).name.replace("irds:", "").replace("/", "-")
-        quickstart(data, output / name, fast=True, student_layers=(args.student_layers,), seed=args.seed,
-                   architectures=ARCHITECTURES)
-        frames.append(architecture_rows(output / name / "report", name, args.student_layers))
+    if args.reports:
+        for entry in args.reports:
+            name, sep, folder = entry.partition("=")
+            if not sep or not name or not folder:
+                parser.error(f"--reports takes NAME=FOLDER entries, got {entry!r}")
+            if not (Path(folder) / "results.csv").is_file():
+                parser.error(f"--reports {entry!r}: {folder} holds no results.csv (a quickstart report folder)")
+            frames.append(architecture_rows(Path(folder), name, args.student_layers))
+    else:
+        for data in args.data:
+            name = Path(str(data).rstrip("/")).name.replace("irds:", "").replace("/", "-")
+            quickstart(data, output / name, fast=True, student_layers=(args.student_layers,), seed=args.seed,
+                       architectures=ARCHITECTURES)
+            frames.append(architecture_rows(output / name / "report", name, args.student_layers))
     rows = pd.concat(frames, ignore_index=True)
     rows.to_csv(output / "architectures.csv", index=False)
     table = paper_table(rows)

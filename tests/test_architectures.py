@@ -194,3 +194,39 @@ def test_short_margin_mse_fit_lowers_the_loss(name, tiny_bert_dir, cranfield_tra
     reloaded = mkd.load(tmp_path / "run" / "student")
     assert type(reloaded) is type(student)
     np.testing.assert_allclose(reloaded(res)["score"], student(res)["score"], rtol=1e-5, atol=1e-5)
+
+
+# --- benchmarks/architectures.py: the paper's table from quickstart reports -----------------------------------------
+def _architectures_script():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "architectures.py"
+    spec = importlib.util.spec_from_file_location("benchmark_architectures", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paper_table_from_a_committed_architectures_report(tmp_path):
+    import shutil
+    from pathlib import Path
+    script = _architectures_script()
+    report = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "quickstart-fast-architectures-cranfield"
+    rows = script.architecture_rows(report, "cranfield", 2)
+    students = rows[rows["training"] != ""]
+    assert len(students) == 2 * len(mkd.quickstart.recipe.ARCHITECTURES)
+    assert {"BM25"} <= set(rows["row"]) and any(rows["row"].str.startswith("teacher"))
+    results = pd.read_csv(report / "results.csv").set_index("name")
+    for _, row in students.iterrows():
+        assert row["nDCG@10"] == results.loc[row["row"], "nDCG@10"]
+    table = script.paper_table(rows)
+    assert list(table["architecture"]) == list(mkd.quickstart.recipe.ARCHITECTURES)
+    dot = table.set_index("architecture").loc["DotEncoder"]
+    distilled = results.loc["student DotEncoder L2 (KL)", "nDCG@10"]
+    assert dot["cranfield"].startswith(f"{distilled:.3f} / ")
+    # a report that lacks a row is refused, never tabulated without it
+    shutil.copytree(report, tmp_path / "report")
+    results.drop(index="student PreTT L2 (labels only)").reset_index().to_csv(tmp_path / "report" / "results.csv",
+                                                                                index=False)
+    with pytest.raises(ValueError, match="PreTT L2"):
+        script.architecture_rows(tmp_path / "report", "cranfield", 2)

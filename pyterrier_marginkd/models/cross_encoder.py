@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -13,6 +14,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from pyterrier_marginkd.models import io
 from pyterrier_marginkd.models.base import NeuralScorer
 from pyterrier_marginkd.models.fast_training import fast_training
+from pyterrier_marginkd.models.first_stage import FirstStageMix, FirstStageMixing
 from pyterrier_marginkd.models.hf import (
     TOKENIZER_FILES,
     TextTokenizer,
@@ -24,7 +26,7 @@ from pyterrier_marginkd.models.hf import (
 )
 
 
-class CrossEncoder(NeuralScorer):
+class CrossEncoder(FirstStageMixing, NeuralScorer):
     """BERT-CAT re-ranker: ``score = head([CLS] query [SEP] text [SEP])``; a teacher or a student.
 
     Loads any Hugging Face sequence-classification or plain encoder checkpoint as it is: a 1-output head scores with its
@@ -37,6 +39,11 @@ class CrossEncoder(NeuralScorer):
     logits; a 2-logit model keeps its head, recorded as ``"head": "two_logit"`` in marginkd.json). A folder saved by
     pyterrier-marginkd loads from safetensors only, and a missing, damaged or mismatched file is a ValueError naming it.
     A local path that does not exist is a FileNotFoundError naming it (it is not tried as a hub id).
+
+    ``first_stage="zscore"`` (or ``"minmax"``) mixes in the incoming first-stage score, normalised per query:
+    ``score = a * logit + b * normalised score``, ``a`` and ``b`` trained with the student (a new head then starts
+    from the first stage's ranking instead of a random one) and saved in marginkd.json; the Hugging Face files hold
+    the cross-encoder alone (its logits, without the mix).
     """
 
     ARCHITECTURE = "cross_encoder"
@@ -45,7 +52,8 @@ class CrossEncoder(NeuralScorer):
     def __init__(self, model_name: str | os.PathLike, *, num_layers: int | Sequence[int] | None = None,
                  max_length: int | None = None,
                  batch_size: int = 32, text_field: str = "text", verbose: bool = False,
-                 device: str | torch.device | None = None, quantize: str | None = None, **model_kwargs: Any):
+                 device: str | torch.device | None = None, quantize: str | None = None,
+                 first_stage: str | None = None, **model_kwargs: Any):
         super().__init__(batch_size=batch_size, text_field=text_field, verbose=verbose, device=device,
                          quantize=quantize)
         self.model_name = io.checked_name(model_name)
@@ -79,16 +87,42 @@ class CrossEncoder(NeuralScorer):
         if num_layers is not None:
             truncate_layers(self.model, num_layers)
         self.num_layers = num_layers
+        self._attach_first_stage(first_stage, saved)
         self.tokenizer = AutoTokenizer.from_pretrained(model_name, **model_kwargs)
         self._tok = TextTokenizer(self.tokenizer, self.max_length)
         self._use_token_types = "token_type_ids" in inspect.signature(self.model.forward).parameters
         self.model.to(self._device).eval()
         self._apply_saved_quantization()
 
+    def _attach_first_stage(self, first_stage: str | None, saved: dict[str, Any] | None) -> None:
+        saved_first_stage = (saved or {}).get("first_stage")
+        if saved_first_stage is not None and first_stage is not None and first_stage != saved_first_stage:
+            raise ValueError(f"{self.model_name!r} was saved with first_stage={saved_first_stage!r}; it cannot be "
+                             f"loaded with first_stage={first_stage!r}")
+        self.first_stage = first_stage if first_stage is not None else saved_first_stage
+        self._check_first_stage()
+        if self.first_stage is None:
+            return
+        self.model.interpolation = FirstStageMix()
+        weights = (saved or {}).get("first_stage_weights")
+        if saved_first_stage is not None:
+            if (not isinstance(weights, list) or len(weights) != 2
+                    or not all(isinstance(w, (int, float)) and math.isfinite(w) for w in weights)):
+                raise ValueError(f"{self.model_name!r}: {io.CONFIG_NAME} has first_stage={saved_first_stage!r} but "
+                                 f"first_stage_weights={weights!r} (two finite numbers expected); save the model "
+                                 "again")
+            self.set_first_stage_weights(*weights)
+
     def _save_files(self, folder: Path) -> None:
-        # a folder that transformers and sentence-transformers load to identical scores too
+        # a folder that transformers and sentence-transformers load to identical scores too: the first-stage mix
+        # (two numbers, in marginkd.json) stays out of the Hugging Face weights
         self.model.config.sentence_transformers = {"activation_fn": "torch.nn.modules.linear.Identity"}
-        self.model.save_pretrained(folder, safe_serialization=True)
+        mix = self.model._modules.pop("interpolation", None)
+        try:
+            self.model.save_pretrained(folder, safe_serialization=True)
+        finally:
+            if mix is not None:
+                self.model.interpolation = mix
         # sentence-transformers (>= 5) truncates a plain Hugging Face folder at the tokenizer's model_max_length
         limit, self.tokenizer.model_max_length = self.tokenizer.model_max_length, self.max_length
         try:
@@ -99,7 +133,9 @@ class CrossEncoder(NeuralScorer):
         (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": self.max_length}))
 
     def _config(self) -> dict[str, Any]:
-        return {"max_length": self.max_length, "head": self.head}
+        mix = ({"first_stage": self.first_stage, "first_stage_weights": list(self.model.interpolation.weights())}
+               if self.first_stage is not None else {})
+        return {"max_length": self.max_length, "head": self.head, **mix}
 
     def _prepare(self, queries: Sequence[str], texts: Sequence[str]) -> list:
         return self._tok.pairs(queries, texts)
@@ -133,6 +169,7 @@ class CrossEncoder(NeuralScorer):
 
     def __repr__(self) -> str:
         extra = f", num_layers={self.num_layers}" if self.num_layers is not None else ""
+        extra += f", first_stage={self.first_stage!r}" if self.first_stage is not None else ""
         extra += f", quantize={self._quantize!r}" if self._quantize is not None else ""
         return f"CrossEncoder({self.model_name!r}{extra})"
 

@@ -33,6 +33,8 @@ class ArchitectureRecipe:
     num_negatives: int  #: sampled negatives per positive in a group (the KL divergence is over the group)
     lr: float  #: learning rate of the encoder
     head_lr: float | None = None  #: learning rate of new heads and first-stage mixing weights (None: ``lr``)
+    #: normalisation of the BM25 score the student mixes into its own (None: the architecture cannot mix it in)
+    first_stage: str | None = "zscore"
 
     def __post_init__(self):
         if self.batch_size < 1 or self.num_negatives < 1 or not self.lr > 0:
@@ -47,7 +49,7 @@ ARCHITECTURE_RECIPES = {
     "CrossEncoder": ArchitectureRecipe(batch_size=4, num_negatives=3, lr=1e-4, head_lr=1e-3),
     "ColBERT": ArchitectureRecipe(batch_size=4, num_negatives=3, lr=1e-4, head_lr=1e-3),
     "PreTT": ArchitectureRecipe(batch_size=4, num_negatives=3, lr=1e-4, head_lr=1e-3),
-    "TK": ArchitectureRecipe(batch_size=4, num_negatives=3, lr=1e-3),
+    "TK": ArchitectureRecipe(batch_size=4, num_negatives=3, lr=1e-3, first_stage=None),
 }
 
 

@@ -332,14 +332,15 @@ def slug(name: str) -> str:
 def architecture_student(architecture: str, model: str, num_layers: int, kept: list[int],
                          scorer_kwargs: dict) -> NeuralScorer:
     """A fresh quickstart student of ``architecture`` started from ``model``: its ``kept`` layers (the DotEncoder's
-    choice, ``spread_layers``), mixing in the normalised first-stage score where the architecture can; TK: that many
-    layers of its own over the model's token embeddings."""
+    choice, ``spread_layers``), mixing in the normalised first-stage score as its ``ARCHITECTURE_RECIPES`` entry says
+    (CrossEncoder, ColBERT, PreTT); TK: that many layers of its own over the model's token embeddings."""
+    first_stage = ARCHITECTURE_RECIPES[architecture].first_stage if architecture in ARCHITECTURE_RECIPES else None
     if architecture == "CrossEncoder":
-        return CrossEncoder.from_pretrained(model, num_layers=kept, **scorer_kwargs)
+        return CrossEncoder.from_pretrained(model, num_layers=kept, first_stage=first_stage, **scorer_kwargs)
     if architecture == "ColBERT":
-        return ColBERT.from_pretrained(model, num_layers=kept, first_stage="zscore", **scorer_kwargs)
+        return ColBERT.from_pretrained(model, num_layers=kept, first_stage=first_stage, **scorer_kwargs)
     if architecture == "PreTT":
-        return PreTT.from_pretrained(model, num_layers=kept, first_stage="zscore", **scorer_kwargs)
+        return PreTT.from_pretrained(model, num_layers=kept, first_stage=first_stage, **scorer_kwargs)
     if architecture == "TK":
         return TK.from_pretrained(model, num_layers=num_layers, **scorer_kwargs)
     raise ValueError(f"no quickstart student of architecture {architecture!r}; choose from {list(ARCHITECTURES)}")

@@ -134,6 +134,8 @@ class Trainer:
                         fit_args[0]["qid"].astype(str).unique()))}
         if start is not None:  # where the weights start, when not the model of the identity
             settings["start"] = start
+        if architecture is not None:  # the architecture's own recipe (a first-stage mix changes the student)
+            settings["architecture"] = dataclasses.asdict(architecture)
         if align_texts:
             settings.update(align_steps=r.align_steps, align_texts=digest(list(align_texts)))
         self.folders[label] = folder
