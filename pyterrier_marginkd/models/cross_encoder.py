@@ -96,10 +96,9 @@ class CrossEncoder(FirstStageMixing, NeuralScorer):
 
     def _attach_first_stage(self, first_stage: str | None, saved: dict[str, Any] | None) -> None:
         saved_first_stage = (saved or {}).get("first_stage")
-        if saved_first_stage is not None and first_stage is not None and first_stage != saved_first_stage:
-            raise ValueError(f"{self.model_name!r} was saved with first_stage={saved_first_stage!r}; it cannot be "
-                             f"loaded with first_stage={first_stage!r}")
-        self.first_stage = first_stage if first_stage is not None else saved_first_stage
+        settings, _ = io.resolve_settings(self.model_name, self.ARCHITECTURE, {"first_stage": first_stage},
+                                          {"first_stage": None}, fixed=("first_stage",))
+        self.first_stage = settings["first_stage"]
         self._check_first_stage()
         if self.first_stage is None:
             return

@@ -31,7 +31,7 @@ class TwoSidedScorer(FirstStageMixing, NeuralScorer):
         return {name: getattr(self, name) for name in self.DEFAULTS}
 
     def _check_first_stage(self) -> None:
-        FirstStageMixing._check_first_stage(self)
+        super()._check_first_stage()
         if self.first_stage is not None and "first_stage" not in self.DEFAULTS:
             raise ValueError(f"{type(self).__name__} has no first-stage mixing; DotEncoder, ColBERT, PreTT and "
                              "CrossEncoder have")
