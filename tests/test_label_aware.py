@@ -53,9 +53,10 @@ def test_cross_fitted_scores_each_judged_query_out_of_fold():
     frame, _ = results(num_queries=4, per_query=2)
     members = [pt.apply.doc_score(lambda row: 10.0), pt.apply.doc_score(lambda row: 20.0),
                pt.apply.doc_score(lambda row: 60.0)]
+    # model i trained on every fold but i: a query of fold i is scored by model i alone, the one that never saw it
     folds = {"q0": 0, "q1": 1, "q2": 2}  # q3 is in no fold: a query none of the models trained on
     scored = mkd.CrossFitted(members, folds)(frame).set_index(["qid", "docno"])["score"]
-    assert scored["q0", "d0"] == 40.0 and scored["q1", "d1"] == 35.0 and scored["q2", "d0"] == 15.0
+    assert scored["q0", "d0"] == 10.0 and scored["q1", "d1"] == 20.0 and scored["q2", "d0"] == 60.0
     assert scored["q3", "d0"] == 30.0
     with pytest.raises(ValueError, match="at least 2 fold models"):
         mkd.CrossFitted(members[:1], {})
@@ -79,11 +80,33 @@ def test_choose_teacher_takes_the_label_aware_fusion_only_when_it_is_clearly_bet
     chosen, report = mkd.choose_teacher(zero_shot, tuned, frame.assign(qid="v" + frame["qid"]),
                                         qrels.assign(qid="v" + qrels["qid"]), fit_res=train, fit_qrels=train_qrels)
     assert report["chosen"] == "label-aware" and "out-of-fold" in report["label_aware"]
+    assert report["validation_queries"] == 32  # chosen over the out-of-fold and the validation queries together
     # a teacher cache key tells fold assignments apart: other folds are another teacher
     other = mkd.CrossFitted(tuned.members, {q: 1 - f for q, f in folds.items()})
     assert describe(mkd.Ensemble([tuned])) != describe(mkd.Ensemble([other]))
     with pytest.raises(ValueError, match="fitted zero-shot fusion"):
         mkd.choose_teacher(mkd.Ensemble([FirstStageScore()], normalize="zscore"), useless, frame, qrels)
+
+
+def test_out_of_fold_scores_choose_where_a_few_validation_queries_cannot():
+    """Three validation queries cannot show a modest gain beyond one standard error; the 40 out-of-fold queries can."""
+    valid, valid_qrels = results(num_queries=3, seed=7)
+    train, train_qrels = results(num_queries=40, seed=8)
+    train = train.assign(qid="t" + train["qid"])
+    train_qrels = train_qrels.assign(qid="t" + train_qrels["qid"])
+    zero_shot = mkd.Ensemble([FirstStageScore(), oracle(noise=2.0, seed=3)], normalize="zscore").fit(train, train_qrels)
+    weights = list(zero_shot.weights)
+    folds = {q: i % 2 for i, q in enumerate(sorted(set(train["qid"])))}
+    tuned = mkd.CrossFitted([oracle(noise=1.0, seed=4), oracle(noise=1.0, seed=5)], folds)
+    _, on_validation = mkd.choose_teacher(zero_shot, tuned, valid, valid_qrels)
+    assert on_validation["chosen"] == "zero-shot" and on_validation["validation_queries"] == 3
+    chosen, everywhere = mkd.choose_teacher(zero_shot, tuned, valid, valid_qrels, fit_res=train, fit_qrels=train_qrels)
+    assert everywhere["chosen"] == "label-aware" and everywhere["validation_queries"] == 43
+    assert everywhere["gain"] > everywhere["gain_standard_error"] and len(chosen.members) == 3
+    assert zero_shot.weights == weights  # cross-validating the zero-shot fusion left its weights as they were
+    with pytest.raises(ValueError, match="share 3 queries"):
+        mkd.choose_teacher(zero_shot, tuned, valid, valid_qrels, fit_res=pd.concat([train, valid]),
+                           fit_qrels=train_qrels)
 
 
 def test_hard_labels_reach_only_the_judged_groups(tiny_bert_dir, cranfield_train, tmp_path):

@@ -15,8 +15,9 @@ from pyterrier_marginkd.models.ensemble import reads_first_stage
 class CrossFitted(pt.Transformer):
     """Scores with ``K`` fold models: model ``i`` trained on every judged query but those of fold ``i``.
 
-    A query of fold ``i`` (``folds[qid] == i``) is scored by the mean of the other models, which never saw it; any
-    other query (validation, test, pseudo-queries) by the mean of all ``K``. As an :class:`Ensemble` member it gives
+    A query of fold ``i`` (``folds[qid] == i``) is scored by model ``i`` alone, the one model that never saw it (every
+    other model trained on fold ``i``); any other query (validation, test, pseudo-queries) by the mean of all ``K``.
+    As an :class:`Ensemble` member it gives
     out-of-fold scores for the training queries, so fusion weights can be fitted on them and students that learn its
     scores on those queries learn what it predicts rather than the labels it memorised.
     """
@@ -38,7 +39,8 @@ class CrossFitted(pt.Transformer):
         return next((getattr(m, "first_stage", None) for m in self.members if reads_first_stage(m)), None)
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
-        """The input rows with the (out-of-fold) mean of the fold models' scores and fresh ranks."""
+        """The input rows with fresh ranks and their out-of-fold scores: model ``i``'s for the queries of fold ``i``,
+        the mean of every model's for the queries in no fold."""
         columns = ["qid", "query", "docno", *(["score"] if self.first_stage is not None else [])]
         pt.validate.columns(inp, includes=columns, context=self)
         check_id_columns(inp)
@@ -46,7 +48,7 @@ class CrossFitted(pt.Transformer):
         fold = base["qid"].astype(str).map(self.folds).fillna(-1).astype(int).to_numpy()
         total, count = np.zeros(len(base)), np.zeros(len(base))
         for i, member in enumerate(self.members):
-            rows = np.flatnonzero(fold != i)
+            rows = np.flatnonzero((fold == i) | (fold == -1))  # its held-out fold, and the queries in none
             if len(rows) == 0:
                 continue
             scored = member(base.iloc[rows])

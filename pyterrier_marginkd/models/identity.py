@@ -23,7 +23,10 @@ def describe(teacher: pt.Transformer) -> str:
         return f"Ensemble([{members}], weights={teacher.weights}, normalize={teacher.normalize!r})"
     if isinstance(teacher, CrossFitted):
         folds = hashlib.sha256(repr(sorted(teacher.folds.items())).encode()).hexdigest()[:16]
-        return f"CrossFitted([{', '.join(describe(m) for m in teacher.members)}], folds={folds})"
+        # "held-out": a fold's queries scored by the model trained without them (caches written before that fix,
+        # which scored them by the other models, have another key)
+        return (f"CrossFitted([{', '.join(describe(m) for m in teacher.members)}], folds={folds}, "
+                f"scored_by=held-out)")
     if isinstance(teacher, NeuralScorer):
         digest = hashlib.sha256()
         with teacher._fp32_model():  # an int8 model's weights as the fp32 ones it saves

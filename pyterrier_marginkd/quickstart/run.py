@@ -171,7 +171,10 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
             fused, choice = choose_once(
             output / "teacher" / TEACHER_FILE,
                 {**identity, "teachers": teachers, "zero_shot_weights": zero_shot.weights, "tuned": describe(tuned),
-                 "valid_qids": digest(sorted(valid_topics["qid"].astype(str)))}, zero_shot, tuned,
+                 "valid_qids": digest(sorted(valid_topics["qid"].astype(str))),
+                 # cross-fitted members are chosen over every judged query (out-of-fold), one model on validation
+                 "chosen_on": "fitting and validation queries, cross-validated" if folds > 1 else "validation"},
+                zero_shot, tuned,
                 lambda: choose_teacher(zero_shot, tuned, valid_res, train_qrels, seed=seed, **out_of_fold), verbose)
         if choice["chosen"] == "label-aware":
             teacher_name = f"teacher BM25 + {member_names} + fine-tuned L{depth} (labels)"

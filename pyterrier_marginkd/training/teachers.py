@@ -52,15 +52,17 @@ def choose_teacher(zero_shot: Ensemble, tuned: pt.Transformer, valid_res: pd.Dat
     or the label-aware fusion of its members and ``tuned``, a scorer fine-tuned on the judged training queries.
 
     With ``fit_res``/``fit_qrels``, ``tuned`` gives out-of-fold scores of those queries (a
-    :class:`~pyterrier_marginkd.models.crossfit.CrossFitted` scorer): the label-aware weights are fitted on them and
-    both teachers are measured on the validation queries as they are. Without, ``tuned`` has seen the training
-    queries, so the label-aware weights are fitted on the validation queries, and its validation nDCG@10 for the
-    choice is cross-validated (weights fitted on one half, measured on the other).
+    :class:`~pyterrier_marginkd.models.crossfit.CrossFitted` scorer), so every judged query — the fitting queries and
+    the validation queries alike — is one it never trained on: both fusions are measured on all of them with weights
+    cross-validated over them (fitted on one half, measured on the other, the same halves for both), and the
+    label-aware weights are then fitted on all of them. A few dozen validation queries cannot tell two teachers apart;
+    all the judged queries can. Without, ``tuned`` has seen the training queries, so the label-aware weights are
+    fitted on the validation queries, and its validation nDCG@10 for the choice is cross-validated there.
 
     The label-aware teacher is chosen only when it is clearly better: its mean gain over the zero-shot fusion must
     exceed one standard error of the per-query gains (the one-standard-error rule of :meth:`Ensemble.fit`), so that
-    a few validation queries cannot swap a teacher its students learn well for one that only looks better. Returns
-    the chosen Ensemble and a report of both estimates and the choice.
+    a few queries cannot swap a teacher its students learn well for one that only looks better. Returns the chosen
+    Ensemble and a report of both estimates and the choice.
     """
     if zero_shot.weights is None:
         raise ValueError("choose_teacher needs a fitted zero-shot fusion (call zero_shot.fit(results, qrels) first)")
@@ -68,12 +70,22 @@ def choose_teacher(zero_shot: Ensemble, tuned: pt.Transformer, valid_res: pd.Dat
         raise ValueError("give both fit_res and fit_qrels (out-of-fold scores to fit the weights on), or neither")
     valid_qrels = validate_qrels(valid_qrels)
     aware = Ensemble([*zero_shot.members, tuned], normalize=zero_shot.normalize)
-    zero_shot_ndcg = per_query_ndcg10(zero_shot.transform(valid_res), valid_qrels)
     if fit_res is not None:
-        aware.fit(fit_res, fit_qrels)
-        aware_ndcg = per_query_ndcg10(aware.transform(valid_res), valid_qrels)
-        how = "weights fitted on out-of-fold scores of the training queries"
+        shared = set(fit_res["qid"].astype(str)) & set(valid_res["qid"].astype(str))
+        if shared:
+            raise ValueError(f"fit_res and valid_res share {len(shared)} queries (e.g. {sorted(shared)[:3]}): the "
+                             "out-of-fold and the validation queries must be different queries")
+        judged_res = pd.concat([fit_res, valid_res], ignore_index=True)
+        judged_qrels = pd.concat([validate_qrels(fit_qrels), valid_qrels], ignore_index=True).drop_duplicates(
+            ["qid", "docno"])
+        # the same halves for both fusions (same seed): a paired comparison
+        zero_shot_ndcg = cross_validated_ndcg(zero_shot, judged_res, judged_qrels, seed=seed)
+        aware_ndcg = cross_validated_ndcg(aware, judged_res, judged_qrels, seed=seed)
+        aware.fit(judged_res, judged_qrels)
+        how = ("out-of-fold scores of the fitting queries and the validation queries: both fusions cross-validated "
+               "over all of them, the label-aware weights fitted on them")
     else:
+        zero_shot_ndcg = per_query_ndcg10(zero_shot.transform(valid_res), valid_qrels)
         aware_ndcg = cross_validated_ndcg(aware, valid_res, valid_qrels, seed=seed)
         aware.fit(valid_res, valid_qrels)
         how = "weights fitted on the validation queries; its validation nDCG@10 cross-validated"
