@@ -99,14 +99,7 @@ def train_ours(folder: Path, groups: list[dict[str, Any]], args: argparse.Namesp
                               num_negatives=args.num_negatives, lr=args.lr, warmup_ratio=0.1, weight_decay=0.01,
                               max_grad_norm=1.0, max_steps=args.warmup + args.steps, save_steps=10**6,
                               teacher_scale=None, seed=0, output_dir=work / "ours")
-    step = distiller._step
-
-    def timed_step(*a, **kw):
-        loss = step(*a, **kw)
-        clock.tick()
-        return loss
-
-    distiller._step = timed_step
+    timed_steps(clock)
     if args.num_negatives == 1:
         path = work / "scores.text.tsv"
         with open(path, "w", encoding="utf8") as out:
@@ -117,6 +110,20 @@ def train_ours(folder: Path, groups: list[dict[str, Any]], args: argparse.Namesp
     source = InMemoryGroups([Group(qid=str(i), query=g["query"], docnos=[f"{i}-{j}" for j in range(len(g["texts"]))],
                                    texts=g["texts"], labels=None, teacher=g["scores"]) for i, g in enumerate(groups)])
     distiller.fit_groups(source)
+
+
+def timed_steps(clock: StepClock) -> None:
+    """Tick ``clock`` at the end of every optimizer step of the Distiller's training loop."""
+    from pyterrier_marginkd.training import run
+
+    step = run.optimizer_step
+
+    def timed_step(*a, **kw):
+        loss = step(*a, **kw)
+        clock.tick()
+        return loss
+
+    run.optimizer_step = timed_step
 
 
 class InMemoryGroups:

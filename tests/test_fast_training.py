@@ -3,6 +3,7 @@ tensor — the same function and gradients as the model's own forward pass given
 keeps freed activations between steps."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import subprocess
@@ -171,3 +172,66 @@ def test_distiller_keeps_freed_memory_only_without_gradient_checkpointing(tiny_c
         mkd.Distiller(tiny_ce, loss=mkd.losses.RankNet(), max_steps=1, batch_size=2, output_dir=tmp_path / str(
             checkpointing), gradient_checkpointing=checkpointing).fit(small_results, qrels)
         assert entered == expected
+
+
+def _student(kind: str, folder):
+    import pyterrier_marginkd as mkd
+
+    torch.manual_seed(0)
+    if kind == "DotEncoder":
+        return mkd.DotEncoder.from_pretrained(folder, max_length=64, pooling="mean")
+    if kind == "ColBERT":
+        return mkd.ColBERT.from_pretrained(folder, max_length=64, dim=16)
+    return mkd.PreTT.from_pretrained(folder, max_length=64, num_separate_layers=1, first_stage="zscore")
+
+
+@pytest.mark.parametrize("kind", ["DotEncoder", "ColBERT", "PreTT"])
+def test_encoder_students_train_through_the_fast_path_with_their_own_function(kind, tiny_bert_dir, small_results,
+                                                                              monkeypatch):
+    """DotEncoder, ColBERT and PreTT training passes run fast_training: the same scores and gradients as the eager
+    Hugging Face forward pass drawing the same dropout masks in the same order."""
+    from pyterrier_marginkd.models import two_sided
+
+    student = _student(kind, tiny_bert_dir)
+    queries, texts = small_results["query"].tolist(), small_results["text"].tolist()
+    first_stage = [3.0, 2.0, 1.0, 1.0, 2.0, 3.0]
+    encoder = student.model.encoder
+    assert all(m.p > 0 for m in encoder.modules() if isinstance(m, torch.nn.Dropout))
+    student.model.train()
+    entered = []
+    real = two_sided.fast_training
+
+    def counting(model):
+        entered.append(model)
+        return real(model)
+
+    with monkeypatch.context() as patch:  # the reference: eager attention, torch's dropout given our masks
+        patch.setattr(two_sided, "fast_training", lambda model: contextlib.nullcontext())
+        patch.setattr(torch.nn.functional, "dropout",
+                      lambda x, p=0.5, training=True, inplace=False: fast_training._Dropout.apply(x, p)
+                      if training and p > 0 else x)
+        encoder.set_attn_implementation("eager")
+        torch.manual_seed(3)
+        expected = student.train_scores(queries, texts, first_stage=first_stage)
+        expected.sum().backward()
+    expected_grads = _grads(student.model)
+    student.model.zero_grad()
+    encoder.set_attn_implementation("sdpa")
+    monkeypatch.setattr(two_sided, "fast_training", counting)
+    torch.manual_seed(3)
+    got = student.train_scores(queries, texts, first_stage=first_stage)
+    got.sum().backward()
+    assert entered == [student.model]  # one training pass, through the fast path
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert expected_grads and set(_grads(student.model)) == set(expected_grads)
+    for name, grad in _grads(student.model).items():
+        # summed over many tokens: a few embedding rows differ in float rounding (ColBERT: 3e-6)
+        torch.testing.assert_close(grad, expected_grads[name], rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+    assert not any("forward" in vars(m) for m in student.model.modules())  # every patch undone
+    torch.manual_seed(4)
+    assert not torch.allclose(student.train_scores(queries, texts, first_stage=first_stage), got)  # dropout is on
+    with torch.no_grad():  # scoring never takes the training path
+        entered.clear()
+        student.model.eval()
+        student.train_scores(queries, texts, first_stage=first_stage)
+        assert entered == []

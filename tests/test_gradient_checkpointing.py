@@ -9,7 +9,7 @@ import torch
 from conftest import CountingTeacher
 
 import pyterrier_marginkd as mkd
-from pyterrier_marginkd.models import cross_encoder
+from pyterrier_marginkd.models import cross_encoder, two_sided
 from pyterrier_marginkd.models.hf import layer_list
 from pyterrier_marginkd.training.checkpoints import checkpointable_models
 
@@ -42,9 +42,10 @@ def _fit(make_student, path, small_results, folder, checkpointing: bool):
 @pytest.mark.parametrize("name", list(STUDENTS))
 def test_gradient_checkpointing_recomputes_and_trains_to_the_same_weights(name, tiny_bert_dir, small_results,
                                                                           tmp_path, monkeypatch):
-    # the cross-encoder's CPU shortcuts (models/fast_training.py: other dropout masks; the last layer's first token
-    # only: smaller masks) are off under checkpointing; off in the plain run too, both draw torch's masks
+    # the students' CPU shortcuts (models/fast_training.py: other dropout masks; the cross-encoder's last layer's
+    # first token only: smaller masks) are off under checkpointing; off in the plain run too, both draw torch's masks
     monkeypatch.setattr(cross_encoder, "fast_training", lambda model: contextlib.nullcontext())
+    monkeypatch.setattr(two_sided, "fast_training", lambda model: contextlib.nullcontext())
     monkeypatch.setattr(cross_encoder, "first_token_only", lambda model: contextlib.nullcontext())
     plain, plain_runs = _fit(STUDENTS[name], tiny_bert_dir, small_results, tmp_path / "plain", False)
     saved, saved_runs = _fit(STUDENTS[name], tiny_bert_dir, small_results, tmp_path / "checkpointed", True)

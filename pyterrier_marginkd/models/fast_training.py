@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 #: below this many elements one stream fills the mask (threads would cost more than they save)
 _PARALLEL_FROM = 2**18
@@ -131,11 +132,18 @@ def is_bert_self_attention(module: nn.Module) -> bool:
 
 
 def _bert_attentions(model: nn.Module) -> list[nn.Module]:
-    config = getattr(model, "config", None)
-    if getattr(config, "model_type", None) not in BERT_LIKE or getattr(config, "is_decoder", False) \
-            or getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
-        return []
-    return [m for m in model.modules() if is_bert_self_attention(m)]
+    """The BERT-like self-attentions of ``model``'s Hugging Face models (``model`` itself or any inside it: the
+    encoder of a student's scoring module) that run the standard attention."""
+    found: dict[int, nn.Module] = {}
+    for sub in model.modules():
+        if not isinstance(sub, PreTrainedModel):
+            continue
+        config = sub.config
+        if getattr(config, "model_type", None) not in BERT_LIKE or getattr(config, "is_decoder", False) \
+                or getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
+            continue
+        found.update((id(m), m) for m in sub.modules() if is_bert_self_attention(m))
+    return list(found.values())
 
 
 def recomputes_layers(model: nn.Module) -> bool:
@@ -149,8 +157,9 @@ def recomputes_layers(model: nn.Module) -> bool:
 def fast_training(model: nn.Module) -> Iterator[None]:
     """While entered, ``model``'s dropout draws its masks with :func:`dropped` (CPU tensors) and its BERT-like
     self-attention runs :func:`self_attention`: scores and gradients are the model's own function. A no-op under
-    gradient checkpointing, which recomputes layers in the backward pass, outside this context (other masks)."""
-    if recomputes_layers(model):
+    gradient checkpointing of ``model`` or of any model inside it, which recomputes layers in the backward pass,
+    outside this context (other masks)."""
+    if any(recomputes_layers(m) for m in model.modules()):
         yield
         return
     patched: list[nn.Module] = []

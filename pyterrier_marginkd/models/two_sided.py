@@ -2,6 +2,7 @@
 settings, repr; and for those built on a Hugging Face encoder, loading and saving."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import os
@@ -14,6 +15,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 
 from pyterrier_marginkd.models import io
 from pyterrier_marginkd.models.base import NeuralScorer
+from pyterrier_marginkd.models.fast_training import fast_training
 from pyterrier_marginkd.models.first_stage import FirstStageMix, FirstStageMixing
 from pyterrier_marginkd.models.hf import TOKENIZER_FILES, TextTokenizer, load_hf_model, pad, truncate_layers
 
@@ -69,7 +71,22 @@ class EncoderStudent(TwoSidedScorer):
     """Base of the students on a Hugging Face encoder: ``self.model`` is an ``nn.Module`` whose child ``encoder``
     (and any other ``PreTrainedModel`` child) is saved as a Hugging Face model, its other weights in
     ``marginkd.safetensors``, the ``DEFAULTS`` settings (which shape the weights) in ``marginkd.json``.
+
+    Training passes run the CPU shortcuts of :mod:`~pyterrier_marginkd.models.fast_training` (parallel dropout
+    masks, BERT self-attention without a noise tensor): the scores and gradients of the model's own forward pass
+    given the same masks.
     """
+
+    def training_pass(self) -> contextlib.AbstractContextManager:
+        """The context of a training forward pass: :func:`fast_training` while the model trains with gradients,
+        nothing otherwise."""
+        if self.model.training and torch.is_grad_enabled():
+            return fast_training(self.model)
+        return contextlib.nullcontext()
+
+    def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with self.training_pass():
+            return self.model(batch)
 
     def _load_encoder(self, model_name: str | os.PathLike, *, num_layers: int | Sequence[int] | None,
                       max_length: int | None,
