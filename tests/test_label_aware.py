@@ -25,9 +25,11 @@ def results(num_queries: int = 12, per_query: int = 6, seed: int = 0) -> tuple[p
 
 
 def oracle(strength: float = 1.0, noise: float = 0.0, seed: int = 1) -> pt.Transformer:
-    """A scorer that knows the qrels (documents d0 and d1 are relevant), plus noise."""
-    rng = np.random.default_rng(seed)
-    return pt.apply.doc_score(lambda row: strength * (row["docno"] in ("d0", "d1")) + noise * float(rng.normal()))
+    """A scorer that knows the qrels (documents d0 and d1 are relevant), plus noise fixed per (seed, query, doc)."""
+    def score(row) -> float:
+        rng = np.random.default_rng([seed, *(ord(c) for c in f"{row['qid']}/{row['docno']}")])
+        return strength * (row["docno"] in ("d0", "d1")) + noise * float(rng.normal())
+    return pt.apply.doc_score(score)
 
 
 def test_a_student_mixing_the_first_stage_is_a_fusion_member(tiny_bert_dir, small_results, tmp_path):
@@ -91,6 +93,7 @@ def test_choose_teacher_takes_the_label_aware_fusion_only_when_it_is_clearly_bet
 def test_out_of_fold_scores_choose_where_a_few_validation_queries_cannot():
     """Three validation queries cannot show a modest gain beyond one standard error; the 40 out-of-fold queries can."""
     valid, valid_qrels = results(num_queries=3, seed=7)
+    valid, valid_qrels = valid.assign(qid="e" + valid["qid"]), valid_qrels.assign(qid="e" + valid_qrels["qid"])
     train, train_qrels = results(num_queries=40, seed=8)
     train = train.assign(qid="t" + train["qid"])
     train_qrels = train_qrels.assign(qid="t" + train_qrels["qid"])
@@ -99,11 +102,23 @@ def test_out_of_fold_scores_choose_where_a_few_validation_queries_cannot():
     folds = {q: i % 2 for i, q in enumerate(sorted(set(train["qid"])))}
     tuned = mkd.CrossFitted([oracle(noise=1.0, seed=4), oracle(noise=1.0, seed=5)], folds)
     _, on_validation = mkd.choose_teacher(zero_shot, tuned, valid, valid_qrels)
+    # a gain on the 3 validation queries, but within one standard error of none
     assert on_validation["chosen"] == "zero-shot" and on_validation["validation_queries"] == 3
+    assert 0 < on_validation["gain"] < on_validation["gain_standard_error"]
     chosen, everywhere = mkd.choose_teacher(zero_shot, tuned, valid, valid_qrels, fit_res=train, fit_qrels=train_qrels)
     assert everywhere["chosen"] == "label-aware" and everywhere["validation_queries"] == 43
     assert everywhere["gain"] > everywhere["gain_standard_error"] and len(chosen.members) == 3
     assert zero_shot.weights == weights  # cross-validating the zero-shot fusion left its weights as they were
+    # fold models to choose, the model trained on every fitting query to teach (weights from the validation queries)
+    full = oracle(noise=0.5, seed=6)
+    chosen, refit = mkd.choose_teacher(zero_shot, full, valid, valid_qrels, fit_res=train, fit_qrels=train_qrels,
+                                       out_of_fold=tuned)
+    assert (refit["chosen"], refit["gain"], refit["validation_queries"]) == ("label-aware", everywhere["gain"], 43)
+    assert chosen.members[2] is full and "validation queries" in refit["label_aware"]
+    fitted = mkd.Ensemble([*zero_shot.members, full], normalize="zscore").fit(valid, valid_qrels)
+    assert chosen.weights == fitted.weights
+    with pytest.raises(ValueError, match="out_of_fold needs fit_res"):
+        mkd.choose_teacher(zero_shot, full, valid, valid_qrels, out_of_fold=tuned)
     with pytest.raises(ValueError, match="share 3 queries"):
         mkd.choose_teacher(zero_shot, tuned, valid, valid_qrels, fit_res=pd.concat([train, valid]),
                            fit_qrels=train_qrels)

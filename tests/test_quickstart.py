@@ -43,7 +43,12 @@ def test_fresh_run_then_a_second_run_reuses_every_model(cranfield, tiny_bert_dir
     assert table_rows(output) == expected
     choice = json.loads((output / "teacher" / TEACHER_FILE).read_text())["choice"]
     assert choice["chosen"] in ("zero-shot", "label-aware") and len(choice["label_aware_weights"]) == 3
-    assert f"teacher: {choice['chosen']} (validation nDCG@10 on" in printed
+    # chosen on every judged train query (8 fitting, scored out of fold by 3 fold models, and 2 validation ones)
+    assert f"teacher: {choice['chosen']} (nDCG@10 on 10 judged queries" in printed
+    assert choice["validation_queries"] == 10 and "out-of-fold" in choice["label_aware"]
+    for fold in (1, 2, 3):
+        done = json.loads((output / f"teacher-tuned-fold{fold}of3" / "done.json").read_text())
+        assert done["settings"]["steps"] == 50 and done["report"]["queries"] < 8  # trained without its fold
     assert all(name in printed for name in expected) and "quickstart finished" in printed
     assert "pseudo-queries (titles of documents)" in printed
     assert (output / "report" / PLOT_FILE).read_bytes().startswith(b"\x89PNG")
@@ -55,7 +60,7 @@ def test_fresh_run_then_a_second_run_reuses_every_model(cranfield, tiny_bert_dir
     assert "The students as deployed (int8" in (output / "report" / TABLE_FILE).read_text()
     timings = pd.read_csv(output / "report" / TIMINGS_FILE).set_index("stage")["seconds"]
     stages = ["BM25 index and candidates", "zero-shot teacher (fusion weights)",
-              "label-aware teacher: fine-tuned member", "label-aware teacher: choice on validation",
+              "label-aware teacher: fine-tuned member", "label-aware teacher: choice",
               "pseudo-queries and their candidates", "student L1 (KL)", "student L1 (labels only)",
               "test candidates and their document vectors", "evaluation", "students as deployed (int8)"]
     assert list(timings.index) == [*stages, "other", "total"] and (timings > 0).all()
@@ -80,7 +85,8 @@ def test_fresh_run_then_a_second_run_reuses_every_model(cranfield, tiny_bert_dir
     monkeypatch.setattr(mkd.Ensemble, "fit", no_training)
     run(cranfield.path, tiny_bert_dir, output)
     printed = capsys.readouterr().out
-    assert printed.count("reusing") == 5 and "training in" not in printed  # fusion, member, choice, 2 students
+    # fusion, member, 3 fold models, choice, 2 students
+    assert printed.count("reusing") == 8 and "training in" not in printed
     assert table_rows(output) == expected
     effectiveness = ["name", "nDCG@10", "RR@10", "AP@100"]
     pd.testing.assert_frame_equal(first[effectiveness], pd.read_csv(output / "report" / CSV_FILE)[effectiveness])
@@ -135,7 +141,7 @@ def test_recipes_and_offline_hint(cranfield):
     assert Recipe.preset(True, align_weight=0.5, align_steps=100).folder_suffix() == "-align0.5-alignfirst100"
     with pytest.raises(ValueError, match="align_steps must be a whole number >= 0"):
         Recipe.preset(True, align_steps=-1)
-    with pytest.raises(ValueError, match="teacher_folds and teacher_steps must be >= 1"):
+    with pytest.raises(ValueError, match="teacher_folds, teacher_steps and teacher_fold_steps must be >= 1"):
         Recipe.preset(True, teacher_folds=0)
     with pytest.raises(ValueError, match="num_negatives must be between 1 and k - 1 = 49"):
         Recipe.preset(True, num_negatives=50)

@@ -200,10 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "students' weights start when the label-aware teacher is chosen: the layers of its fine-tuned "
                        "member, or of the zero-shot model (the label-only student always starts from the model)"
                        + recipe)
-    quick.add_argument("--teacher-folds", type=int, default=None, help="folds of the judged queries for the "
-                       "teacher's fine-tuned member (one model per fold; 1: one model)" + recipe)
-    quick.add_argument("--teacher-steps", type=int, default=None, help="optimizer steps of each of the teacher's "
-                       "fold models" + recipe)
+    quick.add_argument("--teacher-folds", type=int, default=None, help="folds of the fitting queries to choose the "
+                       "teacher on: fold models score every judged query out of fold (1: choose on the validation "
+                       "queries alone)" + recipe)
+    quick.add_argument("--teacher-steps", type=int, default=None, help="optimizer steps of the teacher's "
+                       "fine-tuned member" + recipe)
+    quick.add_argument("--teacher-fold-steps", type=int, default=None, help="optimizer steps of each fold model "
+                       "of the choice" + recipe)
     quick.add_argument("--seed", type=int, default=0, help="seed of samples and training")
     quick.set_defaults(func=cmd_quickstart)
     return parser

@@ -248,7 +248,8 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
     overrides = {name: getattr(args, name) for name in ("train_queries", "test_queries", "k", "max_length",
                                                          "pseudo_queries", "student_steps", "student_time",
                                                          "student_loss", "label_weight", "teacher_folds",
-                                                         "teacher_steps", "align_weight", "align_steps")}
+                                                         "teacher_steps", "teacher_fold_steps", "align_weight",
+                                                         "align_steps")}
     if args.zero_shot_teacher:
         overrides["teacher_labels"] = False
     if args.students_start is not None:

@@ -89,11 +89,13 @@ class Recipe:
     #: fine-tune the whole model on the judged queries as a third fusion member (the label-aware teacher, kept
     #: when it beats the zero-shot fusion on the validation queries)
     teacher_labels: bool = True
-    #: folds of the fitting queries for the fine-tuned member: 1, one model on all of them (fusion weights fitted on
-    #: the validation queries); K > 1, one model per fold trained without it (out-of-fold scores of the judged
-    #: queries, weights fitted on them)
-    teacher_folds: int = 1
-    teacher_steps: int = 150  #: optimizer steps of the teacher's fine-tuned member (of each fold model)
+    #: folds of the fitting queries to choose the teacher on: K > 1, K fold models (each trained without its fold)
+    #: score every judged query out of fold, and the label-aware fusion is kept when it beats the zero-shot one over
+    #: all of them; 1, the choice rests on the validation queries alone. Either way the teacher's member is the
+    #: model fine-tuned on all the fitting queries, its fusion weights fitted on the validation queries
+    teacher_folds: int = 3
+    teacher_steps: int = 150  #: optimizer steps of the teacher's fine-tuned member
+    teacher_fold_steps: int = 50  #: optimizer steps of each fold model (they only measure; their best came early)
     #: weight of the hard-label term (RankNet on judged queries only) beside distillation (0: distillation alone)
     label_weight: float = 0.0
     #: weight of the alignment term (each batch's query vectors against the full model's, QueryAlignment) beside
@@ -117,9 +119,9 @@ class Recipe:
         if self.num_negatives is not None and not 1 <= self.num_negatives < self.k:
             raise ValueError(f"num_negatives must be between 1 and k - 1 = {self.k - 1} (or None: all {self.k - 1}),"
                              f" got {self.num_negatives}")
-        if self.teacher_folds < 1 or self.teacher_steps < 1:
-            raise ValueError(f"teacher_folds and teacher_steps must be >= 1, got {self.teacher_folds}, "
-                             f"{self.teacher_steps}")
+        if self.teacher_folds < 1 or self.teacher_steps < 1 or self.teacher_fold_steps < 1:
+            raise ValueError(f"teacher_folds, teacher_steps and teacher_fold_steps must be >= 1, got "
+                             f"{self.teacher_folds}, {self.teacher_steps}, {self.teacher_fold_steps}")
         for name in ("label_weight", "align_weight"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -77,10 +77,12 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     default ``model``, all-MiniLM-L6-v2): per-query z-scores, weights fitted on the fitting queries' labels
     (one-standard-error rule). With ``recipe.teacher_labels``, the whole ``model`` is also fine-tuned on the fitting
     queries (a query encoder against its frozen document vectors, mixing in BM25) and fused as a third member, its
-    weights fitted on the validation queries it never trained on; the teacher is the better fusion on validation
-    (the label-aware one cross-validated). Students are k layers of ``model`` (each of ``student_layers``; spread
-    over its depth, the last included: ``spread_layers``) as query encoders against its document vectors, mixing in
-    the normalised BM25 score, trained on the fitting queries and teacher-labelled pseudo-queries: distillation
+    weights fitted on the validation queries it never trained on; the teacher is the label-aware fusion when it is
+    clearly better over every judged train query, measured out of fold (``recipe.teacher_folds`` fold models, each
+    trained without its fold; :func:`choose_teacher`). Students are k layers of ``model`` (each of
+    ``student_layers``; spread over its depth, the last included: ``spread_layers``) as query encoders against its
+    document vectors, mixing in the normalised BM25 score, trained on the fitting queries and teacher-labelled
+    pseudo-queries: distillation
     (``recipe.student_loss``) on all, plus ``recipe.label_weight`` times RankNet on the judged ones. A label-only
     student (the smallest size, RankNet on the fitting labels) is the baseline. Everything lands in ``output``; a
     later run reuses the index, the teacher, the teacher cache and every trained student.
@@ -166,22 +168,23 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
         with clock("label-aware teacher: fine-tuned member"):
             tuned, folds = _fine_tuned_member(trainer, output, depth, lambda: student(depth), kept[depth], fit_res,
                                               fit_qrels, recipe.teacher_folds, seed)
-        out_of_fold = {"fit_res": fit_res, "fit_qrels": fit_qrels} if folds > 1 else {}
-        with clock("label-aware teacher: choice on validation"):
+        # with fold models, the choice is measured on every judged query (out of fold), not the validation ones alone
+        out_of_fold = {"fit_res": fit_res, "fit_qrels": fit_qrels, "out_of_fold": folds} if folds is not None else {}
+        with clock("label-aware teacher: choice"):
             fused, choice = choose_once(
-            output / "teacher" / TEACHER_FILE,
+                output / "teacher" / TEACHER_FILE,
                 {**identity, "teachers": teachers, "zero_shot_weights": zero_shot.weights, "tuned": describe(tuned),
                  "valid_qids": digest(sorted(valid_topics["qid"].astype(str))),
-                 # cross-fitted members are chosen over every judged query (out-of-fold), one model on validation
-                 "chosen_on": "fitting and validation queries, cross-validated" if folds > 1 else "validation"},
+                 "folds": describe(folds) if folds is not None else None,
+                 "chosen_on": "fitting and validation queries, out of fold" if folds is not None else "validation"},
                 zero_shot, tuned,
                 lambda: choose_teacher(zero_shot, tuned, valid_res, train_qrels, seed=seed, **out_of_fold), verbose)
         if choice["chosen"] == "label-aware":
             teacher_name = f"teacher BM25 + {member_names} + fine-tuned L{depth} (labels)"
-            if recipe.students_from_tuned and folds == 1:
+            if recipe.students_from_tuned:
                 students_start = trainer.folders[TUNED_LABEL.format(depth=depth)] / "student"
                 log(verbose, f"distilled students start from the fine-tuned member's layers ({students_start})")
-        log(verbose, f"teacher: {choice['chosen']} (validation nDCG@10 on {choice['validation_queries']} queries: "
+        log(verbose, f"teacher: {choice['chosen']} (nDCG@10 on {choice['validation_queries']} judged queries: "
                      f"zero-shot fusion {choice['zero_shot_validation_ndcg@10']:.4f}, label-aware fusion "
                      f"{choice['label_aware_validation_ndcg@10']:.4f}, {choice['label_aware']}; its gain "
                      f"{choice['gain']:+.4f} against a standard error of {choice['gain_standard_error']:.4f}; "
@@ -306,15 +309,16 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
 
 def _fine_tuned_member(trainer: Trainer, output: Path, depth: int, make: Callable[[], DotEncoder], layers: list[int],
                        fit_res: pd.DataFrame, fit_qrels: pd.DataFrame, folds: int,
-                       seed: int) -> tuple[pt.Transformer, int]:
-    """The teacher's member fine-tuned on the fitting queries' labels (RankNet): with ``folds`` > 1 one model per fold
-    of the queries, trained without it (a :class:`CrossFitted` scorer: out-of-fold scores of the judged queries),
-    else one model on all. Returns the member and the number of folds used (fewer queries than folds: one model)."""
+                       seed: int) -> tuple[pt.Transformer, CrossFitted | None]:
+    """The teacher's member fine-tuned on the fitting queries' labels (RankNet, ``recipe.teacher_steps``), and with
+    ``folds`` > 1 the fold models the choice is measured on: one per fold of the queries, trained without it
+    (``recipe.teacher_fold_steps``), as a :class:`CrossFitted` scorer (None with one fold, or fewer than two queries
+    per fold)."""
+    tuned = trainer(output / "teacher-tuned", TUNED_LABEL.format(depth=depth), make, None, losses.RankNet(),
+                    (fit_res, fit_qrels), layers=layers, steps=trainer.recipe.teacher_steps)
     qids = sorted(set(fit_res["qid"].astype(str)) & set(fit_qrels["qid"].astype(str)))
-    folds = folds if len(qids) >= 2 * folds else 1
-    if folds == 1:
-        return trainer(output / "teacher-tuned", TUNED_LABEL.format(depth=depth), make, None,
-                       losses.RankNet(), (fit_res, fit_qrels), layers=layers, steps=trainer.recipe.teacher_steps), 1
+    if folds == 1 or len(qids) < 2 * folds:
+        return tuned, None
     fold_of = assign_folds(qids, folds, seed)
     members = []
     for fold in range(folds):
@@ -323,8 +327,8 @@ def _fine_tuned_member(trainer: Trainer, output: Path, depth: int, make: Callabl
         members.append(trainer(output / f"teacher-tuned-fold{fold + 1}of{folds}",
                                f"teacher's fine-tuned L{depth} (labels), fold {fold + 1} of {folds}", make, None,
                                losses.RankNet(), (rows, fit_qrels[fit_qrels["qid"].astype(str).isin(keep)]),
-                               layers=layers, steps=trainer.recipe.teacher_steps))
-    return CrossFitted(members, fold_of), folds
+                               layers=layers, steps=trainer.recipe.teacher_fold_steps))
+    return tuned, CrossFitted(members, fold_of)
 
 
 def slug(name: str) -> str:

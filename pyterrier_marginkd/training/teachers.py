@@ -47,27 +47,36 @@ def cross_validated_ndcg(ensemble: Ensemble, results: pd.DataFrame, qrels: pd.Da
 
 def choose_teacher(zero_shot: Ensemble, tuned: pt.Transformer, valid_res: pd.DataFrame, valid_qrels: pd.DataFrame,
                    *, fit_res: pd.DataFrame | None = None, fit_qrels: pd.DataFrame | None = None,
-                   seed: int = 0) -> tuple[Ensemble, dict[str, Any]]:
-    """The better teacher on the validation queries: ``zero_shot`` (a fitted fusion, its weights from other queries)
-    or the label-aware fusion of its members and ``tuned``, a scorer fine-tuned on the judged training queries.
+                   out_of_fold: pt.Transformer | None = None, seed: int = 0) -> tuple[Ensemble, dict[str, Any]]:
+    """The better teacher: ``zero_shot`` (a fitted fusion, its weights from other queries) or the label-aware fusion
+    of its members and ``tuned``, a scorer fine-tuned on the judged training queries.
 
-    With ``fit_res``/``fit_qrels``, ``tuned`` gives out-of-fold scores of those queries (a
-    :class:`~pyterrier_marginkd.models.crossfit.CrossFitted` scorer), so every judged query — the fitting queries and
-    the validation queries alike — is one it never trained on: both fusions are measured on all of them with weights
-    cross-validated over them (fitted on one half, measured on the other, the same halves for both), and the
-    label-aware weights are then fitted on all of them. A few dozen validation queries cannot tell two teachers apart;
-    all the judged queries can. Without, ``tuned`` has seen the training queries, so the label-aware weights are
-    fitted on the validation queries, and its validation nDCG@10 for the choice is cross-validated there.
+    Three ways to measure the label-aware fusion, from the fewest queries to the most:
 
-    The label-aware teacher is chosen only when it is clearly better: its mean gain over the zero-shot fusion must
-    exceed one standard error of the per-query gains (the one-standard-error rule of :meth:`Ensemble.fit`), so that
-    a few queries cannot swap a teacher its students learn well for one that only looks better. Returns the chosen
+    - ``tuned`` alone: it has seen the training queries, so the label-aware weights are fitted on the validation
+      queries and its validation nDCG@10 is cross-validated there (weights fitted on one half, measured on the other).
+    - ``fit_res``/``fit_qrels`` with ``tuned`` a
+      :class:`~pyterrier_marginkd.models.crossfit.CrossFitted` scorer: every judged query — the fitting queries
+      (scored out of fold) and the validation queries alike — is one it never trained on. Both fusions are measured
+      on all of them with weights cross-validated over them (the same halves for both), the label-aware weights are
+      fitted on all of them, and the CrossFitted scorer is the member (students learn its out-of-fold scores).
+    - ``out_of_fold`` (a CrossFitted scorer of fold models) with ``fit_res``/``fit_qrels``: the choice is measured
+      as just said, on the fold models' out-of-fold scores of every judged query, but the teacher keeps ``tuned``,
+      the model trained on all the fitting queries, its weights fitted on the validation queries it never saw
+      (cross-validation to choose, the full model to teach).
+
+    A few dozen validation queries cannot tell two teachers apart; all the judged queries can. The label-aware
+    teacher is chosen only when it is clearly better: its mean gain over the zero-shot fusion must exceed one
+    standard error of the per-query gains (the one-standard-error rule of :meth:`Ensemble.fit`), so that a few
+    queries cannot swap a teacher its students learn well for one that only looks better. Returns the chosen
     Ensemble and a report of both estimates and the choice.
     """
     if zero_shot.weights is None:
         raise ValueError("choose_teacher needs a fitted zero-shot fusion (call zero_shot.fit(results, qrels) first)")
     if (fit_res is None) != (fit_qrels is None):
         raise ValueError("give both fit_res and fit_qrels (out-of-fold scores to fit the weights on), or neither")
+    if out_of_fold is not None and fit_res is None:
+        raise ValueError("out_of_fold needs fit_res and fit_qrels: the judged queries its fold models scored")
     valid_qrels = validate_qrels(valid_qrels)
     aware = Ensemble([*zero_shot.members, tuned], normalize=zero_shot.normalize)
     if fit_res is not None:
@@ -78,12 +87,20 @@ def choose_teacher(zero_shot: Ensemble, tuned: pt.Transformer, valid_res: pd.Dat
         judged_res = pd.concat([fit_res, valid_res], ignore_index=True)
         judged_qrels = pd.concat([validate_qrels(fit_qrels), valid_qrels], ignore_index=True).drop_duplicates(
             ["qid", "docno"])
+        measured = aware if out_of_fold is None else Ensemble([*zero_shot.members, out_of_fold],
+                                                              normalize=zero_shot.normalize)
         # the same halves for both fusions (same seed): a paired comparison
         zero_shot_ndcg = cross_validated_ndcg(zero_shot, judged_res, judged_qrels, seed=seed)
-        aware_ndcg = cross_validated_ndcg(aware, judged_res, judged_qrels, seed=seed)
-        aware.fit(judged_res, judged_qrels)
-        how = ("out-of-fold scores of the fitting queries and the validation queries: both fusions cross-validated "
-               "over all of them, the label-aware weights fitted on them")
+        aware_ndcg = cross_validated_ndcg(measured, judged_res, judged_qrels, seed=seed)
+        if out_of_fold is None:
+            aware.fit(judged_res, judged_qrels)
+            how = ("out-of-fold scores of the fitting queries and the validation queries: both fusions "
+                   "cross-validated over all of them, the label-aware weights fitted on them")
+        else:
+            aware.fit(valid_res, valid_qrels)
+            how = ("chosen on the fold models' out-of-fold scores of the fitting and the validation queries (both "
+                   "fusions cross-validated over all of them); the member trained on all the fitting queries kept, "
+                   "its weights fitted on the validation queries")
     else:
         zero_shot_ndcg = per_query_ndcg10(zero_shot.transform(valid_res), valid_qrels)
         aware_ndcg = cross_validated_ndcg(aware, valid_res, valid_qrels, seed=seed)
