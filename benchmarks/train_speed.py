@@ -150,7 +150,6 @@ def train_st(folder: Path, groups: list[dict[str, Any]], args: argparse.Namespac
     from datasets import Dataset
     from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
     from sentence_transformers.cross_encoder.losses import MarginMSELoss
-    from transformers import TrainerCallback
 
     model = CrossEncoder(str(folder), num_labels=1, max_length=args.max_length, device="cpu")
     columns: dict[str, list] = {"query": [g["query"] for g in groups]}
@@ -158,18 +157,26 @@ def train_st(folder: Path, groups: list[dict[str, Any]], args: argparse.Namespac
         columns["positive" if j == 0 else f"negative_{j}"] = [g["texts"][j] for g in groups]
     columns["label"] = [g["scores"] for g in groups]  # one score per document: the loss takes the margins
 
+    train_with_st(CrossEncoderTrainer, CrossEncoderTrainingArguments, model, Dataset.from_dict(columns),
+                  MarginMSELoss(model), args, clock, work)
+
+
+def train_with_st(trainer_class: type, arguments_class: type, model: Any, dataset: Any, loss: Any,
+                  args: argparse.Namespace, clock: StepClock, work: Path) -> None:
+    """Train with a sentence-transformers trainer under the benchmark's AdamW settings, ticking ``clock`` at the end
+    of every step."""
+    from transformers import TrainerCallback
+
     class Clock(TrainerCallback):
         def on_step_end(self, *a, **kw):
             clock.tick()
 
-    training_args = CrossEncoderTrainingArguments(
+    training_args = arguments_class(
         output_dir=str(work / "st"), per_device_train_batch_size=args.batch_size,
         max_steps=args.warmup + args.steps, learning_rate=args.lr, warmup_steps=0.1, weight_decay=0.01,
         max_grad_norm=1.0, save_strategy="no", report_to="none", use_cpu=True, seed=0, dataloader_num_workers=0,
         disable_tqdm=True, logging_strategy="no")
-    trainer = CrossEncoderTrainer(model=model, args=training_args, train_dataset=Dataset.from_dict(columns),
-                                  loss=MarginMSELoss(model), callbacks=[Clock()])
-    trainer.train()
+    trainer_class(model=model, args=training_args, train_dataset=dataset, loss=loss, callbacks=[Clock()]).train()
 
 
 def measure(system: str, layers: int, args: argparse.Namespace) -> dict[str, Any]:

@@ -32,7 +32,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import cpu_name, load_average  # noqa: E402
 from train_memory import _status_mib, reset_peak, write_report  # noqa: E402
-from train_speed import InMemoryGroups, StepClock, timed_steps, training_groups  # noqa: E402
+from train_speed import InMemoryGroups, StepClock, timed_steps, train_with_st, training_groups  # noqa: E402
 
 ARCHITECTURES = ("DotEncoder", "ColBERT", "PreTT")
 #: ours: the Distiller with the fast path; eager: the same Distiller through torch's own dropout and attention;
@@ -79,7 +79,6 @@ def train_st(folder: Path, groups: list[dict[str, Any]], args: argparse.Namespac
     )
     from sentence_transformers.sentence_transformer.losses import MarginMSELoss
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-    from transformers import TrainerCallback
 
     encoder = Transformer(str(folder), max_seq_length=args.max_length)
     model = SentenceTransformer(modules=[encoder, Pooling(encoder.get_word_embedding_dimension(), "mean")],
@@ -89,19 +88,8 @@ def train_st(folder: Path, groups: list[dict[str, Any]], args: argparse.Namespac
     columns = {"query": [g["query"] for g in groups], "positive": [g["texts"][0] for g in groups],
                "negative": [g["texts"][1] for g in groups],
                "label": [g["scores"][0] - g["scores"][1] for g in groups]}
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, *a, **kw):
-            clock.tick()
-
-    training_args = SentenceTransformerTrainingArguments(
-        output_dir=str(work / "st"), per_device_train_batch_size=args.batch_size,
-        max_steps=args.warmup + args.steps, learning_rate=args.lr, warmup_steps=0.1, weight_decay=0.01,
-        max_grad_norm=1.0, save_strategy="no", report_to="none", use_cpu=True, seed=0, dataloader_num_workers=0,
-        disable_tqdm=True, logging_strategy="no")
-    trainer = SentenceTransformerTrainer(model=model, args=training_args, train_dataset=Dataset.from_dict(columns),
-                                         loss=MarginMSELoss(model), callbacks=[Clock()])
-    trainer.train()
+    train_with_st(SentenceTransformerTrainer, SentenceTransformerTrainingArguments, model, Dataset.from_dict(columns),
+                  MarginMSELoss(model), args, clock, work)
 
 
 def measure(architecture: str, system: str, args: argparse.Namespace) -> dict[str, Any]:
