@@ -166,17 +166,19 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     students_start: str | Path = model
     if recipe.teacher_labels:
         with clock("label-aware teacher: fine-tuned member"):
-            tuned, folds = _fine_tuned_member(trainer, output, depth, lambda: student(depth), kept[depth], fit_res,
-                                              fit_qrels, recipe.teacher_folds, seed)
+            tuned, fold_models = _fine_tuned_member(trainer, output, depth, lambda: student(depth), kept[depth],
+                                                    fit_res, fit_qrels, recipe.teacher_folds, seed)
         # with fold models, the choice is measured on every judged query (out of fold), not the validation ones alone
-        out_of_fold = {"fit_res": fit_res, "fit_qrels": fit_qrels, "out_of_fold": folds} if folds is not None else {}
+        out_of_fold = ({"fit_res": fit_res, "fit_qrels": fit_qrels, "out_of_fold": fold_models}
+                       if fold_models is not None else {})
         with clock("label-aware teacher: choice"):
             fused, choice = choose_once(
                 output / "teacher" / TEACHER_FILE,
                 {**identity, "teachers": teachers, "zero_shot_weights": zero_shot.weights, "tuned": describe(tuned),
                  "valid_qids": digest(sorted(valid_topics["qid"].astype(str))),
-                 "folds": describe(folds) if folds is not None else None,
-                 "chosen_on": "fitting and validation queries, out of fold" if folds is not None else "validation"},
+                 "folds": describe(fold_models) if fold_models is not None else None,
+                 "chosen_on": ("fitting and validation queries, out of fold" if fold_models is not None
+                               else "validation")},
                 zero_shot, tuned,
                 lambda: choose_teacher(zero_shot, tuned, valid_res, train_qrels, seed=seed, **out_of_fold), verbose)
         if choice["chosen"] == "label-aware":
