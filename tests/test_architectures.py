@@ -180,6 +180,40 @@ def test_tk_kernels_reward_exact_matches(tiny_bert_dir):
     assert match > miss
 
 
+def test_tk_mixing_the_first_stage_scores_saves_loads_and_distils(tiny_bert_dir, small_results, cranfield_train,
+                                                                  tmp_path):
+    from pyterrier_marginkd.models.ensemble import normalize_scores
+
+    tk = mkd.TK(tiny_bert_dir, num_layers=1, num_heads=2, ff_dim=16, max_length=64, first_stage="zscore")
+    tk.set_first_stage_weights(2.0, 0.5)
+    results = small_results.assign(score=[3.0, 1.0, 2.0, 0.5, 4.0, 1.0])
+    plain = mkd.TK(tiny_bert_dir, num_layers=1, num_heads=2, ff_dim=16, max_length=64)
+    plain.model.load_state_dict({k: v for k, v in tk.model.state_dict().items() if not k.startswith("interpolation")})
+    expected = 2.0 * plain(results)["score"].to_numpy() + 0.5 * normalize_scores(results["qid"], results["score"],
+                                                                                "zscore")
+    np.testing.assert_allclose(tk(results)["score"], expected, rtol=1e-5, atol=1e-6)
+    tk.save_pretrained(tmp_path / "tk")
+    again = mkd.load(tmp_path / "tk")
+    assert isinstance(again, mkd.TK) and again.first_stage == "zscore"
+    np.testing.assert_allclose(again(results)["score"], expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="no 'score' column"):
+        again(small_results)
+    with pytest.raises(ValueError, match="saved with first_stage='zscore'"):
+        mkd.TK(tmp_path / "tk", first_stage="minmax")
+    with pytest.raises(ValueError, match="first_stage must be one of"):
+        mkd.TK(tiny_bert_dir, num_heads=2, first_stage="rank")
+    # training reads each pair's first-stage score and fits the two weights with the kernels
+    res, qrels = cranfield_train
+    student = mkd.TK(tiny_bert_dir, num_layers=1, num_heads=2, ff_dim=16, max_length=64, first_stage="zscore")
+    distiller = mkd.Distiller(student, CountingTeacher(), loss=mkd.losses.MarginMSE(), epochs=2, batch_size=4,
+                              lr=5e-3, head_lr=1e-2, seed=1, output_dir=tmp_path / "run")
+    distiller.fit(res, qrels)
+    assert "first_stage_mix_start" in distiller.report
+    assert student.model.interpolation.weights() != tuple(distiller.report["first_stage_mix_start"])
+    np.testing.assert_allclose(mkd.load(tmp_path / "run" / "student")(res)["score"], student(res)["score"],
+                               rtol=1e-5, atol=1e-5)
+
+
 # --- training -------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["dot-mean-dim-separate", "colbert", "pretts", "tk"])
 def test_short_margin_mse_fit_lowers_the_loss(name, tiny_bert_dir, cranfield_train, tmp_path):

@@ -117,6 +117,25 @@ def test_out_of_fold_scores_choose_where_a_few_validation_queries_cannot():
     assert chosen.members[2] is full and "validation queries" in refit["label_aware"]
     fitted = mkd.Ensemble([*zero_shot.members, full], normalize="zscore").fit(valid, valid_qrels)
     assert chosen.weights == fitted.weights
+    # the full member as a function: trained only when chosen, and the same teacher as above
+    made = []
+
+    def member():
+        made.append(full)
+        return full
+    chosen, lazy = mkd.choose_teacher(zero_shot, member, valid, valid_qrels, fit_res=train, fit_qrels=train_qrels,
+                                      out_of_fold=tuned)
+    assert made == [full] and chosen.members[2] is full and chosen.weights == fitted.weights and lazy == refit
+    useless = mkd.CrossFitted([oracle(noise=50.0, seed=9), oracle(noise=50.0, seed=10)], folds)
+    chosen, kept = mkd.choose_teacher(zero_shot, member, valid, valid_qrels, fit_res=train, fit_qrels=train_qrels,
+                                      out_of_fold=useless)
+    assert kept["chosen"] == "zero-shot" and chosen is zero_shot and kept["label_aware_weights"] is None
+    assert made == [full]  # not trained for a teacher that was not chosen
+    with pytest.raises(ValueError, match="a function that makes it is taken only with out_of_fold"):
+        mkd.choose_teacher(zero_shot, member, valid, valid_qrels, fit_res=train, fit_qrels=train_qrels)
+    with pytest.raises(ValueError, match="returned NoneType, not a scorer"):
+        mkd.choose_teacher(zero_shot, lambda: None, valid, valid_qrels, fit_res=train, fit_qrels=train_qrels,
+                           out_of_fold=tuned)
     with pytest.raises(ValueError, match="out_of_fold needs fit_res"):
         mkd.choose_teacher(zero_shot, full, valid, valid_qrels, out_of_fold=tuned)
     with pytest.raises(ValueError, match="share 3 queries"):

@@ -5,6 +5,7 @@ import json
 import shutil
 
 import pandas as pd
+import pyterrier as pt
 import pytest
 
 import pyterrier_marginkd as mkd
@@ -42,7 +43,11 @@ def test_fresh_run_then_a_second_run_reuses_every_model(cranfield, tiny_bert_dir
     expected = systems(tiny_bert_dir.name, output=output)
     assert table_rows(output) == expected
     choice = json.loads((output / "teacher" / TEACHER_FILE).read_text())["choice"]
-    assert choice["chosen"] in ("zero-shot", "label-aware") and len(choice["label_aware_weights"]) == 3
+    aware = choice["chosen"] == "label-aware"
+    assert choice["chosen"] in ("zero-shot", "label-aware")
+    # the member trained on all the fitting queries trains only for a label-aware teacher (the fold models choose)
+    assert (output / "teacher-tuned").is_dir() == aware
+    assert (len(choice["label_aware_weights"]) == 3) if aware else choice["label_aware_weights"] is None
     # chosen on every judged train query (8 fitting, scored out of fold by 3 fold models, and 2 validation ones)
     assert f"teacher: {choice['chosen']} (nDCG@10 on 10 judged queries" in printed
     assert choice["validation_queries"] == 10 and "out-of-fold" in choice["label_aware"]
@@ -60,7 +65,8 @@ def test_fresh_run_then_a_second_run_reuses_every_model(cranfield, tiny_bert_dir
     assert "The students as deployed (int8" in (output / "report" / TABLE_FILE).read_text()
     timings = pd.read_csv(output / "report" / TIMINGS_FILE).set_index("stage")["seconds"]
     stages = ["BM25 index and candidates", "zero-shot teacher (fusion weights)",
-              "label-aware teacher: fine-tuned member", "label-aware teacher: choice",
+              "label-aware teacher: fold models", *(["label-aware teacher: fine-tuned member"] if aware else []),
+              "label-aware teacher: choice",
               "pseudo-queries and their candidates", "student L1 (KL)", "student L1 (labels only)",
               "test candidates and their document vectors", "evaluation", "students as deployed (int8)"]
     assert list(timings.index) == [*stages, "other", "total"] and (timings > 0).all()
@@ -70,8 +76,9 @@ def test_fresh_run_then_a_second_run_reuses_every_model(cranfield, tiny_bert_dir
     assert len(fusion["weights"]) == 2 and fusion["normalize"] == "zscore"
     assert (output / "cranfield.pisa").is_dir() and any((output / "teacher_cache").iterdir())
     student_folder = "student-L1-kl" + ("" if choice["chosen"] == "zero-shot" else "-labelteacher")
-    tuned = json.loads((output / "teacher-tuned" / "done.json").read_text())["settings"]
-    assert tuned["layers"] == [0, 1] and tuned["loss"] == "RankNet()"  # the whole model, fine-tuned on labels
+    for folder in ["teacher-tuned"] if aware else ["teacher-tuned-fold1of3"]:
+        tuned = json.loads((output / folder / "done.json").read_text())["settings"]
+        assert tuned["layers"] == [0, 1] and tuned["loss"] == "RankNet()"  # the whole model, fine-tuned on labels
     for stage in ("student-L1-labels", student_folder):
         done = json.loads((output / stage / "done.json").read_text())
         assert done["settings"]["max_length"] == 48 and done["settings"]["steps"] == 3
@@ -85,8 +92,8 @@ def test_fresh_run_then_a_second_run_reuses_every_model(cranfield, tiny_bert_dir
     monkeypatch.setattr(mkd.Ensemble, "fit", no_training)
     run(cranfield.path, tiny_bert_dir, output)
     printed = capsys.readouterr().out
-    # fusion, member, 3 fold models, choice, 2 students
-    assert printed.count("reusing") == 8 and "training in" not in printed
+    # fusion, 3 fold models, (the member,) choice, 2 students
+    assert printed.count("reusing") == 7 + aware and "training in" not in printed
     assert table_rows(output) == expected
     effectiveness = ["name", "nDCG@10", "RR@10", "AP@100"]
     pd.testing.assert_frame_equal(first[effectiveness], pd.read_csv(output / "report" / CSV_FILE)[effectiveness])
@@ -180,16 +187,22 @@ def test_word_budget_shrinks_batches_of_paragraph_queries_only(cranfield):
         Recipe.preset(True, query_words_per_step=0)
 
 
+def saved_member(output) -> str:
+    from pyterrier_marginkd.models.identity import describe
+    return describe(mkd.load(output / "teacher-tuned" / "student"))
+
+
 def test_distilled_students_start_from_the_chosen_fine_tuned_member(cranfield, tiny_bert_dir, tmp_path, capsys,
                                                                     monkeypatch):
     import pyterrier_marginkd.quickstart.run as quickstart_run
 
     real = quickstart_run.choose_teacher
 
-    def label_aware(zero_shot, tuned, *args, **kwargs):  # the label-aware teacher, whatever validation says
-        _, choice = real(zero_shot, tuned, *args, **kwargs)
-        aware = mkd.Ensemble([*zero_shot.members, tuned], choice["label_aware_weights"], normalize=zero_shot.normalize)
-        return aware, {**choice, "chosen": "label-aware"}
+    def label_aware(zero_shot, tuned, valid_res, valid_qrels, **kwargs):  # label-aware, whatever the fold models say
+        _, choice = real(zero_shot, tuned, valid_res, valid_qrels, **kwargs)
+        member = tuned if isinstance(tuned, pt.Transformer) else tuned()  # trained (or loaded) now
+        aware = mkd.Ensemble([*zero_shot.members, member], normalize=zero_shot.normalize).fit(valid_res, valid_qrels)
+        return aware, {**choice, "chosen": "label-aware", "label_aware_weights": aware.weights}
 
     monkeypatch.setattr(quickstart_run, "choose_teacher", label_aware)
     output = tmp_path / "aware"
@@ -207,6 +220,17 @@ def test_distilled_students_start_from_the_chosen_fine_tuned_member(cranfield, t
     trained = mkd.load(output / "student-L1-kl-labelteacher-fromtuned" / "student").model.encoder.encoder.layer[0]
     trained = trained.output.dense.weight
     assert (trained - layer(start)).norm() < 0.5 * (trained - layer(tiny_bert_dir)).norm()
+    # a second run reuses the recorded label-aware choice while its member holds the same weights, else fits again
+    record = output / "teacher" / TEACHER_FILE
+    saved = json.loads(record.read_text())
+    assert saved["choice"]["member"].startswith("DotEncoder:")
+    run(cranfield.path, tiny_bert_dir, output, "--quantize", "none", "--students-start", "tuned")
+    assert f"teacher: reusing the choice in {record}" in capsys.readouterr().out
+    saved["choice"]["member"] = "DotEncoder:another-member"
+    record.write_text(json.dumps(saved))
+    run(cranfield.path, tiny_bert_dir, output, "--quantize", "none", "--students-start", "tuned")
+    assert "teacher: the fine-tuned member is not the one" in capsys.readouterr().out
+    assert json.loads(record.read_text())["choice"]["member"] == saved_member(output)
 
     quickstart_run.quickstart(cranfield.path, tmp_path / "off", model=str(tiny_bert_dir), student_layers=[1],
                               recipe=Recipe.preset(True, train_queries=10, test_queries=4, k=6, max_length=48,
@@ -241,10 +265,27 @@ def test_architectures_each_distilled_and_on_labels_alone_in_one_report(cranfiel
             settings = json.loads((output / folder / "done.json").read_text())["settings"]
             assert (settings["batch_size"], settings["num_negatives"], settings["steps"]) == (4, 3, 3)
             assert settings["lr"] == (1e-3 if architecture == "TK" else 1e-4)
-            assert isinstance(mkd.load(output / folder / "student"), kind)
+            saved = mkd.load(output / folder / "student")
+            assert isinstance(saved, kind) and saved.first_stage == "zscore"  # every architecture mixes in BM25
     assert {p.name for p in (output / "stores").iterdir()} >= {"student-ColBERT-L1-KL", "student-PreTT-L1-KL-int8"}
     timings = pd.read_csv(output / "report" / TIMINGS_FILE)["stage"].tolist()
     assert all(s in timings for s in students)
 
     with pytest.raises(ValueError, match=r"unknown student architecture\(s\) \['BERT-DOT'\]"):
         run(cranfield.path, tiny_bert_dir, output, "--architectures", "BERT-DOT")
+
+
+def test_a_stage_inside_another_counts_as_its_own():
+    import time
+
+    from pyterrier_marginkd.quickstart.stages import StageClock
+
+    clock = StageClock()
+    with clock("outer"):
+        time.sleep(0.05)
+        with clock("inner"):
+            time.sleep(0.1)
+    table = clock.table(total=0.2).set_index("stage")["seconds"]
+    assert list(table.index) == ["inner", "outer", "other", "total"]
+    assert 0.1 <= table["inner"] < 0.15 and 0.05 <= table["outer"] < 0.1  # the outer stage without the inner one
+    assert table["inner"] + table["outer"] + table["other"] == pytest.approx(0.2, abs=0.05)

@@ -1,5 +1,5 @@
 """Students that mix the first stage's score into their own: ``score = a * neural score + b * normalised first-stage
-score``, with ``a`` and ``b`` trained beside the student (DotEncoder, ColBERT, PreTT and CrossEncoder offer it as
+score``, with ``a`` and ``b`` trained beside the student (DotEncoder, ColBERT, PreTT, TK and CrossEncoder offer it as
 ``first_stage="zscore"``)."""
 from __future__ import annotations
 

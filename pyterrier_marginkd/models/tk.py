@@ -12,6 +12,7 @@ from torch.nn import functional as F  # noqa: N812
 from transformers import AutoModel, AutoTokenizer
 
 from pyterrier_marginkd.models import io
+from pyterrier_marginkd.models.first_stage import FirstStageMix
 from pyterrier_marginkd.models.hf import TOKENIZER_FILES, TextTokenizer
 from pyterrier_marginkd.models.two_sided import Tokens, TwoSidedScorer
 
@@ -72,28 +73,33 @@ class TK(TwoSidedScorer):
 
     ``TK.from_pretrained(name)`` starts from any Hugging Face model: its tokenizer and its input embeddings (trained
     further with the rest); a folder saved by ``save_pretrained`` loads as it was. Texts longer than ``max_length``
-    and queries longer than ``max_query_length`` tokens are truncated.
+    and queries longer than ``max_query_length`` tokens are truncated. ``first_stage="zscore"`` (or ``"minmax"``)
+    mixes in the incoming first-stage score, normalised per query, with two weights trained beside the rest (the
+    kernels then learn what the first stage misses).
     """
 
     ARCHITECTURE = "tk"
-    DEFAULTS = {"num_layers": 2, "num_heads": 4, "ff_dim": 100, "max_query_length": 32}
+    DEFAULTS = {"num_layers": 2, "num_heads": 4, "ff_dim": 100, "max_query_length": 32, "first_stage": None}
     schematic_label = "TK"
 
     def __init__(self, model_name: str | os.PathLike, *, num_layers: int | None = None, num_heads: int | None = None,
-                 ff_dim: int | None = None, max_query_length: int | None = None, max_length: int | None = None,
+                 ff_dim: int | None = None, max_query_length: int | None = None, first_stage: str | None = None,
+                 max_length: int | None = None,
                  batch_size: int = 32, text_field: str = "text", verbose: bool = False,
                  device: str | torch.device | None = None, quantize: str | None = None, **model_kwargs: Any):
         super().__init__(batch_size=batch_size, text_field=text_field, verbose=verbose, device=device,
                          quantize=quantize)
         self.model_name = io.checked_name(model_name)
         given = {"num_layers": num_layers, "num_heads": num_heads, "ff_dim": ff_dim,
-                 "max_query_length": max_query_length, "max_length": max_length}
+                 "max_query_length": max_query_length, "first_stage": first_stage, "max_length": max_length}
         settings, ours = io.resolve_settings(model_name, self.ARCHITECTURE, given, {**self.DEFAULTS, "max_length": 256},
-                                             fixed=("num_layers", "num_heads", "ff_dim"))
+                                             fixed=("num_layers", "num_heads", "ff_dim", "first_stage"))
         if ours:
             io.check_files(model_name, [io.WEIGHTS_NAME, TOKENIZER_FILES])
         self.num_layers, self.num_heads, self.ff_dim = settings["num_layers"], settings["num_heads"], settings["ff_dim"]
         self.max_query_length, self.max_length = settings["max_query_length"], settings["max_length"]
+        self.first_stage = settings["first_stage"]
+        self._check_first_stage()
         self.tokenizer = AutoTokenizer.from_pretrained(model_name, **model_kwargs)
         self._tok = TextTokenizer(self.tokenizer, self.max_length)
         self._query_tok = TextTokenizer(self.tokenizer, self.max_query_length)
@@ -109,6 +115,8 @@ class TK(TwoSidedScorer):
             raise ValueError(f"num_heads={self.num_heads} must divide the embedding size {embeddings.shape[1]} of "
                              f"{self.model_name!r}")
         model = _TKModel(embeddings.shape[0], embeddings.shape[1], self.num_layers, self.num_heads, self.ff_dim)
+        if self.first_stage is not None:
+            model.interpolation = FirstStageMix()
         if ours:
             try:
                 model.load_state_dict(io.load_extra_weights(model_name))

@@ -35,7 +35,7 @@ class TwoSidedScorer(FirstStageMixing, NeuralScorer):
     def _check_first_stage(self) -> None:
         super()._check_first_stage()
         if self.first_stage is not None and "first_stage" not in self.DEFAULTS:
-            raise ValueError(f"{type(self).__name__} has no first-stage mixing; DotEncoder, ColBERT, PreTT and "
+            raise ValueError(f"{type(self).__name__} has no first-stage mixing; DotEncoder, ColBERT, PreTT, TK and "
                              "CrossEncoder have")
 
     def _prepare(self, queries: Sequence[str], texts: Sequence[str]) -> list[tuple[Tokens, Tokens]]:

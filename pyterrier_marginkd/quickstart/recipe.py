@@ -33,7 +33,7 @@ class ArchitectureRecipe:
     num_negatives: int  #: sampled negatives per positive in a group (the KL divergence is over the group)
     lr: float  #: learning rate of the encoder
     head_lr: float | None = None  #: learning rate of new heads and first-stage mixing weights (None: ``lr``)
-    #: normalisation of the BM25 score the student mixes into its own (None: the architecture cannot mix it in)
+    #: normalisation of the BM25 score the student mixes into its own (None: no mix)
     first_stage: str | None = "zscore"
 
     def __post_init__(self):
@@ -49,7 +49,7 @@ ARCHITECTURE_RECIPES = {
     "CrossEncoder": ArchitectureRecipe(batch_size=4, num_negatives=3, lr=1e-4, head_lr=1e-3),
     "ColBERT": ArchitectureRecipe(batch_size=4, num_negatives=3, lr=1e-4, head_lr=1e-3),
     "PreTT": ArchitectureRecipe(batch_size=4, num_negatives=3, lr=1e-4, head_lr=1e-3),
-    "TK": ArchitectureRecipe(batch_size=4, num_negatives=3, lr=1e-3, first_stage=None),
+    "TK": ArchitectureRecipe(batch_size=4, num_negatives=3, lr=1e-3, head_lr=1e-3),
 }
 
 

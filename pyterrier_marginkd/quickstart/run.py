@@ -165,16 +165,26 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     teacher_name = f"teacher BM25 + {member_names} (zero-shot)"
     students_start: str | Path = model
     if recipe.teacher_labels:
-        with clock("label-aware teacher: fine-tuned member"):
-            tuned, fold_models = _fine_tuned_member(trainer, output, depth, lambda: student(depth), kept[depth],
-                                                    fit_res, fit_qrels, recipe.teacher_folds, seed)
-        # with fold models, the choice is measured on every judged query (out of fold), not the validation ones alone
+        with clock("label-aware teacher: fold models"):
+            fold_models = _fold_models(trainer, output, depth, lambda: student(depth), kept[depth], fit_res, fit_qrels,
+                                       recipe.teacher_folds, seed)
+
+        def fine_tuned_member() -> DotEncoder:
+            with clock("label-aware teacher: fine-tuned member"):
+                return trainer(output / "teacher-tuned", TUNED_LABEL.format(depth=depth), lambda: student(depth), None,
+                               losses.RankNet(), (fit_res, fit_qrels), layers=kept[depth], steps=recipe.teacher_steps)
+
+        # with fold models, the choice is measured on every judged query (out of fold), not the validation ones alone,
+        # and the member trained on all the fitting queries trains only when the label-aware fusion is chosen
+        tuned = fine_tuned_member if fold_models is not None else fine_tuned_member()
         out_of_fold = ({"fit_res": fit_res, "fit_qrels": fit_qrels, "out_of_fold": fold_models}
                        if fold_models is not None else {})
         with clock("label-aware teacher: choice"):
             fused, choice = choose_once(
                 output / "teacher" / TEACHER_FILE,
-                {**identity, "teachers": teachers, "zero_shot_weights": zero_shot.weights, "tuned": describe(tuned),
+                {**identity, "teachers": teachers, "zero_shot_weights": zero_shot.weights,
+                 "tuned": describe(tuned) if fold_models is None else f"trained when chosen: {recipe.teacher_steps} "
+                                                                       "steps on the fitting queries",
                  "valid_qids": digest(sorted(valid_topics["qid"].astype(str))),
                  "folds": describe(fold_models) if fold_models is not None else None,
                  "chosen_on": ("fitting and validation queries, out of fold" if fold_models is not None
@@ -190,7 +200,8 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
                      f"zero-shot fusion {choice['zero_shot_validation_ndcg@10']:.4f}, label-aware fusion "
                      f"{choice['label_aware_validation_ndcg@10']:.4f}, {choice['label_aware']}; its gain "
                      f"{choice['gain']:+.4f} against a standard error of {choice['gain_standard_error']:.4f}; "
-                     f"weights {choice['label_aware_weights']})")
+                     + (f"weights {choice['label_aware_weights']})" if choice["label_aware_weights"] is not None else
+                        "the member for all the fitting queries not trained: the label-aware fusion was not chosen)"))
 
     # --- students --------------------------------------------------------------------------------------------
     method = "title" if collection.has_titles() else "first_sentence"
@@ -309,18 +320,14 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     return table
 
 
-def _fine_tuned_member(trainer: Trainer, output: Path, depth: int, make: Callable[[], DotEncoder], layers: list[int],
-                       fit_res: pd.DataFrame, fit_qrels: pd.DataFrame, folds: int,
-                       seed: int) -> tuple[pt.Transformer, CrossFitted | None]:
-    """The teacher's member fine-tuned on the fitting queries' labels (RankNet, ``recipe.teacher_steps``), and with
-    ``folds`` > 1 the fold models the choice is measured on: one per fold of the queries, trained without it
-    (``recipe.teacher_fold_steps``), as a :class:`CrossFitted` scorer (None with one fold, or fewer than two queries
-    per fold)."""
-    tuned = trainer(output / "teacher-tuned", TUNED_LABEL.format(depth=depth), make, None, losses.RankNet(),
-                    (fit_res, fit_qrels), layers=layers, steps=trainer.recipe.teacher_steps)
+def _fold_models(trainer: Trainer, output: Path, depth: int, make: Callable[[], DotEncoder], layers: list[int],
+                 fit_res: pd.DataFrame, fit_qrels: pd.DataFrame, folds: int, seed: int) -> CrossFitted | None:
+    """The fold models the teacher's choice is measured on: with ``folds`` > 1, one per fold of the fitting queries,
+    fine-tuned on their labels without it (RankNet, ``recipe.teacher_fold_steps``), as a :class:`CrossFitted` scorer;
+    None with one fold, or fewer than two queries per fold."""
     qids = sorted(set(fit_res["qid"].astype(str)) & set(fit_qrels["qid"].astype(str)))
     if folds == 1 or len(qids) < 2 * folds:
-        return tuned, None
+        return None
     fold_of = assign_folds(qids, folds, seed)
     members = []
     for fold in range(folds):
@@ -330,7 +337,7 @@ def _fine_tuned_member(trainer: Trainer, output: Path, depth: int, make: Callabl
                                f"teacher's fine-tuned L{depth} (labels), fold {fold + 1} of {folds}", make, None,
                                losses.RankNet(), (rows, fit_qrels[fit_qrels["qid"].astype(str).isin(keep)]),
                                layers=layers, steps=trainer.recipe.teacher_fold_steps))
-    return tuned, CrossFitted(members, fold_of)
+    return CrossFitted(members, fold_of)
 
 
 def slug(name: str) -> str:
@@ -342,7 +349,7 @@ def architecture_student(architecture: str, model: str, num_layers: int, kept: l
                          scorer_kwargs: dict) -> NeuralScorer:
     """A fresh quickstart student of ``architecture`` started from ``model``: its ``kept`` layers (the DotEncoder's
     choice, ``spread_layers``), mixing in the normalised first-stage score as its ``ARCHITECTURE_RECIPES`` entry says
-    (CrossEncoder, ColBERT, PreTT); TK: that many layers of its own over the model's token embeddings."""
+    (every architecture mixes it in); TK: that many layers of its own over the model's token embeddings."""
     first_stage = ARCHITECTURE_RECIPES[architecture].first_stage if architecture in ARCHITECTURE_RECIPES else None
     if architecture == "CrossEncoder":
         return CrossEncoder.from_pretrained(model, num_layers=kept, first_stage=first_stage, **scorer_kwargs)
@@ -351,7 +358,7 @@ def architecture_student(architecture: str, model: str, num_layers: int, kept: l
     if architecture == "PreTT":
         return PreTT.from_pretrained(model, num_layers=kept, first_stage=first_stage, **scorer_kwargs)
     if architecture == "TK":
-        return TK.from_pretrained(model, num_layers=num_layers, **scorer_kwargs)
+        return TK.from_pretrained(model, num_layers=num_layers, first_stage=first_stage, **scorer_kwargs)
     raise ValueError(f"no quickstart student of architecture {architecture!r}; choose from {list(ARCHITECTURES)}")
 
 

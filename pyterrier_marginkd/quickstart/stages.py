@@ -21,6 +21,7 @@ from pyterrier_marginkd.data.collection import Collection
 from pyterrier_marginkd.models.base import NeuralScorer
 from pyterrier_marginkd.models.dot import DotEncoder
 from pyterrier_marginkd.models.ensemble import Ensemble
+from pyterrier_marginkd.models.identity import describe
 from pyterrier_marginkd.quickstart.recipe import ArchitectureRecipe, Recipe
 from pyterrier_marginkd.training.distiller import Distiller
 from pyterrier_marginkd.training.once import fit_once
@@ -34,14 +35,21 @@ class StageClock:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self._inner: list[float] = []  # per running stage, the seconds of the stages that ran inside it
 
     @contextlib.contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
+        """Time ``stage``; a stage that runs inside another counts as its own, not as the outer one's."""
         started = time.perf_counter()
+        self._inner.append(0.0)
         try:
             yield
         finally:
-            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            inner = self._inner.pop()
+            if self._inner:
+                self._inner[-1] += elapsed
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + elapsed - inner
 
     def table(self, total: float) -> pd.DataFrame:
         """One row per stage (seconds, share of ``total``), then what ran between stages and the total."""
@@ -72,22 +80,32 @@ def fit_fusion(fused: Ensemble, folder: Path, settings: dict, fit_res: pd.DataFr
     os.replace(folder / f"{FUSION_FILE}.tmp", file)
 
 
-def choose_once(file: Path, settings: dict, zero_shot: Ensemble, tuned: pt.Transformer,
+def choose_once(file: Path, settings: dict, zero_shot: Ensemble, tuned: pt.Transformer | Callable[[], pt.Transformer],
                 choose: Callable[[], tuple[Ensemble, dict]], verbose: bool) -> tuple[Ensemble, dict]:
-    """The teacher chosen by ``choose()`` (the zero-shot fusion, or the label-aware one adding ``tuned``), or the
-    choice recorded in ``file`` by a run with the same settings (its weights reused, nothing scored again)."""
+    """The teacher chosen by ``choose()`` (the zero-shot fusion, or the label-aware one adding ``tuned``, a scorer or
+    the function that makes it), or the choice recorded in ``file`` by a run with the same settings (its weights
+    reused, nothing scored again). A recorded label-aware choice names its member's weights (``member``): when the
+    member now holds other weights (trained again), the weights are fitted again."""
     settings = json.loads(json.dumps(settings))
     if file.exists():
         saved = json.loads(file.read_text())
         if saved.get("settings") == settings:
             choice = saved["choice"]
-            log(verbose, f"teacher: reusing the choice in {file}")
             if choice["chosen"] == "zero-shot":
+                log(verbose, f"teacher: reusing the choice in {file}")
                 return zero_shot, choice
-            return Ensemble([*zero_shot.members, tuned], choice["label_aware_weights"],
-                            normalize=zero_shot.normalize), choice
-        log(verbose, f"teacher: {file} was chosen with other settings; choosing again")
+            member = tuned if isinstance(tuned, pt.Transformer) else tuned()
+            if choice.get("member") == describe(member):
+                log(verbose, f"teacher: reusing the choice in {file}")
+                return Ensemble([*zero_shot.members, member], choice["label_aware_weights"],
+                                normalize=zero_shot.normalize), choice
+            log(verbose, f"teacher: the fine-tuned member is not the one {file} fitted its weights for; choosing "
+                         "again")
+        else:
+            log(verbose, f"teacher: {file} was chosen with other settings; choosing again")
     fused, choice = choose()
+    if choice["chosen"] == "label-aware":
+        choice = {**choice, "member": describe(fused.members[-1])}
     file.parent.mkdir(parents=True, exist_ok=True)
     file.with_name(f"{file.name}.tmp").write_text(json.dumps({"settings": settings, "choice": choice}, indent=2))
     os.replace(file.with_name(f"{file.name}.tmp"), file)

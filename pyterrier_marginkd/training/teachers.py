@@ -3,7 +3,7 @@ queries, its weights fitted on queries the fine-tuned scorer never trained on, c
 zero-shot fusion."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -45,9 +45,10 @@ def cross_validated_ndcg(ensemble: Ensemble, results: pd.DataFrame, qrels: pd.Da
     return per_query_ndcg10(pd.concat(ranked, ignore_index=True), qrels)
 
 
-def choose_teacher(zero_shot: Ensemble, tuned: pt.Transformer, valid_res: pd.DataFrame, valid_qrels: pd.DataFrame,
-                   *, fit_res: pd.DataFrame | None = None, fit_qrels: pd.DataFrame | None = None,
-                   out_of_fold: pt.Transformer | None = None, seed: int = 0) -> tuple[Ensemble, dict[str, Any]]:
+def choose_teacher(zero_shot: Ensemble, tuned: pt.Transformer | Callable[[], pt.Transformer], valid_res: pd.DataFrame,
+                   valid_qrels: pd.DataFrame, *, fit_res: pd.DataFrame | None = None,
+                   fit_qrels: pd.DataFrame | None = None, out_of_fold: pt.Transformer | None = None,
+                   seed: int = 0) -> tuple[Ensemble, dict[str, Any]]:
     """The better teacher: ``zero_shot`` (a fitted fusion, its weights from other queries) or the label-aware fusion
     of its members and ``tuned``, a scorer fine-tuned on the judged training queries.
 
@@ -63,7 +64,9 @@ def choose_teacher(zero_shot: Ensemble, tuned: pt.Transformer, valid_res: pd.Dat
     - ``out_of_fold`` (a CrossFitted scorer of fold models) with ``fit_res``/``fit_qrels``: the choice is measured
       as just said, on the fold models' out-of-fold scores of every judged query, but the teacher keeps ``tuned``,
       the model trained on all the fitting queries, its weights fitted on the validation queries it never saw
-      (cross-validation to choose, the full model to teach).
+      (cross-validation to choose, the full model to teach). Since the choice never reads ``tuned`` then, it may be
+      a function that makes it (trains it), called only when the label-aware fusion is chosen: a run that keeps the
+      zero-shot fusion never trains it (``label_aware_weights`` is then None).
 
     A few dozen validation queries cannot tell two teachers apart; all the judged queries can. The label-aware
     teacher is chosen only when it is clearly better: its mean gain over the zero-shot fusion must exceed one
@@ -77,8 +80,12 @@ def choose_teacher(zero_shot: Ensemble, tuned: pt.Transformer, valid_res: pd.Dat
         raise ValueError("give both fit_res and fit_qrels (out-of-fold scores to fit the weights on), or neither")
     if out_of_fold is not None and fit_res is None:
         raise ValueError("out_of_fold needs fit_res and fit_qrels: the judged queries its fold models scored")
+    lazy = not isinstance(tuned, pt.Transformer)
+    if lazy and (out_of_fold is None or not callable(tuned)):
+        raise ValueError(f"tuned must be a scorer (a pyterrier Transformer), got {type(tuned).__name__}; a function "
+                         "that makes it is taken only with out_of_fold (the choice then never reads it)")
     valid_qrels = validate_qrels(valid_qrels)
-    aware = Ensemble([*zero_shot.members, tuned], normalize=zero_shot.normalize)
+    aware = None if lazy else Ensemble([*zero_shot.members, tuned], normalize=zero_shot.normalize)
     if fit_res is not None:
         shared = set(fit_res["qid"].astype(str)) & set(valid_res["qid"].astype(str))
         if shared:
@@ -97,7 +104,6 @@ def choose_teacher(zero_shot: Ensemble, tuned: pt.Transformer, valid_res: pd.Dat
             how = ("out-of-fold scores of the fitting queries and the validation queries: both fusions "
                    "cross-validated over all of them, the label-aware weights fitted on them")
         else:
-            aware.fit(valid_res, valid_qrels)
             how = ("chosen on the fold models' out-of-fold scores of the fitting and the validation queries (both "
                    "fusions cross-validated over all of them); the member trained on all the fitting queries kept, "
                    "its weights fitted on the validation queries")
@@ -109,9 +115,16 @@ def choose_teacher(zero_shot: Ensemble, tuned: pt.Transformer, valid_res: pd.Dat
     gain = (aware_ndcg - zero_shot_ndcg.reindex(aware_ndcg.index).fillna(0.0)).to_numpy()
     standard_error = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else float("inf")
     chosen = "label-aware" if gain.mean() > standard_error else "zero-shot"
+    if out_of_fold is not None and (chosen == "label-aware" or not lazy):
+        if lazy:
+            made = tuned()
+            if not isinstance(made, pt.Transformer):
+                raise ValueError(f"the function given as tuned returned {type(made).__name__}, not a scorer")
+            aware = Ensemble([*zero_shot.members, made], normalize=zero_shot.normalize)
+        aware.fit(valid_res, valid_qrels)
     report = {"chosen": chosen, "zero_shot_validation_ndcg@10": float(zero_shot_ndcg.mean()),
               "label_aware_validation_ndcg@10": float(aware_ndcg.mean()), "label_aware": how,
               "gain": float(gain.mean()), "gain_standard_error": standard_error,
-              "label_aware_weights": aware.weights, "zero_shot_weights": zero_shot.weights,
-              "validation_queries": int(len(gain))}
+              "label_aware_weights": aware.weights if aware is not None else None,
+              "zero_shot_weights": zero_shot.weights, "validation_queries": int(len(gain))}
     return (aware if chosen == "label-aware" else zero_shot), report
