@@ -139,10 +139,9 @@ def test_distil_a_cross_encoder_that_mixes_in_the_first_stage(tiny_bert_dir, cra
     student = mkd.CrossEncoder.from_pretrained(tiny_bert_dir, first_stage="zscore", max_length=64)
     distiller = mkd.Distiller(student, teacher, loss=mkd.losses.MarginMSE(), epochs=1, batch_size=4, lr=1e-3,
                               num_negatives=2, output_dir=tmp_path / "run", head_lr=1e-2)
-    distiller.fit(results, None)  # no validation: the last step's weights are kept (not a best checkpoint)
+    distiller.fit(results, None, results, qrels)
     start = distiller.report["first_stage_mix_start"]
     assert len(start) == 2 and np.isfinite(start).all() and start[1] > 0  # the first stage agrees with the teacher
-    assert min(start) >= 0  # a mix never starts against the student's own score
     end = distiller.student.model.interpolation.weights()
     assert end != pytest.approx(tuple(start))  # the mixing weights trained with the student
     saved = mkd.load(tmp_path / "run" / "student")

@@ -220,19 +220,3 @@ def test_frozen_documents_keep_the_checkpoint_and_train_only_queries(tiny_bert_d
         full.precompute_docs(texts)
     with pytest.raises(ValueError, match="shared_encoder"):
         mkd.DotEncoder.from_pretrained(tiny_bert_dir, frozen_docs=True, shared_encoder=True)
-
-
-def test_a_mix_starts_at_non_negative_weights():
-    from pyterrier_marginkd.training.preparation import nonnegative_least_squares
-
-    rng = np.random.default_rng(0)
-    first = rng.normal(size=200)
-    noise = rng.normal(size=200) * 0.01  # a student's neural margins before it learned anything
-    teacher = 0.7 * first - 0.3 * noise * 100 * (noise > 0)  # fits the noise with a negative weight
-    assert np.linalg.lstsq(np.column_stack([noise, first]), teacher, rcond=None)[0][0] < -1
-    a, b = nonnegative_least_squares(np.column_stack([noise, first]), teacher)
-    assert a == 0.0 and b == pytest.approx(float(first @ teacher / (first @ first)))
-    both = np.column_stack([first + noise, first ** 2])  # both weights positive: the least-squares fit itself
-    y = both @ np.array([2.0, 0.5])
-    np.testing.assert_allclose(nonnegative_least_squares(both, y), [2.0, 0.5], rtol=1e-9)
-    np.testing.assert_allclose(nonnegative_least_squares(both, -y), [0.0, 0.0])  # nothing fits: no mix

@@ -149,31 +149,10 @@ def teacher_scale_factor(teacher_scale: float | str | None, source: GroupSource,
     return factor
 
 
-def nonnegative_least_squares(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """The weights ``w >= 0`` that minimise ``|x w - y|`` for two columns: the least-squares fit when both are
-    non-negative, else the better fit of either column alone (its weight clipped at zero). A student whose neural
-    score has not learned anything yet (TK's kernels at random) otherwise fits a large negative weight to noise: it
-    would start by ranking against its own score, every change to it amplified."""
-    weights = np.linalg.lstsq(x, y, rcond=None)[0]
-    if (weights >= 0).all():
-        return weights
-    best, best_error = np.zeros(2), float(np.sum(y ** 2))
-    for column in range(2):
-        norm = float(x[:, column] @ x[:, column])
-        if norm > 0:
-            candidate = np.zeros(2)
-            candidate[column] = max(float(x[:, column] @ y) / norm, 0.0)
-            error = float(np.sum((x @ candidate - y) ** 2))
-            if error < best_error:
-                best, best_error = candidate, error
-    return best
-
-
 def init_first_stage_mix(student: NeuralScorer, source: GroupSource, teacher: TeacherScores | None,
                          teacher_factor: float, fit_teacher: bool, report: dict[str, Any], sample: int = 256) -> None:
-    """Start a student's first-stage mixing at the non-negative weights that best fit the teacher's margins (least
-    squares on the first groups: margins of the student's neural score and of the normalised first-stage score;
-    :func:`nonnegative_least_squares`); without teacher
+    """Start a student's first-stage mixing at the weights that best fit the teacher's margins (least squares on the
+    first groups: margins of the student's neural score and of the normalised first-stage score); without teacher
     scores (or ``fit_teacher=False``), at weights that give both the same spread of margins (an even fusion)."""
     groups = list(itertools.islice(iter(source.groups(0)), sample))
     if teacher is not None:
@@ -191,7 +170,7 @@ def init_first_stage_mix(student: NeuralScorer, source: GroupSource, teacher: Te
             y += [(g.teacher[0] - v) * teacher_factor for v in g.teacher[1:]]
     x = np.column_stack([x_neural, x_first])
     if fit_teacher and len(y) == len(x):
-        weights = nonnegative_least_squares(x, np.asarray(y))
+        weights = np.linalg.lstsq(x, np.asarray(y), rcond=None)[0]
     else:
         spread = x.std(axis=0)
         weights = np.array([spread[1] / spread[0] if spread[0] > 0 else 1.0, 1.0])
