@@ -11,6 +11,7 @@ import pytest
 import pyterrier_marginkd as mkd
 from pyterrier_marginkd import cli
 from pyterrier_marginkd.quickstart import DEPLOYED_FILE, FAST, FULL, TEACHER_FILE, TIMINGS_FILE, VS_LABELS_FILE, Recipe
+from pyterrier_marginkd.quickstart.recipe import group_queries
 from pyterrier_marginkd.quickstart.stages import download_hint as _download_hint
 from pyterrier_marginkd.report import CSV_FILE, PLOT_FILE, TABLE_FILE
 
@@ -182,9 +183,23 @@ def test_word_budget_shrinks_batches_of_paragraph_queries_only(cranfield):
     assert Recipe.preset(True, query_words_per_step=None).batch_for(paragraphs) == 32
     # a few paragraphs among many pseudo-queries (the distilled students' mix) keep the full batch
     assert FAST.batch_for(paragraphs[:100] + [f"title {i}" for i in range(1000)]) == 32
+    # ... but the mean is over groups: 300 paragraph groups beside 1000 one-word ones average 39 words, 26 groups
+    assert FAST.batch_for(paragraphs[:100] * 3 + [f"title{i}" for i in range(1000)]) == 26
     assert FAST.batch_for([]) == 32
     with pytest.raises(ValueError, match="query_words_per_step must be >= 1 or None"):
         Recipe.preset(True, query_words_per_step=0)
+
+
+def test_a_judged_query_counts_once_per_relevant_candidate_in_the_word_budget():
+    results = pd.DataFrame({"qid": ["1", "1", "1", "2", "2", "3", "3"],
+                            "query": ["long question"] * 3 + ["unlucky"] * 2 + ["pseudo"] * 2,
+                            "docno": ["a", "b", "c", "a", "b", "a", "b"]})
+    qrels = pd.DataFrame({"qid": ["1", "1", "1", "1", "2"], "docno": ["a", "b", "z", "c", "z"],
+                          "label": [1, 2, 1, 0, 1]})
+    # q1: a and b relevant among its candidates (z not retrieved, c judged not relevant); q2: none retrieved, no
+    # group; q3 (no qrels, a pseudo-query the teacher labels): one group
+    assert group_queries(results, qrels) == ["long question", "long question", "pseudo"]
+    assert group_queries(results, None) == ["long question", "unlucky", "pseudo"]
 
 
 def saved_member(output) -> str:

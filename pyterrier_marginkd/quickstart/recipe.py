@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
+import pandas as pd
+
 from pyterrier_marginkd import losses
 
 #: an ir_datasets collection with train and test topics and qrels (downloaded on first use)
@@ -68,6 +70,21 @@ def architecture_names(names: Sequence[str] | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(by_lower[str(n).lower()] for n in names))
 
 
+def group_queries(results: pd.DataFrame, qrels: pd.DataFrame | None) -> list[str]:
+    """The query of each training group the candidates ``results`` make, as the word budget counts them: a judged
+    query (in ``qrels``) once per relevant candidate (label > 0; none: no group), any other query (a pseudo-query,
+    labelled by the teacher) once."""
+    queries = results.drop_duplicates("qid").assign(qid=lambda f: f["qid"].astype(str)).set_index("qid")["query"]
+    if qrels is None or not len(qrels):
+        return [str(q) for q in queries]
+    judged = set(qrels["qid"].astype(str))
+    relevant = qrels[qrels["label"] > 0].assign(qid=lambda f: f["qid"].astype(str), docno=lambda f: f["docno"].astype(str))
+    hits = (results.assign(qid=results["qid"].astype(str), docno=results["docno"].astype(str))
+            .merge(relevant[["qid", "docno"]].drop_duplicates(), on=["qid", "docno"])
+            .drop_duplicates(["qid", "docno"])["qid"].value_counts())
+    return [str(q) for qid, q in queries.items() for _ in range(int(hits.get(qid, 0)) if qid in judged else 1)]
+
+
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """How much data and how many steps the quickstart spends; ``Recipe.preset(fast)`` gives the standard ones."""
@@ -105,8 +122,9 @@ class Recipe:
     #: and spans of documents learn the full model's; 0: none)
     align_steps: int = 0
     #: words of training queries one step may encode: when the training queries are paragraphs, a step takes fewer
-    #: groups (mean words of the distinct queries x groups <= this; at least 8) so that it costs about what a batch of
-    #: one-line queries costs (None: always batch_size). Short-query collections keep batch_size.
+    #: groups (mean words of a group's query x groups <= this; at least 8) so that it costs about what a batch of
+    #: one-line queries costs (None: always batch_size). A judged query makes one group per relevant candidate, a
+    #: pseudo-query one, so the mean is over groups. Short-query collections keep batch_size.
     query_words_per_step: int | None = 1024
     #: when the label-aware teacher is chosen, the distilled students start from the layers of its fine-tuned member
     #: (one model, not cross-fitted folds) instead of the zero-shot model's; the label-only student never does. Off by
@@ -136,13 +154,14 @@ class Recipe:
         return self.num_negatives or self.k - 1
 
     def batch_for(self, queries: Sequence[str]) -> int:
-        """Training groups per step for these training queries: ``batch_size``, or fewer (at least
+        """Training groups per step for training groups whose queries are ``queries`` (one entry per group, a query
+        repeated for each of its groups: :func:`group_queries`): ``batch_size``, or fewer (at least
         ``MIN_WORD_BUDGET_BATCH``) when their mean length in words times ``batch_size`` exceeds
-        ``query_words_per_step``."""
-        distinct = {str(q) for q in queries}
-        if self.query_words_per_step is None or not distinct:
+        ``query_words_per_step`` — each group of a step brings its query, so the mean is over groups."""
+        queries = [str(q) for q in queries]
+        if self.query_words_per_step is None or not queries:
             return self.batch_size
-        mean_words = max(sum(len(q.split()) for q in distinct) / len(distinct), 1.0)
+        mean_words = max(sum(len(q.split()) for q in queries) / len(queries), 1.0)
         fitting = int(self.query_words_per_step // mean_words)
         return max(min(self.batch_size, fitting), min(MIN_WORD_BUDGET_BATCH, self.batch_size))
 

@@ -22,7 +22,7 @@ from pyterrier_marginkd.models.base import NeuralScorer
 from pyterrier_marginkd.models.dot import DotEncoder
 from pyterrier_marginkd.models.ensemble import Ensemble
 from pyterrier_marginkd.models.identity import describe
-from pyterrier_marginkd.quickstart.recipe import ArchitectureRecipe, Recipe
+from pyterrier_marginkd.quickstart.recipe import ArchitectureRecipe, Recipe, group_queries
 from pyterrier_marginkd.training.distiller import Distiller
 from pyterrier_marginkd.training.once import fit_once
 
@@ -138,7 +138,7 @@ class Trainer:
         # the recipe's student budget, unless given (the teacher's member: a step budget alone, never time-boxed)
         budget, max_time = (r.student_steps, r.student_time) if steps is None else (steps, None)
         full = r.batch_size if architecture is None else architecture.batch_size
-        batch_size = min(r.batch_for(fit_args[0]["query"].unique()), full)
+        batch_size = min(r.batch_for(group_queries(*fit_args)), full)
         if batch_size != full:
             log(self.verbose, f"{label}: {batch_size} groups per step instead of {full}: its training queries "
                                f"are long (query_words_per_step={r.query_words_per_step})")
