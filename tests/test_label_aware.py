@@ -13,6 +13,7 @@ import pyterrier_marginkd as mkd
 from pyterrier_marginkd.models.ensemble import FirstStageScore, reads_first_stage
 from pyterrier_marginkd.models.identity import describe
 from pyterrier_marginkd.training.teacher_cache import LISTS_FOLDER, list_teacher_scores
+from pyterrier_marginkd.training.teachers import ScoredOnce
 
 
 def results(num_queries: int = 12, per_query: int = 6, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -141,6 +142,38 @@ def test_out_of_fold_scores_choose_where_a_few_validation_queries_cannot():
     with pytest.raises(ValueError, match="share 3 queries"):
         mkd.choose_teacher(zero_shot, tuned, valid, valid_qrels, fit_res=pd.concat([train, valid]),
                            fit_qrels=train_qrels)
+
+
+def counting(scorer: pt.Transformer, seen: list) -> pt.Transformer:
+    """``scorer``, noting how many rows it is given."""
+    return pt.apply.generic(lambda frame: seen.append(len(frame)) or scorer(frame))
+
+
+def test_a_choice_scores_each_member_once():
+    valid, valid_qrels = results(num_queries=4, seed=7)
+    valid, valid_qrels = valid.assign(qid="e" + valid["qid"]), valid_qrels.assign(qid="e" + valid_qrels["qid"])
+    train, train_qrels = results(num_queries=20, seed=8)
+    zero_seen, fold_seen, full_seen = [], [], []
+    zero_shot = mkd.Ensemble([FirstStageScore(), counting(oracle(noise=2.0, seed=3), zero_seen)],
+                             normalize="zscore").fit(train, train_qrels)
+    folds = {q: i % 2 for i, q in enumerate(sorted(set(train["qid"])))}
+    tuned = counting(mkd.CrossFitted([oracle(noise=1.0, seed=4), oracle(noise=1.0, seed=5)], folds), fold_seen)
+    full = counting(oracle(noise=0.5, seed=6), full_seen)
+    zero_seen.clear()
+    chosen, report = mkd.choose_teacher(zero_shot, full, valid, valid_qrels, fit_res=train, fit_qrels=train_qrels,
+                                        out_of_fold=tuned)
+    # two cross-validated fusions (a fit and a ranking per half) and a fit on the validation queries: once each
+    assert report["chosen"] == "label-aware"
+    assert sum(zero_seen) == sum(fold_seen) == len(train) + len(valid) and sum(full_seen) == len(valid)
+    direct = mkd.Ensemble([*zero_shot.members, full], normalize="zscore").fit(valid, valid_qrels)
+    assert chosen.weights == direct.weights  # the same weights as fitted on the members themselves
+
+    # rows it has not scored go to the member (whole queries), in input order
+    seen = []
+    once = ScoredOnce(counting(oracle(noise=1.0, seed=4), seen), train[train["qid"] != "q3"])
+    mixed = pd.concat([valid, train]).sample(frac=1.0, random_state=0)
+    np.testing.assert_allclose(once(mixed)["score"], oracle(noise=1.0, seed=4)(mixed)["score"])
+    assert seen == [len(train) - 6, len(valid) + 6]
 
 
 def test_hard_labels_reach_only_the_judged_groups(tiny_bert_dir, cranfield_train, tmp_path):

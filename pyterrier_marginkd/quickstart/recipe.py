@@ -78,7 +78,8 @@ def group_queries(results: pd.DataFrame, qrels: pd.DataFrame | None) -> list[str
     if qrels is None or not len(qrels):
         return [str(q) for q in queries]
     judged = set(qrels["qid"].astype(str))
-    relevant = qrels[qrels["label"] > 0].assign(qid=lambda f: f["qid"].astype(str), docno=lambda f: f["docno"].astype(str))
+    relevant = qrels[qrels["label"] > 0]
+    relevant = pd.DataFrame({"qid": relevant["qid"].astype(str), "docno": relevant["docno"].astype(str)})
     hits = (results.assign(qid=results["qid"].astype(str), docno=results["docno"].astype(str))
             .merge(relevant[["qid", "docno"]].drop_duplicates(), on=["qid", "docno"])
             .drop_duplicates(["qid", "docno"])["qid"].value_counts())

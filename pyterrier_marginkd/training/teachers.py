@@ -10,8 +10,41 @@ import pandas as pd
 import pyterrier as pt
 
 from pyterrier_marginkd.data.evaluation import per_query_ndcg10
+from pyterrier_marginkd.data.frames import add_scores
 from pyterrier_marginkd.data.groups import validate_qrels
-from pyterrier_marginkd.models.ensemble import Ensemble
+from pyterrier_marginkd.models.ensemble import Ensemble, FirstStageScore
+
+
+class ScoredOnce(pt.Transformer):
+    """``member`` with its scores of ``results`` computed once, up front: choosing a teacher cross-validates fusions
+    over the same judged candidates again and again (every fit and every held-out ranking of each fold), and each
+    member then scores them once instead of every time. Rows of queries it has not scored go to ``member``; rows come
+    back in input order with fresh ranks. A member whose score of a row depends on its query's other candidates (one
+    that reads the first-stage score) must be given whole candidate lists, as the choice does."""
+
+    def __init__(self, member: pt.Transformer, results: pd.DataFrame):
+        self.member = member
+        # a member that mixes in the first-stage score is still one for the Ensemble's input check
+        self.first_stage = getattr(member, "first_stage", None)
+        scored = member(results)
+        keys = pd.MultiIndex.from_arrays([scored["qid"].astype(str), scored["docno"].astype(str)])
+        self.scores = pd.Series(pd.to_numeric(scored["score"], errors="coerce").to_numpy(dtype=float),
+                                index=keys)[~keys.duplicated()]
+
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
+        keys = pd.MultiIndex.from_arrays([inp["qid"].astype(str), inp["docno"].astype(str)])
+        values = np.array(self.scores.reindex(keys), dtype=float)
+        unscored = ~keys.isin(self.scores.index)
+        if unscored.any():  # queries scored now: whole lists, as the member was given them
+            rows = inp["qid"].astype(str).isin(set(keys[unscored].get_level_values(0))).to_numpy()
+            scored = self.member(inp[rows])
+            fresh = pd.Series(scored["score"].to_numpy(dtype=float), index=pd.MultiIndex.from_arrays(
+                [scored["qid"].astype(str), scored["docno"].astype(str)]))
+            values[rows] = fresh[~fresh.index.duplicated()].reindex(keys[rows]).to_numpy(dtype=float)
+        return add_scores(inp, values)
+
+    def __repr__(self) -> str:
+        return f"ScoredOnce({self.member!r}, {len(self.scores)} rows)"
 
 
 def assign_folds(qids: Sequence[str], folds: int, seed: int = 0) -> dict[str, int]:
@@ -94,13 +127,17 @@ def choose_teacher(zero_shot: Ensemble, tuned: pt.Transformer | Callable[[], pt.
         judged_res = pd.concat([fit_res, valid_res], ignore_index=True)
         judged_qrels = pd.concat([validate_qrels(fit_qrels), valid_qrels], ignore_index=True).drop_duplicates(
             ["qid", "docno"])
-        measured = aware if out_of_fold is None else Ensemble([*zero_shot.members, out_of_fold],
-                                                              normalize=zero_shot.normalize)
+        # each member scores the judged candidates once for every fit and ranking below
+        once = [m if isinstance(m, FirstStageScore) else ScoredOnce(m, judged_res) for m in zero_shot.members]
+        third = ScoredOnce(tuned if out_of_fold is None else out_of_fold, judged_res)
+        measured = Ensemble([*once, third], normalize=zero_shot.normalize)
         # the same halves for both fusions (same seed): a paired comparison
-        zero_shot_ndcg = cross_validated_ndcg(zero_shot, judged_res, judged_qrels, seed=seed)
+        zero_shot_ndcg = cross_validated_ndcg(Ensemble(once, zero_shot.weights, normalize=zero_shot.normalize),
+                                              judged_res, judged_qrels, seed=seed)
         aware_ndcg = cross_validated_ndcg(measured, judged_res, judged_qrels, seed=seed)
         if out_of_fold is None:
-            aware.fit(judged_res, judged_qrels)
+            measured.fit(judged_res, judged_qrels)
+            aware.weights, aware.fit_report = measured.weights, measured.fit_report
             how = ("out-of-fold scores of the fitting queries and the validation queries: both fusions "
                    "cross-validated over all of them, the label-aware weights fitted on them")
         else:
@@ -121,7 +158,9 @@ def choose_teacher(zero_shot: Ensemble, tuned: pt.Transformer | Callable[[], pt.
             if not isinstance(made, pt.Transformer):
                 raise ValueError(f"the function given as tuned returned {type(made).__name__}, not a scorer")
             aware = Ensemble([*zero_shot.members, made], normalize=zero_shot.normalize)
-        aware.fit(valid_res, valid_qrels)
+        # the zero-shot members' scores of the validation queries are among those already computed
+        fitted = Ensemble([*once, aware.members[-1]], normalize=zero_shot.normalize).fit(valid_res, valid_qrels)
+        aware.weights, aware.fit_report = fitted.weights, fitted.fit_report
     report = {"chosen": chosen, "zero_shot_validation_ndcg@10": float(zero_shot_ndcg.mean()),
               "label_aware_validation_ndcg@10": float(aware_ndcg.mean()), "label_aware": how,
               "gain": float(gain.mean()), "gain_standard_error": standard_error,
