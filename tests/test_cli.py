@@ -176,5 +176,9 @@ def test_quickstart_flags_reach_the_recipe(monkeypatch):
     assert seen["recipe"].students_from_tuned is False
     cli.main(["quickstart", "--fast", "--students-start", "tuned"])
     assert seen["recipe"].students_from_tuned is True
+    cli.main(["quickstart", "--fast", "--amp"])
+    assert seen["recipe"].amp is True
+    cli.main(["quickstart", "--fast", "--no-amp"])
+    assert seen["recipe"].amp is False
     cli.main(["quickstart", "--fast"])
     assert seen["recipe"] == quickstart_module.FAST

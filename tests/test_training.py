@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -133,6 +134,35 @@ def test_the_layer_loss_comes_back_with_the_scores(tiny_ce, small_results):
     with torch.no_grad():
         assert distiller.tensors(part)[3] is None
     assert not any("layer" in name for name in vars(distiller))  # no side channel on the Distiller
+
+
+def test_amp_runs_the_forward_pass_in_bfloat16_where_the_device_has_it(tiny_ce, monkeypatch):
+    part = [Group("q1", "wing flutter", ["d1", "d2"], ["flutter of a wing", "heat transfer"], [1.0, 0.0])]
+    seen = []
+    monkeypatch.setattr(steps, "native_bf16", lambda device: seen.append(device.type) or True)
+    encoder = tiny_ce.model.bert.encoder.layer[0].intermediate.dense
+    dtypes = []
+    hook = encoder.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    exact = mkd.Distiller(tiny_ce).tensors(part)[0]
+    mixed = mkd.Distiller(tiny_ce, amp=True)
+    scores = mixed.tensors(part)[0]
+    hook.remove()
+    # the encoder ran in bfloat16 under amp, the scores come back float32 and close to the float32 pass
+    assert dtypes == [torch.float32, torch.bfloat16] and scores.dtype == torch.float32 and scores.requires_grad
+    torch.testing.assert_close(scores, exact, atol=0.05, rtol=0.05)
+    scores.sum().backward()
+    assert all(p.grad is None or (p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all())
+               for p in tiny_ce.model.parameters())
+    mixed.tensors(part)
+    assert seen == ["cpu"]  # asked once per device
+    # a device without native bfloat16: float32, and a warning says so once
+    monkeypatch.setattr(steps, "native_bf16", lambda device: False)
+    plain = mkd.Distiller(tiny_ce, amp=True)
+    with pytest.warns(UserWarning, match="no native bfloat16 arithmetic.*training in float32"):
+        assert plain.tensors(part)[0].dtype == torch.float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain.tensors(part)
 
 
 # --- negatives -----------------------------------------------------------------------------------------------------

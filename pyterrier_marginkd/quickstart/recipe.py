@@ -131,6 +131,9 @@ class Recipe:
     #: (one model, not cross-fitted folds) instead of the zero-shot model's; the label-only student never does. Off by
     #: default: on paragraph-long Cranfield queries it moved L2 by +0.007 and L4 by -0.004 nDCG@10 (README, Results)
     students_from_tuned: bool = False
+    #: bfloat16 autocast in every training step (the teacher's member and fold models, the students) where the device
+    #: has native bfloat16 (``TrainSettings.amp``); elsewhere float32, with a warning
+    amp: bool = False
 
     def __post_init__(self):
         if self.student_loss not in STUDENT_LOSSES:

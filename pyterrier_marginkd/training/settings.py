@@ -42,7 +42,8 @@ class TrainSettings:
         grad_accum_steps: forward passes per optimizer step.
         max_steps: stop after this many optimizer steps (None: all epochs). ``max_time``: stop after this many
             seconds of training (the schedule anneals within it; the checkpoint is kept to resume).
-        amp: bfloat16 autocast on CUDA.
+        amp: bfloat16 autocast of the student's forward pass (weights, gradients and optimizer stay float32) on
+            CUDA and on CPUs with native bfloat16 (AVX512-BF16 or AMX); elsewhere a warning, and float32.
         eval_steps: validate every this many steps (None: at the end of each epoch only).
         save_steps: write the resume checkpoint every this many steps.
         seed: seeds the sampling, the shuffling and torch.

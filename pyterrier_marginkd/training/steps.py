@@ -4,6 +4,7 @@ and one update of the student."""
 from __future__ import annotations
 
 import itertools
+import warnings
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
@@ -42,6 +43,19 @@ def step_batches(groups: Iterable[Group], teacher: TeacherScores | None, *, grou
         skip_steps = 0
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 autocast pays on ``device``: any CUDA device, or a CPU with native bfloat16 arithmetic
+    (AVX512-BF16 or AMX, which oneDNN uses; elsewhere bfloat16 is emulated and slower than float32)."""
+    if device.type == "cuda":
+        return True
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
 class BatchTensors:
     """The tensors of a batch of groups: ``(student, teacher, labels, layer_loss, judged, vectors)``, each ``[groups,
     group size]`` but the layer loss (a scalar, or None without intermediate-layer distillation or without
@@ -55,6 +69,7 @@ class BatchTensors:
         self.teacher = teacher
         self.intermediate = intermediate
         self.amp = amp
+        self._autocast: dict[str, bool] = {}  # per device type: whether amp runs there (asked once)
         self.teacher_factor = teacher_factor
         self.align = align
 
@@ -68,7 +83,7 @@ class BatchTensors:
         texts = [t for g in part for t in g.texts]
         device = self.student.torch_device
         vectors = None
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=self.amp and device.type == "cuda"):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=self.autocast(device)):
             if self.align:
                 student, vectors = self.aligned_scores(queries, texts, part)
                 layer_loss = None
@@ -84,6 +99,18 @@ class BatchTensors:
             labels = torch.tensor([g.labels for g in part], dtype=torch.float32, device=device)
         judged = torch.tensor([g.judged for g in part], dtype=torch.bool, device=device)
         return student, teacher, labels, layer_loss, judged, vectors
+
+    def autocast(self, device: torch.device) -> bool:
+        """Whether this batch runs under bfloat16 autocast: with ``amp``, where the device has native bfloat16; a
+        device without it trains in float32, and a warning says so once."""
+        if not self.amp:
+            return False
+        if device.type not in self._autocast:
+            self._autocast[device.type] = native_bf16(device)
+            if not self._autocast[device.type]:
+                warnings.warn(f"amp=True, but the {device.type} device has no native bfloat16 arithmetic (CUDA, or a "
+                              "CPU with AVX512-BF16 or AMX): training in float32", stacklevel=3)
+        return self._autocast[device.type]
 
     def aligned_scores(self, queries: list[str], texts: list[str],
                        part: list[Group]) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
