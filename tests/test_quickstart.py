@@ -114,8 +114,9 @@ def test_a_given_bi_encoder_teacher_and_time_boxed_students(cranfield, tiny_bert
     (st_folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
     output = tmp_path / "given"
     run(cranfield.path, tiny_bert_dir, output, "--teacher", str(st_folder), "--student-time", "0.001",
-        "--quantize", "none", "--student-loss", "margin-mse", "--align-steps", "2", "--align-weight", "0.5")
+        "--quantize", "none", "--student-loss", "margin-mse", "--align-steps", "2", "--align-weight", "0.5", "--amp")
     printed = capsys.readouterr().out
+    assert "every model trains under bfloat16 autocast" in printed
     assert table_rows(output) == systems("tiny-st", "Margin-MSE + alignment", output)
     assert "student L1 (Margin-MSE + alignment): 2 alignment steps first" in printed
     assert not (output / "report" / DEPLOYED_FILE).exists() and "as deployed" not in printed
@@ -125,6 +126,7 @@ def test_a_given_bi_encoder_teacher_and_time_boxed_students(cranfield, tiny_bert
     done = json.loads((output / folder / "done.json").read_text())
     assert done["report"]["stopped_by_max_time"] and done["settings"]["max_time"] == 0.001
     assert done["settings"]["align_steps"] == 2 and "0.5 * QueryAlignment()" in done["settings"]["loss"]
+    assert done["settings"]["amp"] is True  # a folder trained under autocast says so (float32 ones say nothing)
     assert not (output / folder / "align" / "student").exists()  # the aligned weights went on into distillation
     labels_only = json.loads((output / "student-L1-labels" / "done.json").read_text())["settings"]
     assert "align_steps" not in labels_only and labels_only["loss"] == "RankNet()"  # the twin learns from labels
@@ -188,6 +190,19 @@ def test_word_budget_shrinks_batches_of_paragraph_queries_only(cranfield):
     assert FAST.batch_for([]) == 32
     with pytest.raises(ValueError, match="query_words_per_step must be >= 1 or None"):
         Recipe.preset(True, query_words_per_step=0)
+
+
+def test_amp_none_trains_in_bfloat16_where_the_device_has_it(monkeypatch):
+    import pyterrier_marginkd.quickstart.recipe as recipe_module
+
+    asked = []
+    monkeypatch.setattr(recipe_module, "native_bf16", lambda device: asked.append(device.type) or True)
+    assert Recipe.preset(True, amp=None).trains_in_bf16() and asked
+    monkeypatch.setattr(recipe_module, "native_bf16", lambda device: False)
+    assert not Recipe.preset(True, amp=None).trains_in_bf16()
+    assert Recipe.preset(True, amp=True).trains_in_bf16() and not Recipe.preset(True, amp=False).trains_in_bf16()
+    with pytest.raises(ValueError, match="amp must be True, False or None"):
+        Recipe.preset(True, amp="yes")
 
 
 def test_a_judged_query_counts_once_per_relevant_candidate_in_the_word_budget():

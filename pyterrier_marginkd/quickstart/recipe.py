@@ -8,6 +8,8 @@ from typing import Any, Sequence
 import pandas as pd
 
 from pyterrier_marginkd import losses
+from pyterrier_marginkd.models.base import resolve_device
+from pyterrier_marginkd.training.steps import native_bf16
 
 #: an ir_datasets collection with train and test topics and qrels (downloaded on first use)
 DEFAULT_DATA = "irds:beir/scifact"
@@ -131,9 +133,16 @@ class Recipe:
     #: (one model, not cross-fitted folds) instead of the zero-shot model's; the label-only student never does. Off by
     #: default: on paragraph-long Cranfield queries it moved L2 by +0.007 and L4 by -0.004 nDCG@10 (README, Results)
     students_from_tuned: bool = False
-    #: bfloat16 autocast in every training step (the teacher's member and fold models, the students) where the device
-    #: has native bfloat16 (``TrainSettings.amp``); elsewhere float32, with a warning
-    amp: bool = False
+    #: bfloat16 autocast in every training step (the teacher's member and fold models, the students;
+    #: ``TrainSettings.amp``): None, where the training device has native bfloat16 (CUDA, CPUs with AVX512-BF16 or
+    #: AMX), else float32; True, always asked for (a device without it warns and trains in float32); False, never
+    amp: bool | None = False
+
+    def trains_in_bf16(self) -> bool:
+        """Whether this recipe's training steps ask for bfloat16 autocast on this machine's training device."""
+        if self.amp is not None:
+            return self.amp
+        return native_bf16(resolve_device(None))
 
     def __post_init__(self):
         if self.student_loss not in STUDENT_LOSSES:
@@ -149,6 +158,9 @@ class Recipe:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.query_words_per_step is not None and not self.query_words_per_step >= 1:
             raise ValueError(f"query_words_per_step must be >= 1 or None, got {self.query_words_per_step!r}")
+        if not (self.amp is None or isinstance(self.amp, bool)):
+            raise ValueError(f"amp must be True, False or None (where the device has native bfloat16), got "
+                             f"{self.amp!r}")
         if isinstance(self.align_steps, bool) or not isinstance(self.align_steps, int) or self.align_steps < 0:
             raise ValueError(f"align_steps must be a whole number >= 0, got {self.align_steps!r}")
 

@@ -107,6 +107,8 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     output.mkdir(parents=True, exist_ok=True)
     collection = Collection(data)
     log(verbose, f"quickstart: {collection!r} -> {output}; {recipe}")
+    if recipe.trains_in_bf16():
+        log(verbose, "every model trains under bfloat16 autocast (weights and optimizer in float32; --no-amp: float32)")
     if collection.derived_splits:
         log(verbose, f"{collection.name} ships no train/test split: holding out {collection.test_fraction:.0%} of "
                      "its queries for testing (the same split every run; Collection.test_fraction)")

@@ -150,7 +150,8 @@ class Trainer:
                     "pseudo_queries": r.pseudo_queries if teacher is not None else 0, "max_time": max_time,
                     "layers": layers, "teacher": teacher_id, "training_qids": digest(sorted(
                         fit_args[0]["qid"].astype(str).unique()))}
-        if r.amp:  # (recorded only when on: folders trained in float32 stay reusable)
+        amp = r.trains_in_bf16()
+        if amp:  # (recorded only when on: folders trained in float32 stay reusable)
             settings["amp"] = True
         if start is not None:  # where the weights start, when not the model of the identity
             settings["start"] = start
@@ -165,7 +166,7 @@ class Trainer:
             made = make_student()
             if align_texts:
                 aligner = Distiller(made, loss=losses.QueryAlignment(), epochs=r.align_steps, max_steps=r.align_steps,
-                                    batch_size=r.batch_size, lr=r.student_lr, seed=self.seed, amp=r.amp,
+                                    batch_size=r.batch_size, lr=r.student_lr, seed=self.seed, amp=amp,
                                     eval_steps=max(r.align_steps // 3, 1), save_steps=max(r.align_steps // 3, 1),
                                     output_dir=output_dir / "align", verbose=self.verbose)
                 aligner.fit_texts(align_texts, *self.valid)
@@ -176,7 +177,7 @@ class Trainer:
             # a step budget: enough epochs that max_steps, not the data, ends the run
             distiller = Distiller(made, teacher, loss=loss, epochs=budget,
                                   max_steps=budget, batch_size=batch_size, lr=lr,
-                                  head_lr=mix_lr, num_negatives=negatives, max_time=max_time, amp=r.amp,
+                                  head_lr=mix_lr, num_negatives=negatives, max_time=max_time, amp=amp,
                                   seed=self.seed, eval_steps=max(budget // 6, 1),
                                   save_steps=max(budget // 3, 1), output_dir=output_dir,
                                   verbose=self.verbose, **extra)
