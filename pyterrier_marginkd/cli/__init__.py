@@ -194,9 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--query-words-per-step", type=int, default=None, help="words of training queries one step "
                        "may encode: paragraph-long queries train in smaller batches (at least 8 groups); 0: always "
                        "the full batch" + recipe)
-    quick.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="train every model under "
-                       "bfloat16 autocast where the device has native bfloat16 (CUDA; CPUs with AVX512-BF16 or AMX)"
-                       + recipe)
+    quick.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="--amp: train every model "
+                       "under bfloat16 autocast (a device without native bfloat16 warns and trains in float32); "
+                       "--no-amp: in float32. Default: bfloat16 where the device has it natively (CUDA; CPUs with "
+                       "AVX512-BF16 or AMX), else float32")
     quick.add_argument("--zero-shot-teacher", action="store_true", help="do not fine-tune a teacher member on the "
                        "labels: the teacher is BM25 fused with the zero-shot scorers")
     quick.add_argument("--students-start", choices=["tuned", "model"], default=None, help="where the distilled "
