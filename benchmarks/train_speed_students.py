@@ -3,6 +3,8 @@ self-attention without a noise tensor; ``models/fast_training.py``) against the 
 paths, and, for the bi-encoder, sentence-transformers' ``SentenceTransformerTrainer`` with ``MarginMSELoss`` — run by
 hand, not part of CI.
 
+``--systems bf16`` adds our fast path under bfloat16 autocast (``amp=True``; CPUs with native bfloat16, CUDA).
+
 Every system trains the same student (the first ``--layers`` layers of all-MiniLM-L6-v2; the DotEncoder with mean
 pooling and dot product, as the sentence-transformers model built from the same folder) on the same Cranfield groups
 as ``train_speed.py`` (a train query, a judged-relevant document, random other documents, word-overlap teacher scores),
@@ -35,9 +37,10 @@ from train_memory import _status_mib, reset_peak, write_report  # noqa: E402
 from train_speed import InMemoryGroups, StepClock, timed_steps, train_with_st, training_groups  # noqa: E402
 
 ARCHITECTURES = ("DotEncoder", "ColBERT", "PreTT")
-#: ours: the Distiller with the fast path; eager: the same Distiller through torch's own dropout and attention;
-#: st: sentence-transformers' trainer (the bi-encoder only)
-SYSTEMS = ("ours", "eager", "st")
+#: ours: the Distiller with the fast path; bf16: the same under bfloat16 autocast (``amp=True``: native bfloat16 CPUs
+#: and CUDA); eager: the same Distiller through torch's own dropout and attention; st: sentence-transformers' trainer
+#: (the bi-encoder only)
+SYSTEMS = ("ours", "bf16", "eager", "st")
 
 
 def make_student(architecture: str, folder: Path, max_length: int):
@@ -49,8 +52,9 @@ def make_student(architecture: str, folder: Path, max_length: int):
 
 
 def train_ours(architecture: str, folder: Path, groups: list[dict[str, Any]], args: argparse.Namespace,
-               clock: StepClock, work: Path, fast: bool) -> None:
-    """Margin-MSE with our Distiller on the groups in memory; ``fast=False`` turns the fast path off."""
+               clock: StepClock, work: Path, fast: bool, amp: bool = False) -> None:
+    """Margin-MSE with our Distiller on the groups in memory; ``fast=False`` turns the fast path off, ``amp=True``
+    trains under bfloat16 autocast."""
     import pyterrier_marginkd as mkd
     from pyterrier_marginkd.data import Group
     from pyterrier_marginkd.models import two_sided
@@ -61,7 +65,7 @@ def train_ours(architecture: str, folder: Path, groups: list[dict[str, Any]], ar
     distiller = mkd.Distiller(student, loss=mkd.losses.MarginMSE(), batch_size=args.batch_size,
                               num_negatives=args.num_negatives, lr=args.lr, warmup_ratio=0.1, weight_decay=0.01,
                               max_grad_norm=1.0, max_steps=args.warmup + args.steps, save_steps=10**6,
-                              teacher_scale=None, seed=0, output_dir=work / "ours")
+                              teacher_scale=None, seed=0, amp=amp, output_dir=work / "ours")
     timed_steps(clock)
     distiller.fit_groups(InMemoryGroups([
         Group(qid=str(i), query=g["query"], docnos=[f"{i}-{j}" for j in range(len(g["texts"]))], texts=g["texts"],
@@ -107,7 +111,8 @@ def measure(architecture: str, system: str, args: argparse.Namespace) -> dict[st
         if system == "st":
             train_st(folder, groups, args, clock, Path(tmp))
         else:
-            train_ours(architecture, folder, groups, args, clock, Path(tmp), fast=system == "ours")
+            train_ours(architecture, folder, groups, args, clock, Path(tmp), fast=system != "eager",
+                       amp=system == "bf16")
         seconds = time.perf_counter() - started
         peak = _status_mib("VmHWM")
     return {"architecture": architecture, "system": system, "steps": len(clock.ends),
@@ -142,8 +147,8 @@ def markdown(report: dict[str, Any]) -> str:
              f"{env['sentence_transformers']}, {env['cpu_count']} CPUs ({env['cpu']}); load average at start / end "
              f"{env['load_start']} / {env['load_end']} (compare within this table).", "",
              "| student | ours (fast path) groups/s | torch's paths groups/s | sentence-transformers groups/s | "
-             "ours / torch's | ours / ST | peak RSS ours / torch's / ST (MiB) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "ours / torch's | ours / ST | peak RSS ours / torch's / ST (MiB) | ours bf16 groups/s | bf16 / ours |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
 
     def cell(row: dict[str, Any], key: str, fmt: str = "{:.2f}") -> str:
         return fmt.format(row[key]) if key in row else "–"
@@ -153,7 +158,8 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{cell(row, 'eager_groups_per_s')} | {cell(row, 'st_groups_per_s')} | "
                      f"{cell(row, 'ours_vs_eager', '**{:.2f}x**')} | {cell(row, 'ours_vs_st', '**{:.2f}x**')} | "
                      f"{cell(row, 'ours_peak_rss_mib', '{:.0f}')} / {cell(row, 'eager_peak_rss_mib', '{:.0f}')} / "
-                     f"{cell(row, 'st_peak_rss_mib', '{:.0f}')} |")
+                     f"{cell(row, 'st_peak_rss_mib', '{:.0f}')} | {cell(row, 'bf16_groups_per_s')} | "
+                     f"{cell(row, 'bf16_vs_ours', '**{:.2f}x**')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -207,6 +213,8 @@ def main() -> None:
         for other in ("eager", "st"):
             if "ours_groups_per_s" in row and f"{other}_groups_per_s" in row:
                 row[f"ours_vs_{other}"] = row["ours_groups_per_s"] / row[f"{other}_groups_per_s"]
+        if "ours_groups_per_s" in row and "bf16_groups_per_s" in row:
+            row["bf16_vs_ours"] = row["bf16_groups_per_s"] / row["ours_groups_per_s"]
         summary.append(row)
     report = {"settings": {k: v for k, v in vars(args).items() if k not in ("one", "students", "output")},
               "environment": {"torch": torch.__version__, "sentence_transformers": sentence_transformers.__version__,
