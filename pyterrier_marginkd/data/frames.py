@@ -78,6 +78,19 @@ def validate_results(inp: pd.DataFrame, text_field: str, context: pt.Transformer
             f"{name} is missing column(s) {missing}; found {list(inp.columns)}.{hint}", err.modes) from None
 
 
+def pair_keys(frame: pd.DataFrame) -> pd.MultiIndex:
+    """The (qid, docno) pair of each row, as strings: the key that matches a scorer's output to its input rows."""
+    return pd.MultiIndex.from_arrays([frame["qid"].astype(str), frame["docno"].astype(str)])
+
+
+def scores_by_pair(frame: pd.DataFrame, coerce: bool = False) -> pd.Series:
+    """``frame``'s scores as floats keyed by :func:`pair_keys` (the first row of a repeated pair); ``coerce``: a value
+    that is not a number becomes NaN instead of an error."""
+    keys = pair_keys(frame)
+    values = pd.to_numeric(frame["score"], errors="coerce") if coerce else frame["score"]
+    return pd.Series(values.to_numpy(dtype=float), index=keys)[~keys.duplicated()]
+
+
 def add_scores(inp: pd.DataFrame, scores: np.ndarray) -> pd.DataFrame:
     """Return ``inp`` (other columns untouched) with a fresh ``score`` column and PyTerrier ranks."""
     out = inp.drop(columns=["score", "rank"], errors="ignore").assign(score=np.asarray(scores, dtype=np.float64))

@@ -10,6 +10,7 @@ from pyterrier_marginkd.data.frames import (
     add_scores,
     check_id_columns,
     check_text_column,
+    pair_keys,
     valid_unicode,
     validate_results,
 )
@@ -68,8 +69,7 @@ class Cascade(RecordsTransformer, pt.Transformer):
         scored = self._run(self.scorer, selected, "scorer")
         agg = "max" if self.aggregate == "max" else "mean"
         doc_scores = scored.groupby(["qid", "parent_docno"], sort=False)["score"].agg(agg)
-        keys = pd.MultiIndex.from_arrays([inp["qid"].astype(str), inp["docno"].astype(str)])
-        return add_scores(inp, doc_scores.reindex(keys).to_numpy(dtype=float))
+        return add_scores(inp, doc_scores.reindex(pair_keys(inp)).to_numpy(dtype=float))
 
     def subtransformers(self) -> dict[str, pt.Transformer]:
         return {"selector": self.selector, "scorer": self.scorer}

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pyterrier as pt
 
-from pyterrier_marginkd.data.frames import add_scores, check_id_columns
+from pyterrier_marginkd.data.frames import add_scores, check_id_columns, pair_keys, scores_by_pair
 from pyterrier_marginkd.models.ensemble import reads_first_stage
 
 
@@ -54,11 +54,7 @@ class CrossFitted(pt.Transformer):
             scored = member(base.iloc[rows])
             if len(scored) != len(rows):
                 raise ValueError(f"fold model {i} ({member!r}) returned {len(scored)} rows for {len(rows)}")
-            keys = pd.MultiIndex.from_arrays([scored["qid"].astype(str), scored["docno"].astype(str)])
-            wanted = pd.MultiIndex.from_arrays([base["qid"].iloc[rows].astype(str),
-                                                base["docno"].iloc[rows].astype(str)])
-            values = pd.Series(scored["score"].to_numpy(dtype=float), index=keys)
-            total[rows] += values[~keys.duplicated()].reindex(wanted).to_numpy()
+            total[rows] += scores_by_pair(scored).reindex(pair_keys(base.iloc[rows])).to_numpy()
             count[rows] += 1
         return add_scores(base.drop(columns=["score"], errors="ignore"), total / count)
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pyterrier as pt
 
-from pyterrier_marginkd.data.frames import RecordsTransformer, add_scores, check_id_columns
+from pyterrier_marginkd.data.frames import RecordsTransformer, add_scores, check_id_columns, pair_keys, scores_by_pair
 
 #: per-query normalisations of member scores before they are weighted and summed
 NORMALIZATIONS = ("zscore", "minmax", None)
@@ -157,7 +157,7 @@ class Ensemble(RecordsTransformer, pt.Estimator):
         base = inp.drop(columns=["rank"], errors="ignore").reset_index(drop=True)
         if len(base) == 0:
             return base.drop(columns=["score"], errors="ignore"), np.zeros((0, len(self.members)))
-        keys = pd.MultiIndex.from_arrays([base["qid"].astype(str), base["docno"].astype(str)])
+        keys = pair_keys(base)
         if keys.has_duplicates:
             dup = keys[keys.duplicated()][0]
             raise ValueError(f"Ensemble input has duplicate (qid, docno) rows, e.g. {dup}; members' scores could not "
@@ -171,10 +171,9 @@ class Ensemble(RecordsTransformer, pt.Estimator):
         if not isinstance(out, pd.DataFrame) or "score" not in out.columns:
             found = list(out.columns) if isinstance(out, pd.DataFrame) else type(out).__name__
             raise ValueError(f"Ensemble member {i} ({member!r}) must return a 'score' column, but returned {found}")
-        out_keys = pd.MultiIndex.from_arrays([out["qid"].astype(str), out["docno"].astype(str)])
-        scores = pd.Series(pd.to_numeric(out["score"], errors="coerce").to_numpy(dtype=float), index=out_keys)
-        scores = scores[~out_keys.duplicated()].reindex(keys)
-        missing = scores.isna().to_numpy() & ~keys.isin(out_keys)
+        returned = scores_by_pair(out, coerce=True)
+        scores = returned.reindex(keys)
+        missing = scores.isna().to_numpy() & ~keys.isin(returned.index)
         if missing.any():
             raise ValueError(f"Ensemble member {i} ({member!r}) returned no score for {int(missing.sum())} of the "
                              f"{len(keys)} rows, e.g. (qid, docno)={keys[int(np.flatnonzero(missing)[0])]}; every "

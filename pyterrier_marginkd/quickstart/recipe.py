@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from pyterrier_marginkd import losses
+from pyterrier_marginkd.data.frames import pair_keys
 from pyterrier_marginkd.models.base import resolve_device
 from pyterrier_marginkd.training.steps import native_bf16
 
@@ -80,11 +81,9 @@ def group_queries(results: pd.DataFrame, qrels: pd.DataFrame | None) -> list[str
     if qrels is None or not len(qrels):
         return [str(q) for q in queries]
     judged = set(qrels["qid"].astype(str))
-    relevant = qrels[qrels["label"] > 0]
-    relevant = pd.DataFrame({"qid": relevant["qid"].astype(str), "docno": relevant["docno"].astype(str)})
-    hits = (results.assign(qid=results["qid"].astype(str), docno=results["docno"].astype(str))
-            .merge(relevant[["qid", "docno"]].drop_duplicates(), on=["qid", "docno"])
-            .drop_duplicates(["qid", "docno"])["qid"].value_counts())
+    relevant = set(pair_keys(qrels[qrels["label"] > 0]))
+    retrieved = pair_keys(results).unique()
+    hits = pd.Series([qid for qid, docno in retrieved if (qid, docno) in relevant], dtype=object).value_counts()
     return [str(q) for qid, q in queries.items() for _ in range(int(hits.get(qid, 0)) if qid in judged else 1)]
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pyterrier as pt
 
 from pyterrier_marginkd.data.evaluation import per_query_ndcg10
-from pyterrier_marginkd.data.frames import add_scores
+from pyterrier_marginkd.data.frames import add_scores, pair_keys, scores_by_pair
 from pyterrier_marginkd.data.groups import validate_qrels
 from pyterrier_marginkd.models.ensemble import Ensemble, FirstStageScore
 
@@ -26,21 +26,16 @@ class ScoredOnce(pt.Transformer):
         self.member = member
         # a member that mixes in the first-stage score is still one for the Ensemble's input check
         self.first_stage = getattr(member, "first_stage", None)
-        scored = member(results)
-        keys = pd.MultiIndex.from_arrays([scored["qid"].astype(str), scored["docno"].astype(str)])
-        self.scores = pd.Series(pd.to_numeric(scored["score"], errors="coerce").to_numpy(dtype=float),
-                                index=keys)[~keys.duplicated()]
+        self.scores = scores_by_pair(member(results), coerce=True)
 
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
-        keys = pd.MultiIndex.from_arrays([inp["qid"].astype(str), inp["docno"].astype(str)])
+        keys = pair_keys(inp)
         values = np.array(self.scores.reindex(keys), dtype=float)
         unscored = ~keys.isin(self.scores.index)
         if unscored.any():  # queries scored now: whole lists, as the member was given them
             rows = inp["qid"].astype(str).isin(set(keys[unscored].get_level_values(0))).to_numpy()
-            scored = self.member(inp[rows])
-            fresh = pd.Series(scored["score"].to_numpy(dtype=float), index=pd.MultiIndex.from_arrays(
-                [scored["qid"].astype(str), scored["docno"].astype(str)]))
-            values[rows] = fresh[~fresh.index.duplicated()].reindex(keys[rows]).to_numpy(dtype=float)
+            fresh = scores_by_pair(self.member(inp[rows]), coerce=True)
+            values[rows] = fresh.reindex(keys[rows]).to_numpy(dtype=float)
         return add_scores(inp, values)
 
     def __repr__(self) -> str:
