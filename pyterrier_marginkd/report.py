@@ -26,7 +26,8 @@ TABLE_FILE, CSV_FILE, PLOT_FILE = "results.md", "results.csv", "results.png"
 def report(systems: Mapping[str, pt.Transformer] | Sequence[pt.Transformer], topics: pd.DataFrame,
            qrels: pd.DataFrame, output_dir: str | os.PathLike, *, baseline: int | str | None = 0,
            names: Sequence[str] | None = None, measures: Sequence[Any] = DEFAULT_MEASURES,
-           correction: str | None = "holm", alpha: float = 0.05, plot: bool = True) -> pd.DataFrame:
+           correction: str | None = "holm", alpha: float = 0.05, plot: bool = True,
+           runs: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
     """Evaluate systems with ``pt.Experiment`` and write ``results.md``, ``results.csv`` and ``results.png``.
 
     ``systems`` is a dict ``{name: transformer}`` or a list (named by ``names``, else by repr). Each system runs
@@ -36,6 +37,8 @@ def report(systems: Mapping[str, pt.Transformer] | Sequence[pt.Transformer], top
     Significance is a paired t-test against ``baseline`` (index or name; None for none), corrected across
     systems by ``correction`` (a statsmodels method such as "holm"; None for none). The plot shows the first
     measure against mrt on a log scale, one labelled point per system (needs matplotlib: the ``plot`` extra).
+    ``runs``: a dict that receives each system's result frame by name, so that further comparisons among them
+    (``pt.Experiment`` takes frames) need not run the systems again.
     Returns the full table (one row per system), as written to ``results.csv``.
     """
     named = _named_systems(systems, names)
@@ -51,12 +54,14 @@ def report(systems: Mapping[str, pt.Transformer] | Sequence[pt.Transformer], top
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
 
-    runs, speed = [], []
+    if runs is not None and not isinstance(runs, dict):
+        raise TypeError(f"runs must be a dict to receive each system's result frame, got {type(runs).__name__}")
+    results, speed = [], []
     for name, system in named:
         run, stats = _timed_run(system, topics)
-        runs.append(run)
+        results.append(run)
         speed.append(stats)
-    table = pt.Experiment(runs, topics, qrels, measures, names=system_names, baseline=baseline_index,
+    table = pt.Experiment(results, topics, qrels, measures, names=system_names, baseline=baseline_index,
                           correction=correction if baseline_index is not None else None)
     measure_names = [str(m) for m in measures]
     tests = [c for m in measure_names for c in table.columns if c.startswith(f"{m} ")]
@@ -65,6 +70,8 @@ def report(systems: Mapping[str, pt.Transformer] | Sequence[pt.Transformer], top
     table["pairs"] = pd.array([s["pairs"] for s in speed], dtype="Int64")
     table["pairs/s"] = pd.array([s["pairs/s"] for s in speed], dtype="Float64")
     table["mrt"] = [s["mrt"] for s in speed]
+    if runs is not None:
+        runs.update(zip(system_names, results))
     table.to_csv(output / CSV_FILE, index=False)
     (output / TABLE_FILE).write_text(markdown(table, measure_names, baseline_index, correction, alpha) + "\n")
     if plot:

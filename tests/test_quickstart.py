@@ -305,6 +305,20 @@ def test_architectures_each_distilled_and_on_labels_alone_in_one_report(cranfiel
         run(cranfield.path, tiny_bert_dir, output, "--architectures", "BERT-DOT")
 
 
+def test_default_student_sizes_one_size_per_architecture_in_the_papers_table():
+    import pyterrier_marginkd.quickstart.run as quickstart_run
+
+    assert quickstart_run.layer_counts(None, ["DotEncoder"]) == [2, 4]
+    assert quickstart_run.layer_counts(None, ["DotEncoder", "CrossEncoder", "TK"]) == [2]
+    assert quickstart_run.layer_counts(None, ["ColBERT"]) == [2]
+    assert quickstart_run.layer_counts([4, 2, 4], ["DotEncoder", "TK"]) == [2, 4]  # as given
+    with pytest.raises(ValueError, match="positive layer counts"):
+        quickstart_run.layer_counts([0, 2], ["DotEncoder"])
+    with pytest.raises(ValueError, match="positive layer counts"):
+        quickstart_run.layer_counts([], ["DotEncoder"])
+    assert cli.build_parser().parse_args(["quickstart"]).student_layers is None
+
+
 def test_a_stage_inside_another_counts_as_its_own():
     import time
 

@@ -65,6 +65,23 @@ def test_report_of_a_list_without_baseline_or_plot(systems, test_data, tmp_path)
     assert not (tmp_path / PLOT_FILE).exists() and (tmp_path / TABLE_FILE).exists()
 
 
+def test_report_hands_back_each_run_for_further_comparisons(systems, test_data, tmp_path):
+    topics, qrels = test_data
+    calls = []
+    counted = {**systems, "counted": systems["tiny L1"] >> pt.apply.generic(lambda res: calls.append(1) or res)}
+    runs = {}
+    table = mkd.report(counted, topics, qrels, tmp_path, baseline=None, plot=False, runs=runs)
+    assert list(runs) == list(counted) and len(calls) == 1
+    for name, run in runs.items():
+        assert set(run["qid"]) <= set(topics["qid"]) and {"docno", "score"} <= set(run.columns), name
+    # the frames evaluate as the systems did, without running them again
+    again = pt.Experiment(list(runs.values()), topics, qrels, [pt.measures.nDCG @ 10], names=list(runs))
+    assert again["nDCG@10"].tolist() == pytest.approx(table["nDCG@10"].tolist())
+    assert len(calls) == 1
+    with pytest.raises(TypeError, match="runs must be a dict"):
+        mkd.report(systems, topics, qrels, tmp_path, plot=False, runs=[])
+
+
 def test_missing_matplotlib_names_the_extra_before_any_work(test_data, tmp_path, monkeypatch):
     topics, qrels = test_data
     monkeypatch.setitem(sys.modules, "matplotlib", None)

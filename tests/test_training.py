@@ -70,9 +70,18 @@ def test_the_loop_validates_and_saves_on_time_and_ends_with_the_budget():
                          save_steps=4, max_time=None)
     validated, saved, state, stopped = _run(budget)
     assert validated == [0, 3, 5, 6, 7]  # the start, every eval_steps, the end of the epoch, the end of the run
-    assert saved == [4, 5, 7]  # every save_steps, the end of the epoch, the end of the run
+    assert saved == [4, 7]  # every save_steps and the end of the run (not the end of an epoch: resumes mid-epoch)
     assert [h["step"] for h in state.history] == list(range(1, 8)) and state.step == 7 and not stopped
     assert [h["epoch"] for h in state.history] == [0] * 5 + [1] * 2
+
+
+def test_a_run_whose_checkpoint_is_deleted_at_the_end_does_not_write_it_there():
+    budget = loop.Budget(groups_per_epoch=10, groups_per_step=2, steps_per_epoch=5, total_steps=7, eval_steps=3,
+                         save_steps=4, max_time=None)
+    saved, state = [], loop.LoopState()
+    loop.run_loop(budget, state, loop.Clock(), step=lambda batch: (1.0, 0.1), save=saved.append,
+                  batches=lambda epoch, start: [[i] for i in range(start, 5)], save_at_end=False)
+    assert saved == [4] and state.step == 7
 
 
 def test_the_time_budget_stops_the_loop_after_a_validated_and_saved_step():

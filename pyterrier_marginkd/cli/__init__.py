@@ -160,8 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--teacher", nargs="+", default=None,
                        help="zero-shot scorer(s) fused with BM25 as the teacher: sentence-transformers bi-encoder or "
                             "Hugging Face cross-encoder ids or folders (default: --model)")
-    quick.add_argument("--student-layers", nargs="+", type=int, default=[2, 4],
-                       help="layer counts of the distilled students (the smallest also trains on labels only)")
+    quick.add_argument("--student-layers", nargs="+", type=int, default=None,
+                       help="layer counts of the distilled students (the smallest also trains on labels only; "
+                            "default 2 4, with --architectures 2)")
     quick.add_argument("--architectures", nargs="+", default=None, metavar="NAME",
                        help="student architectures to compare, each distilled and trained on labels alone at the "
                             "smallest --student-layers: DotEncoder CrossEncoder ColBERT PreTT TK (default: DotEncoder)")

@@ -61,13 +61,16 @@ DEPLOYED_FILE = "results_deployed.csv"
 TEACHER_FILE = "teacher.json"
 #: wall seconds per stage of the run that wrote the report
 TIMINGS_FILE = "timings.csv"
+#: the distilled DotEncoders' layer counts when ``student_layers`` is not given and the DotEncoder trains alone; with
+#: other architectures, the first (every architecture at one size, as in the Margin-MSE paper's table)
+DEFAULT_STUDENT_LAYERS = (2, 4)
 #: the report name of the teacher's fine-tuned member (one model)
 TUNED_LABEL = "teacher's fine-tuned L{depth} (labels)"
 
 
 def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike = DEFAULT_OUTPUT, *,
                model: str | None = None, teacher: str | Sequence[str] | None = None,
-               student_layers: Sequence[int] = (2, 4), fast: bool = False, recipe: Recipe | None = None,
+               student_layers: Sequence[int] | None = None, fast: bool = False, recipe: Recipe | None = None,
                train_split: str = "train", test_split: str = "test", seed: int = 0,
                architectures: Sequence[str] | None = None, verbose: bool = True) -> pd.DataFrame:
     """Index, build a teacher, distil students and evaluate on one collection; return the report table.
@@ -80,7 +83,8 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     weights fitted on the validation queries it never trained on; the teacher is the label-aware fusion when it is
     clearly better over every judged train query, measured out of fold (``recipe.teacher_folds`` fold models, each
     trained without its fold; :func:`choose_teacher`). Students are k layers of ``model`` (each of
-    ``student_layers``; spread over its depth, the last included: ``spread_layers``) as query encoders against its
+    ``student_layers``, default 2 and 4; spread over its depth, the last included: ``spread_layers``) as query
+    encoders against its
     document vectors, mixing in the normalised BM25 score, trained on the fitting queries and teacher-labelled
     pseudo-queries: distillation
     (``recipe.student_loss``) on all, plus ``recipe.label_weight`` times RankNet on the judged ones. A label-only
@@ -89,18 +93,17 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
 
     ``architectures`` (names of :data:`ARCHITECTURES`; default the DotEncoder alone) adds the Margin-MSE paper's other
     students: each at the smallest of ``student_layers`` (TK: that many of its own layers over the model's token
-    embeddings), distilled from the same teacher on the same data and trained on the labels alone alike
-    (:data:`ARCHITECTURE_RECIPES`), each pair compared in the report; ColBERT and PreTT re-rank from document stores
-    built ahead of the queries, as the DotEncoder from its stored vectors.
+    embeddings; not given, every architecture, the DotEncoder too, at 2 layers alone), distilled from the same
+    teacher on the same data and trained on the labels alone alike (:data:`ARCHITECTURE_RECIPES`), each pair
+    compared in the report; ColBERT and PreTT re-rank from document stores built ahead of the queries, as the
+    DotEncoder from its stored vectors.
     """
     started = time.time()
     clock = StageClock()
     recipe = recipe or Recipe.preset(fast)
     archs = architecture_names(architectures)
     named = archs != ARCHITECTURES[:1]  # rows name the architecture when there is more than the default
-    layers = sorted({int(k) for k in student_layers})
-    if not layers or layers[0] < 1:
-        raise ValueError(f"student_layers must be positive layer counts, got {list(student_layers)}")
+    layers = layer_counts(student_layers, archs)
     model = resolve(model or default_model())
     teachers = [resolve(t) for t in ([teacher] if isinstance(teacher, (str, os.PathLike)) else teacher or [model])]
     output = Path(output)
@@ -286,12 +289,13 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     plot = importlib.util.find_spec("matplotlib") is not None
     log(verbose, f"evaluating {len(systems)} systems on {len(test_topics)} {test_split} queries, BM25 top {recipe.k}")
     with clock("evaluation"):
-        table = report(systems, test_topics, test_qrels, output / "report", baseline=0, plot=plot)
-        versus = []  # each architecture's distilled students against its own label-only twin
+        runs: dict[str, pd.DataFrame] = {}
+        table = report(systems, test_topics, test_qrels, output / "report", baseline=0, plot=plot, runs=runs)
+        versus = []  # each architecture's distilled students against its own label-only twin (the same runs)
         for architecture in archs:
             twin = twins[architecture][0]
             mine = rows_of[architecture]
-            versus.append(pt.Experiment([systems[twin], *(systems[n] for n in mine)], test_topics, test_qrels,
+            versus.append(pt.Experiment([runs[twin], *(runs[n] for n in mine)], test_topics, test_qrels,
                                         [pt.measures.nDCG @ 10, pt.measures.RR @ 10], names=[twin, *mine],
                                         baseline=0, correction="holm"))
         versus = pd.concat(versus, ignore_index=True)
@@ -320,6 +324,19 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
         print(f"quickstart finished in {timings['seconds'].iloc[-1]:.0f} s (seconds per stage: "
               f"{output / 'report' / TIMINGS_FILE})")
     return table
+
+
+def layer_counts(student_layers: Sequence[int] | None, architectures: Sequence[str]) -> list[int]:
+    """The distilled DotEncoders' layer counts, ascending: ``student_layers``, or when not given
+    :data:`DEFAULT_STUDENT_LAYERS` for the DotEncoder alone and its first with other architectures (the paper's
+    table compares every architecture at one size)."""
+    if student_layers is None:
+        student_layers = DEFAULT_STUDENT_LAYERS[:1] if tuple(architectures) != ARCHITECTURES[:1] else \
+            DEFAULT_STUDENT_LAYERS
+    layers = sorted({int(k) for k in student_layers})
+    if not layers or layers[0] < 1:
+        raise ValueError(f"student_layers must be positive layer counts, got {list(student_layers)}")
+    return layers
 
 
 def _fold_models(trainer: Trainer, output: Path, depth: int, make: Callable[[], DotEncoder], layers: list[int],

@@ -57,13 +57,15 @@ class Budget:
 def run_loop(budget: Budget, state: LoopState, clock: Clock, *,
              batches: Callable[[int, int], Iterable[Any]], step: Callable[[Any], tuple[float, float]],
              save: Callable[[int], None], validate: Callable[[int], None] | None = None,
-             validate_start: bool = True, progress: Any = None) -> bool:
+             validate_start: bool = True, save_at_end: bool = True, progress: Any = None) -> bool:
     """Run optimizer steps from ``state.step`` to ``budget.total_steps``; return whether ``max_time`` stopped it early.
 
     ``batches(epoch, step_in_epoch)`` yields the rest of an epoch's batches, ``step(batch)`` makes one optimizer step
     and returns (loss, learning rate), ``validate(step)`` updates ``state.best``, ``save(step)`` writes the resume
     checkpoint; ``progress`` is a tqdm-like bar. Validation runs every ``eval_steps``, at the end of each epoch and
-    of the run; the checkpoint is written every ``save_steps`` and at the same ends.
+    of the run. The checkpoint is written every ``save_steps`` and where ``max_time`` stops the run (a resumed run
+    continues mid-epoch), and at the end of the run with ``save_at_end`` (off when a completed run's checkpoint is
+    deleted anyway).
     """
     current = state.step
     first = current
@@ -90,7 +92,7 @@ def run_loop(budget: Budget, state: LoopState, clock: Clock, *,
             end = end_of_epoch or current == budget.total_steps or out_of_time
             if validate is not None and ((budget.eval_steps and current % budget.eval_steps == 0) or end):
                 _timed(clock, validate, current)
-            if current % budget.save_steps == 0 or end:
+            if current % budget.save_steps == 0 or out_of_time or (current == budget.total_steps and save_at_end):
                 save(current)
             if current >= budget.total_steps or out_of_time or end_of_epoch:
                 stopped_early = out_of_time and current < budget.total_steps

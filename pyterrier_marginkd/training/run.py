@@ -185,7 +185,8 @@ def train(distiller: Distiller, source: GroupSource, va_res: pd.DataFrame | None
         memory_saving.enter_context(keep_freed_memory())
     try:
         stopped_early = run_loop(
-            plan, state, clock, step=one_step, save=save, validate_start=settings.validate_start, progress=bar,
+            plan, state, clock, step=one_step, save=save, validate_start=settings.validate_start,
+            save_at_end=settings.keep_checkpoint, progress=bar,
             batches=lambda epoch, step_in_epoch: step_batches(source.groups(epoch), teacher,
                                                               groups_per_step=plan.groups_per_step,
                                                               skip=step_in_epoch * plan.groups_per_step),
