@@ -1,15 +1,16 @@
-"""Training throughput of the DotEncoder, ColBERT and PreTT students: our fast path (parallel dropout masks, BERT
-self-attention without a noise tensor; ``models/fast_training.py``) against the same Distiller through torch's own
-paths, and, for the bi-encoder, sentence-transformers' ``SentenceTransformerTrainer`` with ``MarginMSELoss`` — run by
-hand, not part of CI.
+"""Training throughput of the DotEncoder, ColBERT, PreTT and TK students: our fast path (parallel dropout masks, BERT
+and TK self-attention without a noise tensor; ``models/fast_training.py``) against the same Distiller through
+torch's own paths, and, for the bi-encoder, sentence-transformers' ``SentenceTransformerTrainer`` with
+``MarginMSELoss`` — run by hand, not part of CI.
 
 ``--systems bf16`` adds our fast path under bfloat16 autocast (``amp=True``; CPUs with native bfloat16, CUDA).
 
-Every system trains the same student (the first ``--layers`` layers of all-MiniLM-L6-v2; the DotEncoder with mean
-pooling and dot product, as the sentence-transformers model built from the same folder) on the same Cranfield groups
-as ``train_speed.py`` (a train query, a judged-relevant document, random other documents, word-overlap teacher scores),
-Margin-MSE, the same batch, max length, AdamW settings and torch threads. Each run is a fresh process; runs alternate
-between the systems ``--repeats`` times and the median groups/s is reported::
+Every system trains the same student (the first ``--layers`` layers of all-MiniLM-L6-v2, TK that many layers of its
+own over MiniLM's token embeddings; the DotEncoder with mean pooling and dot product, as the sentence-transformers
+model built from the same folder) on the same Cranfield groups as ``train_speed.py`` (a train query, a judged-relevant
+document, random other documents, word-overlap teacher scores), Margin-MSE, the same batch, max length, AdamW settings
+and torch threads. Each run is a fresh process; runs alternate between the systems ``--repeats`` times and the median
+groups/s is reported::
 
     python benchmarks/train_speed_students.py --threads 2 --steps 10 --repeats 3 \\
         --output benchmarks/results/train-speed-students/threads2
@@ -36,7 +37,7 @@ from throughput import cpu_name, load_average  # noqa: E402
 from train_memory import _status_mib, reset_peak, write_report  # noqa: E402
 from train_speed import InMemoryGroups, StepClock, timed_steps, train_with_st, training_groups  # noqa: E402
 
-ARCHITECTURES = ("DotEncoder", "ColBERT", "PreTT")
+ARCHITECTURES = ("DotEncoder", "ColBERT", "PreTT", "TK")
 #: ours: the Distiller with the fast path; bf16: the same under bfloat16 autocast (``amp=True``: native bfloat16 CPUs
 #: and CUDA); eager: the same Distiller through torch's own dropout and attention; st: sentence-transformers' trainer
 #: (the bi-encoder only)

@@ -235,3 +235,76 @@ def test_encoder_students_train_through_the_fast_path_with_their_own_function(ki
         student.model.eval()
         student.train_scores(queries, texts, first_stage=first_stage)
         assert entered == []
+
+
+def test_tk_trains_through_the_fast_path_with_its_own_function(tiny_bert_dir, small_results, monkeypatch):
+    """TK's transformer layers (batch-first nn.MultiheadAttention, nn.Dropout) under fast_training: the same scores
+    and gradients as torch's own layers drawing the same dropout masks in the same order."""
+    import pyterrier_marginkd as mkd
+    from pyterrier_marginkd.models import two_sided
+
+    torch.manual_seed(0)
+    student = mkd.TK.from_pretrained(tiny_bert_dir, max_length=64, first_stage="zscore")
+    queries, texts = small_results["query"].tolist(), small_results["text"].tolist()
+    first_stage = [3.0, 2.0, 1.0, 1.0, 2.0, 3.0]
+    attentions = [m for m in student.model.modules() if isinstance(m, torch.nn.MultiheadAttention)]
+    assert attentions and all(fast_training.is_plain_self_attention(m) and m.dropout > 0 for m in attentions)
+    student.model.train()
+    own = torch.nn.MultiheadAttention.forward
+    with monkeypatch.context() as patch:  # the reference: torch's layers, their dropout given our masks
+        patch.setattr(two_sided, "fast_training", lambda model: contextlib.nullcontext())
+        patch.setattr(torch.nn.functional, "dropout",
+                      lambda x, p=0.5, training=True, inplace=False: fast_training._Dropout.apply(x, p)
+                      if training and p > 0 else x)
+        # with its weights asked for, torch's attention drops probabilities through F.dropout (not inside SDPA)
+        patch.setattr(torch.nn.MultiheadAttention, "forward",
+                      lambda self, *args, **kwargs: own(self, *args, **{**kwargs, "need_weights": True}))
+        torch.manual_seed(3)
+        expected = student.train_scores(queries, texts, first_stage=first_stage)
+        expected.sum().backward()
+    expected_grads = _grads(student.model)
+    student.model.zero_grad()
+    entered = []
+    real = two_sided.fast_training
+    monkeypatch.setattr(two_sided, "fast_training", lambda model: entered.append(model) or real(model))
+    calls = []
+    real_attention = fast_training.multihead_self_attention
+    monkeypatch.setattr(fast_training, "multihead_self_attention",
+                        lambda *args, **kwargs: calls.append(1) or real_attention(*args, **kwargs))
+    torch.manual_seed(3)
+    got = student.train_scores(queries, texts, first_stage=first_stage)
+    got.sum().backward()
+    assert entered == [student.model] and len(calls) == 2 * len(attentions)  # queries and documents, every layer
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert expected_grads and set(_grads(student.model)) == set(expected_grads)
+    for name, grad in _grads(student.model).items():
+        torch.testing.assert_close(grad, expected_grads[name], rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+    assert not any("forward" in vars(m) for m in student.model.modules())  # every patch undone
+    # scoring (no gradients) never enters the fast path
+    student.model.eval()
+    with torch.no_grad():
+        student.train_scores(queries, texts, first_stage=first_stage)
+    assert entered == [student.model]
+
+
+def test_multihead_self_attention_equals_torchs_without_dropout_and_defers_other_calls():
+    torch.manual_seed(0)
+    attention = torch.nn.MultiheadAttention(16, 4, dropout=0.0, batch_first=True)
+    x = torch.randn(3, 5, 16)
+    padding = torch.tensor([[False] * 5, [False] * 3 + [True] * 2, [False] + [True] * 4])
+    expected = attention(x, x, x, key_padding_mask=padding, need_weights=False)[0]
+    got, weights = fast_training.multihead_self_attention(attention, x, x, x, key_padding_mask=padding,
+                                                          need_weights=False)
+    assert weights is None
+    torch.testing.assert_close(got, expected)
+    additive = torch.zeros(padding.shape).masked_fill(padding, float("-inf"))
+    torch.testing.assert_close(fast_training.multihead_self_attention(attention, x, x, x, key_padding_mask=additive,
+                                                                      need_weights=False)[0], expected)
+    # attention weights asked for, or cross-attention: the module's own forward pass
+    own = attention(x, x, x, need_weights=True)
+    deferred = fast_training.multihead_self_attention(attention, x, x, x)
+    torch.testing.assert_close(deferred[1], own[1])
+    y = torch.randn(3, 2, 16)
+    torch.testing.assert_close(fast_training.multihead_self_attention(attention, y, x, x, need_weights=False)[0],
+                               attention(y, x, x, need_weights=False)[0])
+    assert not fast_training.is_plain_self_attention(torch.nn.MultiheadAttention(16, 4))  # not batch-first

@@ -120,6 +120,46 @@ def self_attention(module: nn.Module, hidden_states: torch.Tensor, attention_mas
     return out.transpose(1, 2).reshape(batch, -1, heads * size), None
 
 
+def is_plain_self_attention(module: nn.Module) -> bool:
+    """Whether :func:`multihead_self_attention` can run ``module``: a batch-first ``nn.MultiheadAttention`` with one
+    input projection for query, key and value, and no added key/value biases or zero attention (TK's layers)."""
+    return (isinstance(module, nn.MultiheadAttention) and module.batch_first and module._qkv_same_embed_dim
+            and module.in_proj_weight is not None and module.bias_k is None and not module.add_zero_attn)
+
+
+def multihead_self_attention(module: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor,
+                             value: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
+                             need_weights: bool = True, attn_mask: torch.Tensor | None = None,
+                             average_attn_weights: bool = True, is_causal: bool = False) -> tuple[torch.Tensor, None]:
+    """``module``'s forward pass (:func:`is_plain_self_attention`) for self-attention in training, its dropout
+    applied to the attention probabilities with a mask from :func:`dropped` instead of torch's; any other call
+    (attention weights asked for, an attention mask, cross-attention) runs the module's own."""
+    if need_weights or attn_mask is not None or is_causal or not (query is key is value):
+        return nn.MultiheadAttention.forward(module, query, key, value, key_padding_mask=key_padding_mask,
+                                             need_weights=need_weights, attn_mask=attn_mask,
+                                             average_attn_weights=average_attn_weights, is_causal=is_causal)
+    batch, length, width = query.shape
+    heads = module.num_heads
+    size = width // heads
+    q, k, v = (x.view(batch, length, heads, size).transpose(1, 2)
+               for x in nn.functional.linear(query, module.in_proj_weight, module.in_proj_bias).chunk(3, dim=-1))
+    mask = None
+    if key_padding_mask is not None:  # [batch, keys]: True or -inf where a key is padding
+        mask = key_padding_mask.view(batch, 1, 1, length)
+        if mask.dtype == torch.bool:
+            mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(mask, float("-inf"))
+    p = module.dropout if module.training else 0.0
+    if p == 0 or query.device.type != "cpu":
+        out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+    else:
+        scores = torch.matmul(q * size ** -0.5, k.transpose(-1, -2))
+        if mask is not None:
+            scores = scores + mask.to(scores.dtype)
+        probs = torch.where(dropped(scores.shape, p), 0.0, torch.softmax(scores, dim=-1))
+        out = torch.matmul(probs, v).mul_(1.0 / (1.0 - p))
+    return module.out_proj(out.transpose(1, 2).reshape(batch, length, width)), None
+
+
 #: model types whose layers are BERT's (self-attention with query/key/value, scaling and dropout)
 BERT_LIKE = {"bert", "roberta", "xlm-roberta", "camembert", "electra"}
 
@@ -155,8 +195,9 @@ def recomputes_layers(model: nn.Module) -> bool:
 
 @contextlib.contextmanager
 def fast_training(model: nn.Module) -> Iterator[None]:
-    """While entered, ``model``'s dropout draws its masks with :func:`dropped` (CPU tensors) and its BERT-like
-    self-attention runs :func:`self_attention`: scores and gradients are the model's own function. A no-op under
+    """While entered, ``model``'s dropout draws its masks with :func:`dropped` (CPU tensors), its BERT-like
+    self-attention runs :func:`self_attention` and its batch-first ``nn.MultiheadAttention`` (TK)
+    :func:`multihead_self_attention`: scores and gradients are the model's own function. A no-op under
     gradient checkpointing of ``model`` or of any model inside it, which recomputes layers in the backward pass,
     outside this context (other masks)."""
     if any(recomputes_layers(m) for m in model.modules()):
@@ -170,6 +211,9 @@ def fast_training(model: nn.Module) -> Iterator[None]:
                 patched.append(module)
         for attention in _bert_attentions(model):
             attention.forward = functools.partial(self_attention, attention)
+            patched.append(attention)
+        for attention in [m for m in model.modules() if is_plain_self_attention(m)]:
+            attention.forward = functools.partial(multihead_self_attention, attention)
             patched.append(attention)
         yield
     finally:

@@ -54,8 +54,18 @@ class TwoSidedScorer(FirstStageMixing, NeuralScorer):
     def _collate(self, items: Sequence[tuple[Tokens, Tokens]]) -> dict[str, torch.Tensor]:
         return two_sided_batch(items, self._tok.pad_id)
 
+    def training_pass(self) -> contextlib.AbstractContextManager:
+        """The context of a training forward pass: :func:`fast_training` (the CPU shortcuts of
+        :mod:`~pyterrier_marginkd.models.fast_training`: parallel dropout masks, attention without a noise tensor;
+        the scores and gradients of the model's own forward pass given the same masks) while the model trains with
+        gradients, nothing otherwise."""
+        if self.model.training and torch.is_grad_enabled():
+            return fast_training(self.model)
+        return contextlib.nullcontext()
+
     def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.model(batch)
+        with self.training_pass():
+            return self.model(batch)
 
     def _repr_extra(self) -> list[str]:
         return []
@@ -72,21 +82,9 @@ class EncoderStudent(TwoSidedScorer):
     (and any other ``PreTrainedModel`` child) is saved as a Hugging Face model, its other weights in
     ``marginkd.safetensors``, the ``DEFAULTS`` settings (which shape the weights) in ``marginkd.json``.
 
-    Training passes run the CPU shortcuts of :mod:`~pyterrier_marginkd.models.fast_training` (parallel dropout
-    masks, BERT self-attention without a noise tensor): the scores and gradients of the model's own forward pass
-    given the same masks.
+    Training passes run the CPU shortcuts of :mod:`~pyterrier_marginkd.models.fast_training`, as every two-sided
+    scorer's do (:meth:`TwoSidedScorer.training_pass`).
     """
-
-    def training_pass(self) -> contextlib.AbstractContextManager:
-        """The context of a training forward pass: :func:`fast_training` while the model trains with gradients,
-        nothing otherwise."""
-        if self.model.training and torch.is_grad_enabled():
-            return fast_training(self.model)
-        return contextlib.nullcontext()
-
-    def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        with self.training_pass():
-            return self.model(batch)
 
     def _load_encoder(self, model_name: str | os.PathLike, *, num_layers: int | Sequence[int] | None,
                       max_length: int | None,
