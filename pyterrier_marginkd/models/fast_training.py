@@ -105,19 +105,25 @@ def self_attention(module: nn.Module, hidden_states: torch.Tensor, attention_mas
     if attention_mask is not None and first_only:  # [batch, 1, queries, keys]
         attention_mask = attention_mask[:, :, :1]
     p = module.dropout.p if module.training else 0.0
-    if p == 0 or first_only or hidden_states.device.type != "cpu":
-        out = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=p,
-                                                         scale=module.scaling)
-    else:
-        scores = torch.matmul(query * module.scaling, key.transpose(-1, -2))
-        if attention_mask is not None:  # boolean (True: may attend) or additive, [batch, 1, queries, keys]
-            if attention_mask.dtype == torch.bool:
-                attention_mask = torch.zeros(attention_mask.shape, dtype=scores.dtype).masked_fill_(
-                    ~attention_mask, float("-inf"))
-            scores += attention_mask  # in place: the product's backward does not read its output
-        probs = torch.where(dropped(scores.shape, p), 0.0, torch.softmax(scores, dim=-1))
-        out = torch.matmul(probs, value).mul_(1.0 / (1.0 - p))
+    out = _attend(query, key, value, attention_mask, p, module.scaling, own_masks=not first_only)
     return out.transpose(1, 2).reshape(batch, -1, heads * size), None
+
+
+def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, p: float,
+            scale: float, own_masks: bool = True) -> torch.Tensor:
+    """Attention of ``[batch, heads, length, size]`` heads: softmax of the scaled products plus ``mask`` (boolean,
+    True: may attend, or additive; broadcast to [batch, heads, queries, keys]), the probabilities dropped with
+    probability ``p`` by a :func:`dropped` mask and the kept ones scaled by ``1 / (1 - p)``, times the values. Without
+    dropout, off the CPU or without ``own_masks``: torch's scaled_dot_product_attention."""
+    if p == 0 or not own_masks or query.device.type != "cpu":
+        return nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=p, scale=scale)
+    scores = torch.matmul(query * scale, key.transpose(-1, -2))
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            mask = torch.zeros(mask.shape, dtype=scores.dtype).masked_fill_(~mask, float("-inf"))
+        scores += mask  # in place: the product's backward does not read its output
+    probs = torch.where(dropped(scores.shape, p), 0.0, torch.softmax(scores, dim=-1))
+    return torch.matmul(probs, value).mul_(1.0 / (1.0 - p))
 
 
 def is_plain_self_attention(module: nn.Module) -> bool:
@@ -146,17 +152,9 @@ def multihead_self_attention(module: nn.MultiheadAttention, query: torch.Tensor,
     mask = None
     if key_padding_mask is not None:  # [batch, keys]: True or -inf where a key is padding
         mask = key_padding_mask.view(batch, 1, 1, length)
-        if mask.dtype == torch.bool:
-            mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(mask, float("-inf"))
+        mask = ~mask if mask.dtype == torch.bool else mask.to(q.dtype)
     p = module.dropout if module.training else 0.0
-    if p == 0 or query.device.type != "cpu":
-        out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-    else:
-        scores = torch.matmul(q * size ** -0.5, k.transpose(-1, -2))
-        if mask is not None:
-            scores = scores + mask.to(scores.dtype)
-        probs = torch.where(dropped(scores.shape, p), 0.0, torch.softmax(scores, dim=-1))
-        out = torch.matmul(probs, v).mul_(1.0 / (1.0 - p))
+    out = _attend(q, k, v, mask, p, size ** -0.5)
     return module.out_proj(out.transpose(1, 2).reshape(batch, length, width)), None
 
 
