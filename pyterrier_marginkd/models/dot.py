@@ -186,17 +186,15 @@ class DotEncoder(StoredDocs, EncoderStudent):
         return (query_vecs * doc_vecs).sum(-1), list(unique), vectors
 
     def train_query_vectors(self, queries: Sequence[str]) -> torch.Tensor:
-        """Differentiable query vectors ``[len(queries), dim]`` from the query encoder (for training; through
-        :meth:`training_pass` while the model trains with gradients)."""
+        """Differentiable query vectors ``[len(queries), dim]`` from the query encoder (for training)."""
         if len(queries) == 0:
             raise ValueError("train_query_vectors got no queries")
         items = self._tok.singles([str(q) for q in queries])
         runs = length_buckets([len(ids) for ids, _ in items])  # short and long queries padded apart
         if len(runs) == 1:
             runs = [list(range(len(items)))]  # one forward pass, in the given order
-        with self.training_pass():  # the fast path, as every two-sided scorer's training forward pass
-            vectors = [self.model.embed(self._to_device({f"query_{k}": v for k, v in pad(
-                [items[i] for i in run], self._tok.pad_id).items()}), "query") for run in runs]
+        vectors = [self.model.embed(self._to_device({f"query_{k}": v for k, v in pad(
+            [items[i] for i in run], self._tok.pad_id).items()}), "query") for run in runs]
         if len(runs) == 1:
             return vectors[0]
         position = torch.argsort(torch.tensor([i for run in runs for i in run]))
