@@ -158,6 +158,14 @@ def test_recipes_and_offline_hint(cranfield):
         Recipe.preset(True, teacher_folds=0)
     with pytest.raises(ValueError, match="num_negatives must be between 1 and k - 1 = 49"):
         Recipe.preset(True, num_negatives=50)
+    from pyterrier_marginkd.quickstart import ARCHITECTURE_RECIPES, ArchitectureRecipe
+
+    # the joint students read 128 tokens of each candidate and validate 3 times (README, "Student architectures")
+    assert {(r.max_length, r.validations) for r in ARCHITECTURE_RECIPES.values()} == {(128, 3)}
+    with pytest.raises(ValueError, match="max_length must be >= 8 tokens"):
+        ArchitectureRecipe(batch_size=4, num_negatives=3, lr=1e-4, max_length=4)
+    with pytest.raises(ValueError, match="validations must be >= 1"):
+        ArchitectureRecipe(batch_size=4, num_negatives=3, lr=1e-4, validations=0)
     with pytest.raises(ValueError, match=r"student_loss must be one of \['kl', 'margin-mse'\]"):
         Recipe.preset(True, student_loss="ranknet")
     with pytest.raises(RuntimeError, match=r"Offline, pass a local folder with docs\.jsonl\.gz.*--data") as error:
@@ -273,8 +281,16 @@ def test_distilled_students_start_from_the_chosen_fine_tuned_member(cranfield, t
     assert not (tmp_path / "off" / "student-L1-kl-labelteacher-fromtuned").exists()
 
 
-def test_architectures_each_distilled_and_on_labels_alone_in_one_report(cranfield, tiny_bert_dir, tmp_path, capsys):
+def test_architectures_each_distilled_and_on_labels_alone_in_one_report(cranfield, tiny_bert_dir, tmp_path, capsys,
+                                                                        monkeypatch):
+    import dataclasses
+
+    from pyterrier_marginkd.quickstart import recipe as quickstart_recipe
+
     output = tmp_path / "arch"
+    # ColBERT reads fewer tokens than the recipe's 48; the others are capped at the recipe's
+    colbert = quickstart_recipe.ARCHITECTURE_RECIPES["ColBERT"]
+    monkeypatch.setitem(quickstart_recipe.ARCHITECTURE_RECIPES, "ColBERT", dataclasses.replace(colbert, max_length=32))
     run(cranfield.path, tiny_bert_dir, output, "--zero-shot-teacher", "--architectures", "DotEncoder", "crossencoder",
         "ColBERT", "PreTT", "TK")
     printed = capsys.readouterr().out
@@ -300,6 +316,8 @@ def test_architectures_each_distilled_and_on_labels_alone_in_one_report(cranfiel
             assert settings["lr"] == (1e-3 if architecture == "TK" else 1e-4)
             saved = mkd.load(output / folder / "student")
             assert isinstance(saved, kind) and saved.first_stage == "zscore"  # every architecture mixes in BM25
+            assert saved.max_length == (32 if architecture == "ColBERT" else 48)
+            assert settings["architecture"]["validations"] == 3
     assert {p.name for p in (output / "stores").iterdir()} >= {"student-ColBERT-L1-KL", "student-PreTT-L1-KL-int8"}
     timings = pd.read_csv(output / "report" / TIMINGS_FILE)["stage"].tolist()
     assert all(s in timings for s in students)

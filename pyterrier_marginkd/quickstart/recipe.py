@@ -40,21 +40,37 @@ class ArchitectureRecipe:
     head_lr: float | None = None  #: learning rate of new heads and first-stage mixing weights (None: ``lr``)
     #: normalisation of the BM25 score the student mixes into its own (None: no mix)
     first_stage: str | None = "zscore"
+    #: tokens per query or document (the CrossEncoder: per pair), in training and when it scores, at most the
+    #: recipe's ``max_length`` (None: the recipe's). Each candidate goes through the whole model, padded to the
+    #: longest of its batch: on Cranfield's abstracts (median 175 tokens, a tenth over 337) a training batch pads to
+    #: 256 nearly always
+    max_length: int | None = None
+    #: validations after step 0 (every ``steps // validations`` steps; each scores every candidate of every validation
+    #: query through the whole model: on Cranfield 6 of them cost about as much as the 300 training steps)
+    validations: int = 6
 
     def __post_init__(self):
         if self.batch_size < 1 or self.num_negatives < 1 or not self.lr > 0:
             raise ValueError(f"batch_size and num_negatives must be >= 1 and lr > 0, got {self}")
+        if self.max_length is not None and self.max_length < 8:
+            raise ValueError(f"max_length must be >= 8 tokens (or None: the recipe's), got {self.max_length}")
+        if self.validations < 1:
+            raise ValueError(f"validations must be >= 1, got {self.validations}")
 
 
 #: joint architectures encode every candidate of every group in a step (DotEncoder students encode only queries
 #: against stored document vectors), so they take 4 groups of 1 + 3 candidates (8 groups of 1 + 7 took 4 s per step
-#: for a 2-layer CrossEncoder on Cranfield, 2 cores); TK is small and trained from its embeddings, so it takes a larger
-#: learning rate (as benchmarks/architectures.py trained it)
+#: for a 2-layer CrossEncoder on Cranfield, 2 cores), read 128 tokens of each candidate and validate 3 times after
+#: step 0; TK is small and trained from its embeddings, so it takes a larger learning rate (as
+#: benchmarks/architectures.py trained it)
 ARCHITECTURE_RECIPES = {
-    "CrossEncoder": ArchitectureRecipe(batch_size=4, num_negatives=3, lr=1e-4, head_lr=1e-3),
-    "ColBERT": ArchitectureRecipe(batch_size=4, num_negatives=3, lr=1e-4, head_lr=1e-3),
-    "PreTT": ArchitectureRecipe(batch_size=4, num_negatives=3, lr=1e-4, head_lr=1e-3),
-    "TK": ArchitectureRecipe(batch_size=4, num_negatives=3, lr=1e-3, head_lr=1e-3),
+    "CrossEncoder": ArchitectureRecipe(batch_size=4, num_negatives=3, lr=1e-4, head_lr=1e-3, max_length=128,
+                                       validations=3),
+    "ColBERT": ArchitectureRecipe(batch_size=4, num_negatives=3, lr=1e-4, head_lr=1e-3, max_length=128,
+                                  validations=3),
+    "PreTT": ArchitectureRecipe(batch_size=4, num_negatives=3, lr=1e-4, head_lr=1e-3, max_length=128,
+                                validations=3),
+    "TK": ArchitectureRecipe(batch_size=4, num_negatives=3, lr=1e-3, head_lr=1e-3, max_length=128, validations=3),
 }
 
 

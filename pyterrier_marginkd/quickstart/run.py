@@ -48,6 +48,7 @@ from pyterrier_marginkd.quickstart.stages import (
     log,
     resolve,
     sample_topics,
+    saved_kwargs,
     short_name,
 )
 from pyterrier_marginkd.report import TABLE_FILE, deployed_report, markdown_table, report
@@ -259,8 +260,9 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
                     + ("-labelteacher" if fused is not zero_shot else ""))
     for architecture in [a for a in archs if a != "DotEncoder"]:
         own = ARCHITECTURE_RECIPES[architecture]
+        tokens = min(own.max_length or recipe.max_length, recipe.max_length)
         made = functools.partial(architecture_student, architecture, model, baseline_layers, kept[baseline_layers],
-                                 scorer_kwargs)
+                                 {**scorer_kwargs, "max_length": tokens})
         name = row(architecture, baseline_layers, joint_label)
         rows_of[architecture].append(name)
         with clock(name):
@@ -308,7 +310,8 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
         student_folders = {name: folder for name, folder in trainer.folders.items() if name.startswith("student")}
         with clock("students as deployed (int8)"):
             deployed_report(DEPLOYED_FILE, output, recipe.quantize, candidates, teacher_name, fused,
-                            student_folders, test_topics, test_qrels, scorer_kwargs, shared_docs, verbose,
+                            student_folders, test_topics, test_qrels, saved_kwargs(scorer_kwargs), shared_docs,
+                            verbose,
                             deploy=lambda name, s: s.share_doc_vectors(shared_docs) if isinstance(s, DotEncoder)
                             else ahead_of_queries(s, test_res, output / "stores" / slug(f"{name} {recipe.quantize}")))
     timings = clock.table(time.time() - started)

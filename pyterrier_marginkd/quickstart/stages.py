@@ -143,6 +143,7 @@ class Trainer:
         if batch_size != full:
             log(self.verbose, f"{label}: {batch_size} groups per step instead of {full}: its training queries "
                                f"are long (query_words_per_step={r.query_words_per_step})")
+        validations = 6 if architecture is None else architecture.validations
         lr, mix_lr, negatives = ((r.student_lr, r.mix_lr, r.negatives) if architecture is None else
                                  (architecture.lr, architecture.head_lr or architecture.lr,
                                   min(architecture.num_negatives, r.negatives)))
@@ -181,7 +182,7 @@ class Trainer:
             distiller = Distiller(made, teacher, loss=loss, epochs=budget,
                                   max_steps=budget, batch_size=batch_size, lr=lr,
                                   head_lr=mix_lr, num_negatives=negatives, max_time=max_time, amp=amp,
-                                  seed=self.seed, eval_steps=max(budget // 6, 1),
+                                  seed=self.seed, eval_steps=max(budget // validations, 1),
                                   save_steps=max(budget // 3, 1), output_dir=output_dir,
                                   verbose=self.verbose, **extra)
             distiller.fit(*fit_args, *(self.valid if validate else ()))
@@ -195,8 +196,14 @@ class Trainer:
             return distiller
 
         student, _ = fit_once(folder, settings, fit, label=label, verbose=self.verbose,
-                              load_kwargs=self.scorer_kwargs)
+                              load_kwargs=saved_kwargs(self.scorer_kwargs))
         return student.share_doc_vectors(self.shared_docs) if isinstance(student, DotEncoder) else student
+
+
+def saved_kwargs(scorer_kwargs: dict) -> dict:
+    """What a saved quickstart student loads with: ``scorer_kwargs`` but its own ``max_length`` (saved with it; a
+    joint architecture's may be shorter than the recipe's, ``ArchitectureRecipe.max_length``)."""
+    return {k: v for k, v in scorer_kwargs.items() if k != "max_length"}
 
 
 def short_name(name: str) -> str:
