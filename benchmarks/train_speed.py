@@ -11,6 +11,12 @@ data loading included); runs alternate between the systems ``--repeats`` times a
 
     python benchmarks/train_speed.py --threads 2 --steps 10 --repeats 3 --output benchmarks/results/train-speed/threads2
 
+``--systems bf16 eager-bf16`` compares our fast path with torch's own dropout and attention, both under bfloat16
+autocast (CPUs with native bfloat16, CUDA); sentence-transformers is not run then::
+
+    python benchmarks/train_speed.py --threads 2 --layers 2 --batch-size 4 --num-negatives 3 --systems bf16 \
+        eager-bf16 --repeats 2 --output benchmarks/results/train-speed/bf16-threads2
+
 The teacher scores are a word-overlap count (computed once, stored with the groups): neither system runs a teacher,
 as when training from a teacher-score file. Our Distiller reads the groups from a teacher-score file (``fit_file``,
 text version; one negative per group) or, with more negatives, from the same groups in memory.
@@ -36,7 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import cpu_name, load_average  # noqa: E402
 from train_memory import _status_mib, reset_peak, write_report  # noqa: E402
 
+#: ours: our Distiller (fast path); st: sentence-transformers; bf16: ours under bfloat16 autocast (native bfloat16
+#: CPUs, CUDA); eager-bf16: the same without the parallel dropout masks and attention (torch's own, under autocast)
 SYSTEMS = ("ours", "st")
+EXTRA_SYSTEMS = ("bf16", "eager-bf16")
 
 
 def training_groups(data: str, num_groups: int, num_negatives: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -88,17 +97,23 @@ class StepClock:
 
 
 def train_ours(folder: Path, groups: list[dict[str, Any]], args: argparse.Namespace, clock: StepClock,
-               work: Path) -> None:
-    """Margin-MSE with our Distiller, from a teacher-score file (one negative) or the groups in memory."""
+               work: Path, amp: bool = False, fast: bool = True) -> None:
+    """Margin-MSE with our Distiller, from a teacher-score file (one negative) or the groups in memory; ``amp``:
+    under bfloat16 autocast; ``fast=False``: torch's own dropout and attention (the first-token last layer kept)."""
+    import contextlib
+
     import pyterrier_marginkd as mkd
     from pyterrier_marginkd.data import Group
     from pyterrier_marginkd.data.scorefiles import format_line
+    from pyterrier_marginkd.models import cross_encoder
 
+    if not fast:
+        cross_encoder.fast_training = lambda model: contextlib.nullcontext()
     student = mkd.CrossEncoder.from_pretrained(folder, max_length=args.max_length)
     distiller = mkd.Distiller(student, loss=mkd.losses.MarginMSE(), batch_size=args.batch_size,
                               num_negatives=args.num_negatives, lr=args.lr, warmup_ratio=0.1, weight_decay=0.01,
                               max_grad_norm=1.0, max_steps=args.warmup + args.steps, save_steps=10**6,
-                              teacher_scale=None, seed=0, output_dir=work / "ours")
+                              teacher_scale=None, seed=0, amp=amp, output_dir=work / "ours")
     timed_steps(clock)
     if args.num_negatives == 1:
         path = work / "scores.text.tsv"
@@ -191,7 +206,11 @@ def measure(system: str, layers: int, args: argparse.Namespace) -> dict[str, Any
         reset_peak()
         before = _status_mib("VmRSS")
         started = time.perf_counter()
-        (train_ours if system == "ours" else train_st)(folder, groups, args, clock, Path(tmp))
+        if system == "st":
+            train_st(folder, groups, args, clock, Path(tmp))
+        else:
+            train_ours(folder, groups, args, clock, Path(tmp), amp=system.endswith("bf16"),
+                       fast=not system.startswith("eager"))
         seconds = time.perf_counter() - started
         peak = _status_mib("VmHWM")
     return {"system": system, "layers": layers, "steps": len(clock.ends),
@@ -242,7 +261,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=1, help="alternating runs of each system")
-    parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
+    parser.add_argument("--systems", nargs="+", choices=SYSTEMS + EXTRA_SYSTEMS, default=list(SYSTEMS))
     parser.add_argument("--output", default=None, help="write the report to OUTPUT.json and OUTPUT.md")
     parser.add_argument("--students", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
