@@ -55,9 +55,6 @@ def test_fresh_run_then_a_second_run_reuses_every_model(cranfield, tiny_bert_dir
     for fold in (1, 2, 3):
         done = json.loads((output / f"teacher-tuned-fold{fold}of3" / "done.json").read_text())
         assert done["settings"]["steps"] == 50 and done["report"]["queries"] < 8  # trained without its fold
-        # the validation queries are scored in the choice too: they pick no fold model's checkpoint
-        assert done["settings"]["validated"] is False and "best_step" not in done["report"]
-    assert "fold 1 of 3: 50 steps; not validated: the last step's weights kept" in printed
     assert all(name in printed for name in expected) and "quickstart finished" in printed
     assert "pseudo-queries (titles of documents)" in printed
     assert (output / "report" / PLOT_FILE).read_bytes().startswith(b"\x89PNG")

@@ -345,9 +345,8 @@ def layer_counts(student_layers: Sequence[int] | None, architectures: Sequence[s
 def _fold_models(trainer: Trainer, output: Path, depth: int, make: Callable[[], DotEncoder], layers: list[int],
                  fit_res: pd.DataFrame, fit_qrels: pd.DataFrame, folds: int, seed: int) -> CrossFitted | None:
     """The fold models the teacher's choice is measured on: with ``folds`` > 1, one per fold of the fitting queries,
-    fine-tuned on their labels without it (RankNet, ``recipe.teacher_fold_steps``; the last step kept: the validation
-    queries are among those the choice is measured on, so they pick no checkpoint), as a :class:`CrossFitted`
-    scorer; None with one fold, or fewer than two queries per fold."""
+    fine-tuned on their labels without it (RankNet, ``recipe.teacher_fold_steps``), as a :class:`CrossFitted` scorer;
+    None with one fold, or fewer than two queries per fold."""
     qids = sorted(set(fit_res["qid"].astype(str)) & set(fit_qrels["qid"].astype(str)))
     if folds == 1 or len(qids) < 2 * folds:
         return None
@@ -359,7 +358,7 @@ def _fold_models(trainer: Trainer, output: Path, depth: int, make: Callable[[], 
         members.append(trainer(output / f"teacher-tuned-fold{fold + 1}of{folds}",
                                f"teacher's fine-tuned L{depth} (labels), fold {fold + 1} of {folds}", make, None,
                                losses.RankNet(), (rows, fit_qrels[fit_qrels["qid"].astype(str).isin(keep)]),
-                               layers=layers, steps=trainer.recipe.teacher_fold_steps, validate=False))
+                               layers=layers, steps=trainer.recipe.teacher_fold_steps))
     return CrossFitted(members, fold_of)
 
 

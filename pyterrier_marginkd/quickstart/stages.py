@@ -130,11 +130,10 @@ class Trainer:
     def __call__(self, folder: Path, label: str, make_student, teacher: pt.Transformer | None,
                  loss: losses.RankingLoss, fit_args: tuple, *, layers: list[int], teacher_id: str | None = None,
                  steps: int | None = None, align_texts: list[str] | None = None, start: str | None = None,
-                 architecture: ArchitectureRecipe | None = None, validate: bool = True, **extra: Any) -> NeuralScorer:
+                 architecture: ArchitectureRecipe | None = None, **extra: Any) -> NeuralScorer:
         """Train (or load) the student ``label`` in ``folder``; with ``align_texts``, ``recipe.align_steps`` steps of
         alignment on them come first. ``architecture``: the groups, negatives and learning rates of a student
-        architecture other than the DotEncoder (its ``make_student`` builds it). ``validate=False``: no validation
-        queries, the weights of the last step are kept (the teacher's fold models)."""
+        architecture other than the DotEncoder (its ``make_student`` builds it)."""
         r = self.recipe
         # the recipe's student budget, unless given (the teacher's member: a step budget alone, never time-boxed)
         budget, max_time = (r.student_steps, r.student_time) if steps is None else (steps, None)
@@ -161,8 +160,6 @@ class Trainer:
             settings["architecture"] = dataclasses.asdict(architecture)
         if align_texts:
             settings.update(align_steps=r.align_steps, align_texts=digest(list(align_texts)))
-        if not validate:  # (recorded only when off: validated folders stay reusable)
-            settings["validated"] = False
         self.folders[label] = folder
 
         def fit(output_dir: Path) -> Distiller:
@@ -185,11 +182,10 @@ class Trainer:
                                   seed=self.seed, eval_steps=max(budget // validations, 1),
                                   save_steps=max(budget // 3, 1), output_dir=output_dir,
                                   verbose=self.verbose, **extra)
-            distiller.fit(*fit_args, *(self.valid if validate else ()))
+            distiller.fit(*fit_args, *self.valid)
             report, steps = distiller.report, len(distiller.history)
-            log(self.verbose, f"{label}: {steps} steps; " + (
-                f"best validation nDCG@10 {report.get('best_ndcg@10', float('nan')):.4f} at step "
-                f"{report.get('best_step')}" if validate else "not validated: the last step's weights kept"))
+            log(self.verbose, f"{label}: {steps} steps; best validation nDCG@10 "
+                               f"{report.get('best_ndcg@10', float('nan')):.4f} at step {report.get('best_step')}")
             if report.get("stopped_by_max_time"):
                 log(self.verbose, f"{label}: the {r.student_time:.0f} s budget allowed {steps} of "
                                    f"{report['total_steps']} steps (a busy machine allows fewer)")
