@@ -39,7 +39,7 @@ def table_rows(output) -> list[str]:
 
 def test_fresh_run_then_a_second_run_reuses_every_model(cranfield, tiny_bert_dir, tmp_path, capsys, monkeypatch):
     output = tmp_path / "qs"
-    run(cranfield.path, tiny_bert_dir, output)
+    run(cranfield.path, tiny_bert_dir, output, "--query-max-length", "16")  # queries cut shorter than documents
     printed = capsys.readouterr().out
     expected = systems(tiny_bert_dir.name, output=output)
     assert table_rows(output) == expected
@@ -83,15 +83,19 @@ def test_fresh_run_then_a_second_run_reuses_every_model(cranfield, tiny_bert_dir
     for stage in ("student-L1-labels", student_folder):
         done = json.loads((output / stage / "done.json").read_text())
         assert done["settings"]["max_length"] == 48 and done["settings"]["steps"] == 3
+        assert done["settings"]["query_max_length"] == 16
         assert done["settings"]["num_negatives"] == 5  # the rest of each query's k = 6 candidates
-        assert mkd.load(output / stage / "student").first_stage == "zscore"
+        saved = mkd.load(output / stage / "student")
+        assert saved.first_stage == "zscore" and (saved.max_length, saved.query_max_length) == (48, 16)
+    assert json.loads((output / "teacher-tuned-fold1of3" / "done.json").read_text())["settings"]["query_max_length"] \
+        == 16 and json.loads((output / "teacher" / "fusion.json").read_text())["settings"]["query_max_length"] == 16
     first = pd.read_csv(output / "report" / CSV_FILE)
 
     def no_training(*args, **kwargs):
         raise AssertionError("a second run must not train again")
     monkeypatch.setattr(mkd.Distiller, "fit", no_training)
     monkeypatch.setattr(mkd.Ensemble, "fit", no_training)
-    run(cranfield.path, tiny_bert_dir, output)
+    run(cranfield.path, tiny_bert_dir, output, "--query-max-length", "16")
     printed = capsys.readouterr().out
     # fusion, 3 fold models, (the member,) choice, 2 students
     assert printed.count("reusing") == 7 + aware and "training in" not in printed
@@ -100,7 +104,7 @@ def test_fresh_run_then_a_second_run_reuses_every_model(cranfield, tiny_bert_dir
     pd.testing.assert_frame_equal(first[effectiveness], pd.read_csv(output / "report" / CSV_FILE)[effectiveness])
 
     with pytest.raises(ValueError, match=r"other settings \(changed: \['steps'\]\)"):
-        run(cranfield.path, tiny_bert_dir, output, "--student-steps", "2")
+        run(cranfield.path, tiny_bert_dir, output, "--query-max-length", "16", "--student-steps", "2")
 
 
 def test_a_given_bi_encoder_teacher_and_time_boxed_students(cranfield, tiny_bert_dir, tmp_path, capsys):
@@ -153,6 +157,9 @@ def test_recipes_and_offline_hint(cranfield):
         Recipe.preset(True, align_steps=-1)
     with pytest.raises(ValueError, match="teacher_folds, teacher_steps and teacher_fold_steps must be >= 1"):
         Recipe.preset(True, teacher_folds=0)
+    assert (FAST.query_max_length, FULL.query_max_length, FULL.query_length) == (128, None, None)
+    with pytest.raises(ValueError, match="query_max_length must be a whole number >= 3"):
+        Recipe.preset(True, query_max_length=2)
     with pytest.raises(ValueError, match="num_negatives must be between 1 and k - 1 = 49"):
         Recipe.preset(True, num_negatives=50)
     from pyterrier_marginkd.quickstart import ARCHITECTURE_RECIPES, ArchitectureRecipe

@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--test-queries", type=int, default=None, help="evaluate on a sample of N queries" + recipe)
     quick.add_argument("--k", type=int, default=None, help="BM25 candidates per query" + recipe)
     quick.add_argument("--max-length", type=int, default=None, help="tokens per query or document" + recipe)
+    quick.add_argument("--query-max-length", type=int, default=None, help="tokens of each query the bi-encoders "
+                       "read (documents: --max-length); 0: --max-length" + recipe)
     quick.add_argument("--pseudo-queries", type=int, default=None, help="pseudo-queries for the teacher to label"
                        + recipe)
     quick.add_argument("--student-steps", type=int, default=None, help="optimizer steps per student" + recipe)

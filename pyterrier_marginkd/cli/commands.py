@@ -256,10 +256,12 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
         overrides["students_from_tuned"] = args.students_start == "tuned"
     if args.query_words_per_step is not None:
         overrides["query_words_per_step"] = args.query_words_per_step or None  # 0: always the full batch
+    if args.query_max_length is not None:
+        overrides["query_max_length"] = args.query_max_length or None  # 0: as documents (max_length)
     if args.quantize is not None:
         overrides["quantize"] = None if args.quantize == "none" else args.quantize
-    recipe = Recipe.preset(args.fast, **{k: v for k, v in overrides.items()
-                                         if v is not None or k in ("quantize", "query_words_per_step")})
+    always = ("quantize", "query_words_per_step", "query_max_length")  # None there is a setting, not "unset"
+    recipe = Recipe.preset(args.fast, **{k: v for k, v in overrides.items() if v is not None or k in always})
     quickstart(args.data, args.output, model=args.model, teacher=args.teacher, student_layers=args.student_layers,
                recipe=recipe, train_split=args.train_split, test_split=args.test_split, seed=args.seed,
                architectures=args.architectures, verbose=True)

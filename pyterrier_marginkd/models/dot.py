@@ -14,7 +14,13 @@ from transformers import AutoModel, PreTrainedModel
 
 from pyterrier_marginkd.models import io
 from pyterrier_marginkd.models.docstore import StoredDocs
-from pyterrier_marginkd.models.hf import length_buckets, load_hf_model, pad, sentence_transformers_settings
+from pyterrier_marginkd.models.hf import (
+    TextTokenizer,
+    length_buckets,
+    load_hf_model,
+    pad,
+    sentence_transformers_settings,
+)
 from pyterrier_marginkd.models.two_sided import EncoderStudent, encode, load_encoder
 
 POOLINGS = ("cls", "mean")
@@ -79,7 +85,7 @@ class DotEncoder(StoredDocs, EncoderStudent):
     def __init__(self, model_name: str | os.PathLike, *, pooling: str | None = None, dim: int | None = None,
                  shared_encoder: bool | None = None, normalize: bool | None = None, first_stage: str | None = None,
                  frozen_docs: bool | None = None, num_layers: int | Sequence[int] | None = None,
-                 max_length: int | None = None,
+                 max_length: int | None = None, query_max_length: int | None = None,
                  batch_size: int = 32,
                  text_field: str = "text", verbose: bool = False, device: str | torch.device | None = None,
                  quantize: str | None = None,
@@ -101,6 +107,15 @@ class DotEncoder(StoredDocs, EncoderStudent):
             max_length = max_length or st.get("max_length")
         encoder, settings, ours = self._load_encoder(
             model_name, num_layers=num_layers, max_length=max_length, model_kwargs=model_kwargs, settings=given)
+        # queries may be cut shorter than documents (a saved model keeps its own; None: max_length)
+        if query_max_length is None and ours:
+            query_max_length = io.read_config(model_name).get("query_max_length")
+        if query_max_length is not None and not 3 <= query_max_length <= self.max_length:
+            raise ValueError(f"query_max_length must leave room for [CLS], [SEP] and a token and be at most "
+                             f"max_length={self.max_length} (None: max_length), got {query_max_length}")
+        self.query_max_length = query_max_length
+        self._query_tok = (TextTokenizer(self.tokenizer, query_max_length) if query_max_length is not None
+                           else self._tok)
         self.pooling, self.dim, self.shared_encoder = settings["pooling"], settings["dim"], settings["shared_encoder"]
         self.normalize = bool(settings["normalize"])
         self.first_stage = settings["first_stage"]
@@ -189,7 +204,7 @@ class DotEncoder(StoredDocs, EncoderStudent):
         """Differentiable query vectors ``[len(queries), dim]`` from the query encoder (for training)."""
         if len(queries) == 0:
             raise ValueError("train_query_vectors got no queries")
-        items = self._tok.singles([str(q) for q in queries])
+        items = self._query_tok.singles([str(q) for q in queries])
         runs = length_buckets([len(ids) for ids, _ in items])  # short and long queries padded apart
         if len(runs) == 1:
             runs = [list(range(len(items)))]  # one forward pass, in the given order
@@ -279,8 +294,19 @@ class DotEncoder(StoredDocs, EncoderStudent):
             return self._frozen_doc_vectors([str(t) for t in texts], batch_size)
         return self._encode_side(texts, side, batch_size)
 
+    def _query_sequences(self, queries: Sequence[str]) -> list:
+        return self._query_tok.singles(queries)
+
+    def _config(self) -> dict[str, Any]:
+        config = super()._config()
+        return config if self.query_max_length is None else {**config, "query_max_length": self.query_max_length}
+
+    def _repr_extra(self) -> list[str]:
+        extra = super()._repr_extra()
+        return extra if self.query_max_length is None else [*extra, f"query_max_length={self.query_max_length}"]
+
     def _encode_side(self, texts: Sequence[str], side: str, batch_size: int | None) -> np.ndarray:
-        sequences = self._tok.singles([str(t) for t in texts])
+        sequences = (self._query_tok if side == "query" else self._tok).singles([str(t) for t in texts])
         vectors = np.empty((len(sequences), self._width()), dtype=np.float32)
         self._run_by_length(sequences, [len(ids) for ids, _ in sequences],
                             lambda items: {f"{side}_{k}": v for k, v in pad(items, self._tok.pad_id).items()},

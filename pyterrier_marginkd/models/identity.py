@@ -34,6 +34,8 @@ def describe(teacher: pt.Transformer) -> str:
                 digest.update(name.encode())
                 digest.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=torch.uint8).numpy().tobytes())
         settings = {k: getattr(teacher, k, None) for k in ("max_length", "text_field")}
+        if getattr(teacher, "query_max_length", None) is not None:  # queries cut shorter than documents
+            settings["query_max_length"] = teacher.query_max_length
         if getattr(teacher, "first_stage", None) is not None:  # the normalisation of the first-stage score mixed in
             settings["first_stage"] = teacher.first_stage
         if teacher.quantization is not None:  # int8 scores differ from those of the same weights in fp32

@@ -153,6 +153,12 @@ class Recipe:
     #: AMX), else float32; True, always asked for (a device without it warns and trains in float32); False, never.
     #: nDCG@10 within 0.003 of float32 on Cranfield, Vaswani and paragraph-long Cranfield (two seeds), 1.1-1.4x faster
     amp: bool | None = None
+    #: tokens of each query the bi-encoders read (the teacher's members, the fold models, the DotEncoder students;
+    #: documents keep ``max_length``), at most ``max_length`` (None: ``max_length``). ``--fast`` reads 128, which
+    #: cuts only paragraph-long queries (Cranfield's and Vaswani's longest take 59 tokens, their pseudo-queries 37):
+    #: on paragraph-long Cranfield queries (median 191 tokens) the run took 658 s instead of 895 s with the same
+    #: nDCG@10 (results book, "Paragraph-long queries")
+    query_max_length: int | None = None
 
     def trains_in_bf16(self) -> bool:
         """Whether this recipe's training steps ask for bfloat16 autocast on this machine's training device."""
@@ -177,8 +183,20 @@ class Recipe:
         if not (self.amp is None or isinstance(self.amp, bool)):
             raise ValueError(f"amp must be True, False or None (where the device has native bfloat16), got "
                              f"{self.amp!r}")
+        if self.query_max_length is not None and not (isinstance(self.query_max_length, int)
+                                                      and self.query_max_length >= 3):
+            raise ValueError(f"query_max_length must be a whole number >= 3 (room for [CLS], [SEP] and a token; None:"
+                          f" max_length), got {self.query_max_length!r}")
         if isinstance(self.align_steps, bool) or not isinstance(self.align_steps, int) or self.align_steps < 0:
             raise ValueError(f"align_steps must be a whole number >= 0, got {self.align_steps!r}")
+
+    @property
+    def query_length(self) -> int | None:
+        """Tokens of each query the bi-encoders read: ``query_max_length`` capped at ``max_length`` (None when that
+        leaves ``max_length``: queries read as documents are)."""
+        if self.query_max_length is None or self.query_max_length >= self.max_length:
+            return None
+        return self.query_max_length
 
     @property
     def negatives(self) -> int:
@@ -232,5 +250,6 @@ class Recipe:
 # mixing in the normalised BM25 score; each training query brings its whole candidate list (with 7 negatives and
 # Margin-MSE, L4 kept 96.5% of the teacher on Vaswani; whole lists and KL 98.8%: benchmarks/results/kd-variants-kl).
 FAST = Recipe(train_queries=None, test_queries=None, k=50, max_length=256, pseudo_queries=1000, valid_fraction=0.2,
-              num_negatives=None, batch_size=32, student_steps=300, student_lr=1e-4, mix_lr=1e-3, student_time=None)
-FULL = dataclasses.replace(FAST, pseudo_queries=3000, student_steps=1200)
+              num_negatives=None, batch_size=32, student_steps=300, student_lr=1e-4, mix_lr=1e-3, student_time=None,
+              query_max_length=128)
+FULL = dataclasses.replace(FAST, pseudo_queries=3000, student_steps=1200, query_max_length=None)

@@ -134,12 +134,16 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     fit_qrels = train_qrels[train_qrels["qid"].astype(str).isin(set(fit_topics["qid"].astype(str)))]
     identity = {"data": resolve(collection.data), "train_split": train_split, "seed": seed, "k": recipe.k,
                 "max_length": recipe.max_length, "fit_qids": digest(sorted(fit_topics["qid"].astype(str)))}
+    if recipe.query_length is not None:  # (recorded only when set: folders of full-length queries stay reusable)
+        identity["query_max_length"] = recipe.query_length
 
     # --- the zero-shot teacher: BM25 fused with zero-shot scorers, weights fitted on the fitting queries ---------
     scorer_kwargs = {"max_length": recipe.max_length, "verbose": verbose}
     torch.manual_seed(seed)  # a checkpoint without a score head gets the same new head every run
     # a bi-encoder member keeps its document vectors (frozen_docs): each document is encoded once
-    members = [load_scorer(name, bi_encoder_kwargs={"frozen_docs": True}, **scorer_kwargs) for name in teachers]
+    # (and reads queries to recipe.query_max_length tokens, as the students do)
+    bi_encoder = {"frozen_docs": True, "query_max_length": recipe.query_length}
+    members = [load_scorer(name, bi_encoder_kwargs=bi_encoder, **scorer_kwargs) for name in teachers]
     fused = zero_shot = Ensemble([FirstStageScore(), *members], normalize="zscore")
     with clock("zero-shot teacher (fusion weights)"):
         fit_fusion(fused, output / "teacher", {**identity, "teachers": teachers}, fit_res, fit_qrels, verbose)
@@ -161,7 +165,7 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     def student(num_layers: int, start: str | Path = model) -> DotEncoder:
         # `start`: the model, or a saved fine-tuned member of it (its query encoder cut to the same layers)
         made = DotEncoder.from_pretrained(start, num_layers=kept[num_layers], frozen_docs=True, first_stage="zscore",
-                                          **scorer_kwargs)
+                                          query_max_length=recipe.query_length, **scorer_kwargs)
         return made.share_doc_vectors(shared_docs)
 
     trainer = Trainer(recipe, identity, seed=seed, verbose=verbose, valid=(valid_res, train_qrels),
