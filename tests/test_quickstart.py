@@ -142,7 +142,12 @@ def test_recipes_and_offline_hint(cranfield):
     assert FULL.student_steps > FAST.student_steps and FULL.pseudo_queries > FAST.pseudo_queries
     with pytest.raises(TypeError, match="unknown recipe setting"):
         Recipe.preset(True, epochs=3)
-    assert FAST.student_loss == "kl" and FAST.negatives == FAST.k - 1 and Recipe.preset(True, k=7).negatives == 6
+    assert FAST.student_loss is None and FAST.negatives == FAST.k - 1 and Recipe.preset(True, k=7).negatives == 6
+    # each architecture's own loss (ColBERT: Margin-MSE) unless the recipe sets one for all
+    assert [FAST.loss_for(a) for a in ("DotEncoder", "CrossEncoder", "ColBERT")] == ["kl", "kl", "margin-mse"]
+    assert FAST.student_objective(alignment=False, architecture="ColBERT")[0] == "Margin-MSE"
+    assert Recipe.preset(True, student_loss="kl").loss_for("ColBERT") == "kl"
+    assert Recipe.preset(True, student_loss="margin-mse").loss_for("DotEncoder") == "margin-mse"
     assert Recipe.preset(True, num_negatives=3).negatives == 3
     assert FAST.teacher_labels and FAST.label_weight == 0 and FAST.student_objective()[0] == "KL"
     name, loss = Recipe.preset(True, label_weight=0.5).student_objective()
@@ -170,7 +175,7 @@ def test_recipes_and_offline_hint(cranfield):
         ArchitectureRecipe(batch_size=4, num_negatives=3, lr=1e-4, max_length=4)
     with pytest.raises(ValueError, match="validations must be >= 1"):
         ArchitectureRecipe(batch_size=4, num_negatives=3, lr=1e-4, validations=0)
-    with pytest.raises(ValueError, match=r"student_loss must be one of \['kl', 'margin-mse'\]"):
+    with pytest.raises(ValueError, match=r"student_loss must be one of \['kl', 'margin-mse'\] or None"):
         Recipe.preset(True, student_loss="ranknet")
     with pytest.raises(RuntimeError, match=r"Offline, pass a local folder with docs\.jsonl\.gz.*--data") as error:
         with _download_hint(mkd.Collection("irds:beir/scifact")):
@@ -299,14 +304,15 @@ def test_architectures_each_distilled_and_on_labels_alone_in_one_report(cranfiel
         "ColBERT", "PreTT", "TK")
     printed = capsys.readouterr().out
     archs = ["DotEncoder", "CrossEncoder", "ColBERT", "PreTT", "TK"]
-    students = [f"student {a} L1 ({what})" for a in archs for what in ("KL", "labels only")]
+    loss = {a: "Margin-MSE" if a == "ColBERT" else "KL" for a in archs}  # each architecture's own loss
+    students = [f"student {a} L1 ({what})" for a in archs for what in (loss[a], "labels only")]
     assert table_rows(output) == ["BM25", f"teacher BM25 + {tiny_bert_dir.name} (zero-shot)", *students]
     table = pd.read_csv(output / "report" / CSV_FILE).set_index("name")
     assert (table.loc[students, "pairs/s"] > 0).all() and (table.loc[students, "params"] > 0).all()
     # each architecture's distilled student against its own label-only twin
     versus = pd.read_csv(output / "report" / VS_LABELS_FILE)
     assert list(versus["name"]) == [s for a in archs for s in (f"student {a} L1 (labels only)",
-                                                               f"student {a} L1 (KL)")]
+                                                               f"student {a} L1 ({loss[a]})")]
     assert "Against its label-only twin (paired t-test, Holm-corrected per architecture)" in printed
     deployed = pd.read_csv(output / "report" / DEPLOYED_FILE)
     assert list(deployed["name"])[1:] == [f"{s[:-1]}, int8)" for s in students]
@@ -314,7 +320,8 @@ def test_architectures_each_distilled_and_on_labels_alone_in_one_report(cranfiel
     # the joint architectures: 4 groups of 1 + 3 candidates, the same for both twins; stores for the test
     for architecture, kind in (("CrossEncoder", mkd.CrossEncoder), ("ColBERT", mkd.ColBERT), ("PreTT", mkd.PreTT),
                                ("TK", mkd.TK)):
-        for folder in (f"student-{architecture}-L1-kl", f"student-{architecture}-L1-labels"):
+        distilled = f"student-{architecture}-L1-" + ("marginmse" if architecture == "ColBERT" else "kl")
+        for folder in (distilled, f"student-{architecture}-L1-labels"):
             settings = json.loads((output / folder / "done.json").read_text())["settings"]
             assert (settings["batch_size"], settings["num_negatives"], settings["steps"]) == (4, 3, 3)
             assert settings["lr"] == (1e-3 if architecture == "TK" else 1e-4)
@@ -322,7 +329,9 @@ def test_architectures_each_distilled_and_on_labels_alone_in_one_report(cranfiel
             assert isinstance(saved, kind) and saved.first_stage == "zscore"  # every architecture mixes in BM25
             assert saved.max_length == (32 if architecture == "ColBERT" else 48)
             assert settings["architecture"]["validations"] == 3
-    assert {p.name for p in (output / "stores").iterdir()} >= {"student-ColBERT-L1-KL", "student-PreTT-L1-KL-int8"}
+            assert "student_loss" not in settings["architecture"]  # the loss is recorded as such; twins ignore it
+    assert {p.name for p in (output / "stores").iterdir()} >= {"student-ColBERT-L1-Margin-MSE",
+                                                               "student-PreTT-L1-KL-int8"}
     timings = pd.read_csv(output / "report" / TIMINGS_FILE)["stage"].tolist()
     assert all(s in timings for s in students)
 

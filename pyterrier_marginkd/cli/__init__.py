@@ -181,8 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                        + recipe)
     quick.add_argument("--student-steps", type=int, default=None, help="optimizer steps per student" + recipe)
     quick.add_argument("--student-loss", choices=["kl", "margin-mse"], default=None,
-                       help="how the students learn the teacher's scores: KL over each query's candidate list "
-                            "(default) or Margin-MSE over sampled pairs")
+                       help="how every distilled student learns the teacher's scores: KL over each query's "
+                            "candidate list or Margin-MSE over sampled pairs (default: each architecture's own; "
+                            "KL, ColBERT Margin-MSE)")
     quick.add_argument("--student-time", type=float, default=None,
                        help="also stop each student after this many seconds (results then depend on the machine)")
     quick.add_argument("--quantize", choices=["int8", "none"], default=None,

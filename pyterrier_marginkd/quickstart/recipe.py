@@ -48,8 +48,13 @@ class ArchitectureRecipe:
     #: validations after step 0 (every ``steps // validations`` steps; each scores every candidate of every validation
     #: query through the whole model: on Cranfield 6 of them cost about as much as the 300 training steps)
     validations: int = 6
+    #: the distilled student's loss (a name of STUDENT_LOSSES) when the recipe leaves ``student_loss`` unset (None:
+    #: KL, as the DotEncoder's)
+    student_loss: str | None = None
 
     def __post_init__(self):
+        if self.student_loss is not None and self.student_loss not in STUDENT_LOSSES:
+            raise ValueError(f"student_loss must be one of {sorted(STUDENT_LOSSES)} or None, got {self.student_loss!r}")
         if self.batch_size < 1 or self.num_negatives < 1 or not self.lr > 0:
             raise ValueError(f"batch_size and num_negatives must be >= 1 and lr > 0, got {self}")
         if self.max_length is not None and self.max_length < 8:
@@ -67,7 +72,7 @@ ARCHITECTURE_RECIPES = {
     "CrossEncoder": ArchitectureRecipe(batch_size=4, num_negatives=3, lr=1e-4, head_lr=1e-3, max_length=128,
                                        validations=3),
     "ColBERT": ArchitectureRecipe(batch_size=4, num_negatives=3, lr=1e-4, head_lr=1e-3, max_length=128,
-                                  validations=3),
+                                  validations=3, student_loss="margin-mse"),
     "PreTT": ArchitectureRecipe(batch_size=4, num_negatives=3, lr=1e-4, head_lr=1e-3, max_length=128,
                                 validations=3),
     "TK": ArchitectureRecipe(batch_size=4, num_negatives=3, lr=1e-3, head_lr=1e-3, max_length=128, validations=3),
@@ -120,7 +125,9 @@ class Recipe:
     mix_lr: float  #: learning rate of the students' first-stage mixing weights
     student_time: float | None  #: optional seconds each student may train (results then depend on the machine)
     quantize: str | None = "int8"  #: the students as deployed on a CPU, compared with the teacher (None: skip)
-    student_loss: str = "kl"  #: how the students learn the teacher's scores: a name of STUDENT_LOSSES
+    #: how the distilled students learn the teacher's scores, a name of STUDENT_LOSSES for all of them; None (the
+    #: default): each architecture's own (``ArchitectureRecipe.student_loss``; the DotEncoder's and any other: KL)
+    student_loss: str | None = None
     #: fine-tune the whole model on the judged queries as a third fusion member (the label-aware teacher, kept
     #: when it beats the zero-shot fusion on the validation queries)
     teacher_labels: bool = True
@@ -167,8 +174,9 @@ class Recipe:
         return native_bf16(resolve_device(None))
 
     def __post_init__(self):
-        if self.student_loss not in STUDENT_LOSSES:
-            raise ValueError(f"student_loss must be one of {sorted(STUDENT_LOSSES)}, got {self.student_loss!r}")
+        if self.student_loss is not None and self.student_loss not in STUDENT_LOSSES:
+            raise ValueError(f"student_loss must be one of {sorted(STUDENT_LOSSES)} or None (each architecture's "
+                             f"own), got {self.student_loss!r}")
         if self.num_negatives is not None and not 1 <= self.num_negatives < self.k:
             raise ValueError(f"num_negatives must be between 1 and k - 1 = {self.k - 1} (or None: all {self.k - 1}),"
                              f" got {self.num_negatives}")
@@ -215,12 +223,22 @@ class Recipe:
         fitting = int(self.query_words_per_step // mean_words)
         return max(min(self.batch_size, fitting), min(MIN_WORD_BUDGET_BATCH, self.batch_size))
 
-    def student_objective(self, alignment: bool = True) -> tuple[str, losses.RankingLoss]:
+    def loss_for(self, architecture: str = "DotEncoder") -> str:
+        """The distillation loss (a name of STUDENT_LOSSES) of ``architecture``'s distilled students: the recipe's
+        ``student_loss`` when set, else the architecture's own, else KL."""
+        if self.student_loss is not None:
+            return self.student_loss
+        own = ARCHITECTURE_RECIPES.get(architecture)
+        return own.student_loss if own is not None and own.student_loss is not None else "kl"
+
+    def student_objective(self, alignment: bool = True, architecture: str = "DotEncoder"
+                          ) -> tuple[str, losses.RankingLoss]:
         """The distilled students' report name and loss: the distillation loss, plus ``label_weight`` times RankNet on
         the judged queries (pseudo-queries get the distillation term only), plus ``align_weight`` times the query
         vectors' alignment with the full model's (unless ``alignment=False``: students without query vectors of the
         full model's space)."""
-        name, loss = STUDENT_LOSSES[self.student_loss][0], STUDENT_LOSSES[self.student_loss][1]()
+        name, make = STUDENT_LOSSES[self.loss_for(architecture)]
+        loss = make()
         if self.label_weight:
             name, loss = f"{name} + labels", loss + self.label_weight * losses.JudgedOnly(losses.RankNet())
         if self.align_weight and alignment:

@@ -85,12 +85,11 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     clearly better over every judged train query, measured out of fold (``recipe.teacher_folds`` fold models, each
     trained without its fold; :func:`choose_teacher`). Students are k layers of ``model`` (each of
     ``student_layers``, default 2 and 4; spread over its depth, the last included: ``spread_layers``) as query
-    encoders against its
-    document vectors, mixing in the normalised BM25 score, trained on the fitting queries and teacher-labelled
-    pseudo-queries: distillation
-    (``recipe.student_loss``) on all, plus ``recipe.label_weight`` times RankNet on the judged ones. A label-only
-    student (the smallest size, RankNet on the fitting labels) is the baseline. Everything lands in ``output``; a
-    later run reuses the index, the teacher, the teacher cache and every trained student.
+    encoders against its document vectors, mixing in the normalised BM25 score, trained on the fitting queries and
+    teacher-labelled pseudo-queries: distillation (``recipe.loss_for(architecture)``) on all, plus
+    ``recipe.label_weight`` times RankNet on the judged ones. A label-only student (the smallest size, RankNet on the
+    fitting labels) is the baseline. Everything lands in ``output``; a later run reuses the index, the teacher, the
+    teacher cache and every trained student.
 
     ``architectures`` (names of :data:`ARCHITECTURES`; default the DotEncoder alone) adds the Margin-MSE paper's other
     students: each at the smallest of ``student_layers`` (TK: that many of its own layers over the model's token
@@ -229,7 +228,7 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
         return f"student {architecture + ' ' if named else ''}L{num_layers} ({what})"
 
     # one folder per student, loss and kind of teacher: runs of other recipes in the same output never collide
-    loss_folder = (recipe.student_loss.replace("-", "") + recipe.folder_suffix()
+    loss_folder = (recipe.loss_for("DotEncoder").replace("-", "") + recipe.folder_suffix()
                    + ("-labelteacher" if fused is not zero_shot else "")
                    + ("-fromtuned" if students_start != model else ""))
     align_texts = None
@@ -259,10 +258,11 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
                 output / f"student-L{baseline_layers}-labels", label_name, lambda: student(baseline_layers), None,
                 losses.RankNet(), (fit_res, fit_qrels), layers=kept[baseline_layers])
     # the other architectures: the smallest size, distilled and on labels alone, with the same groups and steps
-    joint_label, joint_loss = recipe.student_objective(alignment=False)
-    joint_folder = (recipe.student_loss.replace("-", "") + recipe.folder_suffix(alignment=False)
-                    + ("-labelteacher" if fused is not zero_shot else ""))
     for architecture in [a for a in archs if a != "DotEncoder"]:
+        # each architecture's own distillation loss unless the recipe sets one for all
+        joint_label, joint_loss = recipe.student_objective(alignment=False, architecture=architecture)
+        joint_folder = (recipe.loss_for(architecture).replace("-", "") + recipe.folder_suffix(alignment=False)
+                        + ("-labelteacher" if fused is not zero_shot else ""))
         own = ARCHITECTURE_RECIPES[architecture]
         tokens = min(own.max_length or recipe.max_length, recipe.max_length)
         made = functools.partial(architecture_student, architecture, model, baseline_layers, kept[baseline_layers],

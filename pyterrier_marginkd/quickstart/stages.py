@@ -156,8 +156,10 @@ class Trainer:
             settings["amp"] = True
         if start is not None:  # where the weights start, when not the model of the identity
             settings["start"] = start
-        if architecture is not None:  # the architecture's own recipe (a first-stage mix changes the student)
-            settings["architecture"] = dataclasses.asdict(architecture)
+        if architecture is not None:  # the architecture's own recipe (a first-stage mix changes the student); its
+            # distillation loss is recorded as the loss itself (a twin on labels alone does not depend on it)
+            settings["architecture"] = {k: v for k, v in dataclasses.asdict(architecture).items()
+                                        if k != "student_loss"}
         if align_texts:
             settings.update(align_steps=r.align_steps, align_texts=digest(list(align_texts)))
         self.folders[label] = folder
