@@ -107,9 +107,9 @@ class DotEncoder(StoredDocs, EncoderStudent):
             max_length = max_length or st.get("max_length")
         encoder, settings, ours = self._load_encoder(
             model_name, num_layers=num_layers, max_length=max_length, model_kwargs=model_kwargs, settings=given)
-        # queries may be cut shorter than documents (a saved model keeps its own; None: max_length)
-        if query_max_length is None and ours:
-            query_max_length = io.read_config(model_name).get("query_max_length")
+        # queries may be cut shorter than documents: given, else the saved model's, else None (max_length)
+        query_max_length = io.resolve_settings(model_name, self.ARCHITECTURE, {"query_max_length": query_max_length},
+                                               {"query_max_length": None})[0]["query_max_length"]
         if query_max_length is not None and not 3 <= query_max_length <= self.max_length:
             raise ValueError(f"query_max_length must leave room for [CLS], [SEP] and a token and be at most "
                              f"max_length={self.max_length} (None: max_length), got {query_max_length}")
