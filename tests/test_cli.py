@@ -187,5 +187,7 @@ def test_quickstart_flags_reach_the_recipe(monkeypatch):
     assert seen["recipe"].query_length is None  # never beyond the documents' max_length
     cli.main(["quickstart", "--fast", "--no-amp"])
     assert seen["recipe"].amp is False
+    cli.main(["quickstart", "--fast", "--kl-temperature", "0.5"])
+    assert seen["recipe"].kl_temperature == 0.5
     cli.main(["quickstart", "--fast"])
     assert seen["recipe"] == quickstart_module.FAST

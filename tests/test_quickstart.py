@@ -158,6 +158,17 @@ def test_recipes_and_offline_hint(cranfield):
     name, loss = Recipe.preset(True, label_weight=1, align_weight=0.5).student_objective()
     assert name == "KL + labels + alignment" and loss.reads_vectors
     assert Recipe.preset(True, align_weight=0.5, align_steps=100).folder_suffix() == "-align0.5-alignfirst100"
+    # a KL temperature other than 1 names the loss, its students' folders and the KLDiv it makes; Margin-MSE ignores it
+    sharp = Recipe.preset(True, kl_temperature=0.5, label_weight=1)
+    name, loss = sharp.student_objective()
+    assert name == "KL T=0.5 + labels" and repr(loss).startswith("KLDiv(temperature=0.5, normalize='zscore')")
+    assert (sharp.loss_folder(), sharp.loss_folder("ColBERT", alignment=False)) == ("kl-t0.5-hardlabels1",
+                                                                                   "marginmse-hardlabels1")
+    assert (FAST.loss_folder(), FAST.student_objective(alignment=False, architecture="ColBERT")[0]) == ("kl",
+                                                                                                       "Margin-MSE")
+    for bad in (0, -1.0, True, "0.5"):
+        with pytest.raises(ValueError, match="kl_temperature must be a number > 0"):
+            Recipe.preset(True, kl_temperature=bad)
     with pytest.raises(ValueError, match="align_steps must be a whole number >= 0"):
         Recipe.preset(True, align_steps=-1)
     with pytest.raises(ValueError, match="teacher_folds, teacher_steps and teacher_fold_steps must be >= 1"):

@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how every distilled student learns the teacher's scores: KL over each query's "
                             "candidate list or Margin-MSE over sampled pairs (default: each architecture's own; "
                             "KL, ColBERT Margin-MSE)")
+    quick.add_argument("--kl-temperature", type=float, default=None, help="temperature of the KL distillation "
+                       "loss over each query's z-scored candidate list (below 1: the teacher's top weighs more)"
+                       + recipe)
     quick.add_argument("--student-time", type=float, default=None,
                        help="also stop each student after this many seconds (results then depend on the machine)")
     quick.add_argument("--quantize", choices=["int8", "none"], default=None,

@@ -166,6 +166,9 @@ class Recipe:
     #: on paragraph-long Cranfield queries (median 191 tokens) the run took 658 s instead of 895 s with the same
     #: nDCG@10 (results book, "Paragraph-long queries")
     query_max_length: int | None = None
+    #: temperature of the KL distillation loss (``losses.KLDiv``; both score lists are z-scored per query, so below 1
+    #: the targets put more of their mass on the teacher's top candidates); the other losses ignore it
+    kl_temperature: float = 1.0
 
     def trains_in_bf16(self) -> bool:
         """Whether this recipe's training steps ask for bfloat16 autocast on this machine's training device."""
@@ -195,6 +198,9 @@ class Recipe:
                                                       and self.query_max_length >= 3):
             raise ValueError(f"query_max_length must be a whole number >= 3 (room for [CLS], [SEP] and a token; None:"
                           f" max_length), got {self.query_max_length!r}")
+        if not (isinstance(self.kl_temperature, (int, float)) and not isinstance(self.kl_temperature, bool)
+                and self.kl_temperature > 0):
+            raise ValueError(f"kl_temperature must be a number > 0, got {self.kl_temperature!r}")
         if isinstance(self.align_steps, bool) or not isinstance(self.align_steps, int) or self.align_steps < 0:
             raise ValueError(f"align_steps must be a whole number >= 0, got {self.align_steps!r}")
 
@@ -237,13 +243,23 @@ class Recipe:
         the judged queries (pseudo-queries get the distillation term only), plus ``align_weight`` times the query
         vectors' alignment with the full model's (unless ``alignment=False``: students without query vectors of the
         full model's space)."""
-        name, make = STUDENT_LOSSES[self.loss_for(architecture)]
+        kind = self.loss_for(architecture)
+        name, make = STUDENT_LOSSES[kind]
         loss = make()
+        if kind == "kl" and self.kl_temperature != 1:
+            name, loss = f"{name} T={self.kl_temperature:g}", losses.KLDiv(self.kl_temperature, normalize="zscore")
         if self.label_weight:
             name, loss = f"{name} + labels", loss + self.label_weight * losses.JudgedOnly(losses.RankNet())
         if self.align_weight and alignment:
             name, loss = f"{name} + alignment", loss + self.align_weight * losses.QueryAlignment()
         return name, loss
+
+    def loss_folder(self, architecture: str = "DotEncoder", alignment: bool = True) -> str:
+        """The part of a distilled student's folder name its loss settings make: the distillation loss, its
+        temperature when not 1 (KL), then :meth:`folder_suffix`."""
+        kind = self.loss_for(architecture)
+        temperature = f"-t{self.kl_temperature:g}" if kind == "kl" and self.kl_temperature != 1 else ""
+        return kind.replace("-", "") + temperature + self.folder_suffix(alignment)
 
     def folder_suffix(self, alignment: bool = True) -> str:
         """What the students' folder names add for the loss settings beyond the distillation loss (``alignment=False``:

@@ -228,7 +228,7 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
         return f"student {architecture + ' ' if named else ''}L{num_layers} ({what})"
 
     # one folder per student, loss and kind of teacher: runs of other recipes in the same output never collide
-    loss_folder = (recipe.loss_for("DotEncoder").replace("-", "") + recipe.folder_suffix()
+    loss_folder = (recipe.loss_folder("DotEncoder")
                    + ("-labelteacher" if fused is not zero_shot else "")
                    + ("-fromtuned" if students_start != model else ""))
     align_texts = None
@@ -261,7 +261,7 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     for architecture in [a for a in archs if a != "DotEncoder"]:
         # each architecture's own distillation loss unless the recipe sets one for all
         joint_label, joint_loss = recipe.student_objective(alignment=False, architecture=architecture)
-        joint_folder = (recipe.loss_for(architecture).replace("-", "") + recipe.folder_suffix(alignment=False)
+        joint_folder = (recipe.loss_folder(architecture, alignment=False)
                         + ("-labelteacher" if fused is not zero_shot else ""))
         own = ARCHITECTURE_RECIPES[architecture]
         tokens = min(own.max_length or recipe.max_length, recipe.max_length)
