@@ -178,12 +178,12 @@ def test_quickstart_flags_reach_the_recipe(monkeypatch):
     assert seen["recipe"].students_from_tuned is True
     cli.main(["quickstart", "--fast", "--amp"])
     assert seen["recipe"].amp is True
-    assert seen["recipe"].query_max_length == 128  # --fast cuts queries (only paragraph-long ones) to 128 tokens
-    cli.main(["quickstart", "--fast", "--query-max-length", "64"])
-    assert seen["recipe"].query_max_length == 64 and seen["recipe"].query_length == 64
+    assert seen["recipe"].query_max_length == 64  # --fast cuts queries (only paragraph-long ones) to 64 tokens
+    cli.main(["quickstart", "--fast", "--query-max-length", "128"])
+    assert seen["recipe"].query_max_length == 128 and seen["recipe"].query_length == 128
     cli.main(["quickstart", "--fast", "--query-max-length", "0"])
     assert seen["recipe"].query_max_length is None and seen["recipe"].query_length is None
-    cli.main(["quickstart", "--fast", "--max-length", "96"])
+    cli.main(["quickstart", "--fast", "--max-length", "48"])
     assert seen["recipe"].query_length is None  # never beyond the documents' max_length
     cli.main(["quickstart", "--fast", "--no-amp"])
     assert seen["recipe"].amp is False

@@ -173,7 +173,7 @@ def test_recipes_and_offline_hint(cranfield):
         Recipe.preset(True, align_steps=-1)
     with pytest.raises(ValueError, match="teacher_folds, teacher_steps and teacher_fold_steps must be >= 1"):
         Recipe.preset(True, teacher_folds=0)
-    assert (FAST.query_max_length, FULL.query_max_length, FULL.query_length) == (128, None, None)
+    assert (FAST.query_max_length, FULL.query_max_length, FULL.query_length) == (64, None, None)
     with pytest.raises(ValueError, match="query_max_length must be a whole number >= 3"):
         Recipe.preset(True, query_max_length=2)
     with pytest.raises(ValueError, match="num_negatives must be between 1 and k - 1 = 49"):

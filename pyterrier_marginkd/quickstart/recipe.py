@@ -161,10 +161,10 @@ class Recipe:
     #: nDCG@10 within 0.003 of float32 on Cranfield, Vaswani and paragraph-long Cranfield (two seeds), 1.1-1.4x faster
     amp: bool | None = None
     #: tokens of each query the bi-encoders read (the teacher's members, the fold models, the DotEncoder students;
-    #: documents keep ``max_length``), at most ``max_length`` (None: ``max_length``). ``--fast`` reads 128, which
+    #: documents keep ``max_length``), at most ``max_length`` (None: ``max_length``). ``--fast`` reads 64, which
     #: cuts only paragraph-long queries (Cranfield's and Vaswani's longest take 59 tokens, their pseudo-queries 37):
-    #: on paragraph-long Cranfield queries (median 191 tokens) the run took 658 s instead of 895 s with the same
-    #: nDCG@10 (results book, "Paragraph-long queries")
+    #: on paragraph-long Cranfield and Vaswani queries the runs took 544 s and 711 s instead of 658 s and 891 s with
+    #: 128 tokens, nDCG@10 level or better on average (results book, "Paragraph-long queries")
     query_max_length: int | None = None
     #: temperature of the KL distillation loss (``losses.KLDiv``; both score lists are z-scored per query, so below 1
     #: the targets put more of their mass on the teacher's top candidates); the other losses ignore it
@@ -285,5 +285,5 @@ class Recipe:
 # Margin-MSE, L4 kept 96.5% of the teacher on Vaswani; whole lists and KL 98.8%: benchmarks/results/kd-variants-kl).
 FAST = Recipe(train_queries=None, test_queries=None, k=50, max_length=256, pseudo_queries=1000, valid_fraction=0.2,
               num_negatives=None, batch_size=32, student_steps=300, student_lr=1e-4, mix_lr=1e-3, student_time=None,
-              query_max_length=128)
+              query_max_length=64)
 FULL = dataclasses.replace(FAST, pseudo_queries=3000, student_steps=1200, query_max_length=None)
