@@ -4,13 +4,23 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pandas as pd
 import pyterrier as pt
 import pytest
 
 import pyterrier_marginkd as mkd
 from pyterrier_marginkd import cli
-from pyterrier_marginkd.quickstart import DEPLOYED_FILE, FAST, FULL, TEACHER_FILE, TIMINGS_FILE, VS_LABELS_FILE, Recipe
+from pyterrier_marginkd.quickstart import (
+    DEPLOYED_FILE,
+    DOC_VECTORS_FILE,
+    FAST,
+    FULL,
+    TEACHER_FILE,
+    TIMINGS_FILE,
+    VS_LABELS_FILE,
+    Recipe,
+)
 from pyterrier_marginkd.quickstart.recipe import group_queries
 from pyterrier_marginkd.quickstart.stages import download_hint as _download_hint
 from pyterrier_marginkd.report import CSV_FILE, PLOT_FILE, TABLE_FILE
@@ -107,15 +117,20 @@ def test_fresh_run_then_a_second_run_reuses_every_model(cranfield, tiny_bert_dir
         run(cranfield.path, tiny_bert_dir, output, "--query-max-length", "16", "--student-steps", "2")
 
 
-def test_a_given_bi_encoder_teacher_and_time_boxed_students(cranfield, tiny_bert_dir, tmp_path, capsys):
-    st_folder = tmp_path / "tiny-st"
-    shutil.copytree(tiny_bert_dir, st_folder)
-    (st_folder / "modules.json").write_text(json.dumps([
+def tiny_sentence_transformer(tiny_bert_dir, folder):
+    """The tiny BERT as a sentence-transformers folder (mean pooling, normalised): a bi-encoder teacher."""
+    shutil.copytree(tiny_bert_dir, folder)
+    (folder / "modules.json").write_text(json.dumps([
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
         {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
-    (st_folder / "1_Pooling").mkdir()
-    (st_folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    return folder
+
+
+def test_a_given_bi_encoder_teacher_and_time_boxed_students(cranfield, tiny_bert_dir, tmp_path, capsys):
+    st_folder = tiny_sentence_transformer(tiny_bert_dir, tmp_path / "tiny-st")
     output = tmp_path / "given"
     run(cranfield.path, tiny_bert_dir, output, "--teacher", str(st_folder), "--student-time", "0.001",
         "--quantize", "none", "--student-loss", "margin-mse", "--align-steps", "2", "--align-weight", "0.5", "--amp")
@@ -134,6 +149,36 @@ def test_a_given_bi_encoder_teacher_and_time_boxed_students(cranfield, tiny_bert
     assert not (output / folder / "align" / "student").exists()  # the aligned weights went on into distillation
     labels_only = json.loads((output / "student-L1-labels" / "done.json").read_text())["settings"]
     assert "align_steps" not in labels_only and labels_only["loss"] == "RankNet()"  # the twin learns from labels
+
+
+def test_a_later_run_in_the_folder_encodes_no_document_again(cranfield, tiny_bert_dir, tmp_path, capsys,
+                                                              monkeypatch):
+    # the default layout: the model is a bi-encoder, the teacher's member and the students share its document vectors
+    model = tiny_sentence_transformer(tiny_bert_dir, tmp_path / "tiny-st")
+    output = tmp_path / "qs"
+    run(cranfield.path, model, output, "--zero-shot-teacher", "--quantize", "none")
+    assert "document vectors:" not in capsys.readouterr().out  # nothing saved before
+    saved = np.load(output / DOC_VECTORS_FILE)
+    assert len(saved["vectors"]) == len(saved["digests"]) > 0
+    first = pd.read_csv(output / "report" / CSV_FILE).set_index("name")
+
+    encoded = []
+    original = mkd.DotEncoder._encode_side
+
+    def spy(self, texts, side, batch_size):
+        encoded.extend(texts if side == "doc" else [])
+        return original(self, texts, side, batch_size)
+    monkeypatch.setattr(mkd.DotEncoder, "_encode_side", spy)
+    # another distilled student in the same folder: the teacher, its cache and the label-only student reused, and
+    # every document vector too (a vector of the first run's gives the same scores: the reused rows are equal)
+    run(cranfield.path, model, output, "--zero-shot-teacher", "--quantize", "none", "--kl-temperature", "2")
+    printed = capsys.readouterr().out
+    assert f"document vectors: reusing {len(saved['vectors'])} document vectors in {output / DOC_VECTORS_FILE}" \
+        in printed
+    assert encoded == [] and "student L1 (KL T=2): training in" in printed
+    second = pd.read_csv(output / "report" / CSV_FILE).set_index("name")
+    reused = [name for name in first.index if name != "student L1 (KL)"]
+    pd.testing.assert_frame_equal(first.loc[reused, ["nDCG@10", "RR@10"]], second.loc[reused, ["nDCG@10", "RR@10"]])
 
 
 def test_recipes_and_offline_hint(cranfield):

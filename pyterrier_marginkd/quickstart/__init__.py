@@ -11,9 +11,16 @@ from pyterrier_marginkd.quickstart.recipe import (
                                                   ArchitectureRecipe,
                                                   Recipe,
 )
-from pyterrier_marginkd.quickstart.run import DEPLOYED_FILE, TEACHER_FILE, TIMINGS_FILE, VS_LABELS_FILE, quickstart
+from pyterrier_marginkd.quickstart.run import (
+                                                  DEPLOYED_FILE,
+                                                  DOC_VECTORS_FILE,
+                                                  TEACHER_FILE,
+                                                  TIMINGS_FILE,
+                                                  VS_LABELS_FILE,
+                                                  quickstart,
+)
 from pyterrier_marginkd.quickstart.stages import FUSION_FILE
 
 __all__ = ["ARCHITECTURES", "ARCHITECTURE_RECIPES", "ArchitectureRecipe", "DEFAULT_DATA", "DEFAULT_OUTPUT",
-           "DEPLOYED_FILE", "FAST", "FULL", "FUSION_FILE", "STUDENT_LOSSES",
+           "DEPLOYED_FILE", "DOC_VECTORS_FILE", "FAST", "FULL", "FUSION_FILE", "STUDENT_LOSSES",
            "TEACHER_FILE", "TIMINGS_FILE", "VS_LABELS_FILE", "Recipe", "quickstart"]

@@ -29,6 +29,7 @@ from pyterrier_marginkd.models.hf import spread_layers
 from pyterrier_marginkd.models.identity import describe
 from pyterrier_marginkd.models.io import default_model, load_scorer
 from pyterrier_marginkd.models.pretts import PreTT
+from pyterrier_marginkd.models.saved_vectors import SavedDocVectors
 from pyterrier_marginkd.models.tk import TK
 from pyterrier_marginkd.quickstart.recipe import (
     ARCHITECTURE_RECIPES,
@@ -60,6 +61,8 @@ VS_LABELS_FILE = "results_vs_labels.csv"
 DEPLOYED_FILE = "results_deployed.csv"
 #: the teacher's choice between the zero-shot and the label-aware fusion
 TEACHER_FILE = "teacher.json"
+#: the frozen document vectors (the model's, shared by its students and teacher member), kept for later runs
+DOC_VECTORS_FILE = "doc_vectors.npz"
 #: wall seconds per stage of the run that wrote the report
 TIMINGS_FILE = "timings.csv"
 #: the distilled DotEncoders' layer counts when ``student_layers`` is not given and the DotEncoder trains alone; with
@@ -89,7 +92,7 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     teacher-labelled pseudo-queries: distillation (``recipe.loss_for(architecture)``) on all, plus
     ``recipe.label_weight`` times RankNet on the judged ones. A label-only student (the smallest size, RankNet on the
     fitting labels) is the baseline. Everything lands in ``output``; a later run reuses the index, the teacher, the
-    teacher cache and every trained student.
+    teacher cache, every trained student and the model's document vectors (:data:`DOC_VECTORS_FILE`).
 
     ``architectures`` (names of :data:`ARCHITECTURES`; default the DotEncoder alone) adds the Margin-MSE paper's other
     students: each at the smallest of ``student_layers`` (TK: that many of its own layers over the model's token
@@ -143,6 +146,19 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     # (and reads queries to recipe.query_max_length tokens, as the students do)
     bi_encoder = {"frozen_docs": True, "query_max_length": recipe.query_length}
     members = [load_scorer(name, bi_encoder_kwargs=bi_encoder, **scorer_kwargs) for name in teachers]
+    # the students' frozen document encoder is the model itself: one set of document vectors for all of them, and
+    # the teacher's when it fuses that same bi-encoder; kept in the output folder, so that a later run there encodes
+    # only the documents no run encoded before (saved at the end of every stage)
+    sharing = next((m for m in members if isinstance(m, DotEncoder) and m.frozen_docs
+                    and resolve(m.model_name) == model and m.max_length == recipe.max_length
+                    and m.num_layers is None), None)
+    shared_docs: dict = {}
+    if sharing is not None:
+        shared_docs = SavedDocVectors(output / DOC_VECTORS_FILE, describe(sharing))
+        sharing.share_doc_vectors(shared_docs)
+        clock.after_stage = shared_docs.save
+        if shared_docs.note is not None:
+            log(verbose, f"document vectors: {shared_docs.note}")
     fused = zero_shot = Ensemble([FirstStageScore(), *members], normalize="zscore")
     with clock("zero-shot teacher (fusion weights)"):
         fit_fusion(fused, output / "teacher", {**identity, "teachers": teachers}, fit_res, fit_qrels, verbose)
@@ -151,11 +167,6 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
                  f"{fused.fit_report.get('queries')} judged queries, nDCG@10 "
                  f"{fused.fit_report.get('ndcg@10', float('nan')):.4f} on them)")
 
-    # the students' frozen document encoder is the model itself: one set of document vectors for all of them, and
-    # the teacher's when it fuses that same bi-encoder
-    shared_docs: dict = next((m.doc_vectors for m in members if isinstance(m, DotEncoder) and m.frozen_docs
-                              and resolve(m.model_name) == model and m.max_length == recipe.max_length
-                              and m.num_layers is None), {})
     # k of the model's layers spread over its depth, the last one included: the query vectors then come from the
     # layer whose space the document vectors live in (the first k layers end elsewhere)
     depth = AutoConfig.from_pretrained(model).num_hidden_layers

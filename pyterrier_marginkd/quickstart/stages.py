@@ -36,6 +36,8 @@ class StageClock:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
         self._inner: list[float] = []  # per running stage, the seconds of the stages that ran inside it
+        #: called when a stage ends, its time counted in the stage (the quickstart saves new document vectors)
+        self.after_stage: Callable[[], Any] | None = None
 
     @contextlib.contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
@@ -44,6 +46,8 @@ class StageClock:
         self._inner.append(0.0)
         try:
             yield
+            if self.after_stage is not None:
+                self.after_stage()
         finally:
             elapsed = time.perf_counter() - started
             inner = self._inner.pop()
