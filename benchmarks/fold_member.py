@@ -32,6 +32,7 @@ from pyterrier_marginkd.models.dot import DotEncoder
 from pyterrier_marginkd.models.ensemble import Ensemble, FirstStageScore
 from pyterrier_marginkd.models.io import load_scorer
 from pyterrier_marginkd.quickstart.recipe import Recipe
+from pyterrier_marginkd.quickstart.stages import split_validation
 from pyterrier_marginkd.report import markdown_table
 from pyterrier_marginkd.training.teachers import assign_folds, choose_teacher
 
@@ -58,8 +59,7 @@ def main() -> None:
     bm25 = collection.bm25(args.output / f"{collection.name}.pisa", num_results=k)
     train, qrels = collection.topics(settings["train_split"]), collection.qrels(settings["train_split"])
     test, test_qrels = collection.topics("test"), collection.qrels("test")
-    valid = train.sample(frac=recipe.valid_fraction, random_state=seed).sort_index()
-    fit = train[~train["qid"].isin(valid["qid"])]
+    fit, valid = split_validation(train, recipe.valid_fraction, seed)  # as the quickstart
     candidates = bm25 % k >> collection.get_text()
     fit_res, valid_res, test_res = candidates(fit), candidates(valid), candidates(test)
     fit_qrels = qrels[qrels["qid"].astype(str).isin(set(fit["qid"].astype(str)))]

@@ -28,6 +28,7 @@ from pyterrier_marginkd.models.ensemble import normalize_scores
 from pyterrier_marginkd.models.hf import layer_list
 from pyterrier_marginkd.models.io import load_scorer
 from pyterrier_marginkd.quickstart import FAST, FUSION_FILE
+from pyterrier_marginkd.quickstart.stages import split_validation
 
 LOSSES = {"marginmse": lambda: mkd.losses.MarginMSE(), "kl": lambda: mkd.losses.KLDiv(normalize="zscore"),
           "mse": lambda: mkd.losses.MSE()}
@@ -92,8 +93,7 @@ def main() -> None:
     bm25 = data.bm25(run / f"{data.name}.pisa", num_results=r.k)
     candidates = bm25 % r.k >> data.get_text()
     train_topics, train_qrels = data.topics("train"), data.qrels("train")
-    valid_topics = train_topics.sample(frac=r.valid_fraction, random_state=seed).sort_index()  # as the quickstart
-    fit_topics = train_topics[~train_topics["qid"].isin(valid_topics["qid"])]
+    fit_topics, valid_topics = split_validation(train_topics, r.valid_fraction, seed)  # as the quickstart
     fit_res, valid_res, test_res = candidates(fit_topics), candidates(valid_topics), candidates(data.topics("test"))
     fit_qrels = train_qrels[train_qrels["qid"].astype(str).isin(set(fit_topics["qid"].astype(str)))]
     model = mkd.default_model()

@@ -51,6 +51,7 @@ from pyterrier_marginkd.quickstart.stages import (
     sample_topics,
     saved_kwargs,
     short_name,
+    split_validation,
 )
 from pyterrier_marginkd.report import TABLE_FILE, deployed_report, markdown_table, report
 from pyterrier_marginkd.training.teachers import assign_folds, choose_teacher
@@ -124,8 +125,7 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
         train_qrels = collection.qrels(train_split)
         test_topics = sample_topics(collection.topics(test_split), recipe.test_queries, seed)
         test_qrels = collection.qrels(test_split)
-    valid_topics = train_topics.sample(frac=recipe.valid_fraction, random_state=seed).sort_index()
-    fit_topics = train_topics[~train_topics["qid"].isin(valid_topics["qid"])]
+    fit_topics, valid_topics = split_validation(train_topics, recipe.valid_fraction, seed)
     if len(fit_topics) == 0 or len(valid_topics) < 2:
         raise ValueError(f"{len(train_topics)} train queries cannot be split into fitting and at least 2 validation "
                          f"queries (valid_fraction={recipe.valid_fraction}); use more train queries")

@@ -223,6 +223,13 @@ def sample_topics(topics: pd.DataFrame, num: int | None, seed: int) -> pd.DataFr
     return topics.sample(num, random_state=seed).sort_index().reset_index(drop=True)
 
 
+def split_validation(topics: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The quickstart's split of the train topics: (fitting, validation), the validation share ``fraction`` drawn
+    with ``seed``, both in their original order (benchmarks that rebuild a run's data split the same way)."""
+    valid = topics.sample(frac=fraction, random_state=seed).sort_index()
+    return topics[~topics["qid"].isin(valid["qid"])], valid
+
+
 def resolve(name: str | os.PathLike) -> str:
     """An absolute path for an existing local path, else the name unchanged (hub or irds: id)."""
     return str(Path(name).resolve()) if Path(name).exists() else str(name)
