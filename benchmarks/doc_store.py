@@ -1,4 +1,4 @@
-"""Re-ranking from pre-computed documents: DotEncoder, ColBERT and PreTT students reading a warm document store
+"""Re-ranking from pre-computed documents: DotEncoder, ColBERT, PreTT and TK students reading a warm document store
 against the same students encoding documents on the fly, a CrossEncoder student and the 6-layer cross-encoder teacher.
 
 Every system re-ranks the same BM25 top-``k`` candidates of the first ``--queries`` test queries; systems are timed
@@ -58,6 +58,7 @@ def main() -> None:
         "DotEncoder": mkd.DotEncoder(model, pooling="mean", num_layers=args.layers),
         "ColBERT": mkd.ColBERT(model, num_layers=args.layers),
         "PreTT": mkd.PreTT(model, num_layers=args.layers),
+        "TK": mkd.TK(model, num_layers=args.layers),  # its own small transformer over the model's embeddings
     }
     systems = {"teacher (CrossEncoder L6)": mkd.CrossEncoder(model),
                f"CrossEncoder L{args.layers}": mkd.CrossEncoder(model, num_layers=args.layers)}

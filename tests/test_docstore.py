@@ -24,6 +24,7 @@ STUDENTS = {
     "colbert": lambda path: mkd.ColBERT(path, dim=8, mask_punctuation=True, max_length=48),
     "colbert-no-augmentation": lambda path: mkd.ColBERT(path, dim=8, query_length=0, max_length=48),
     "pretts": lambda path: mkd.PreTT(path, num_separate_layers=1, first_stage="minmax", max_length=48),
+    "tk": lambda path: mkd.TK(path, num_layers=1, first_stage="zscore", max_length=48, max_query_length=8),
 }
 
 
@@ -89,6 +90,21 @@ def test_store_of_other_weights_is_refused(tiny_bert_dir, tmp_path):
                                rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="other weights or settings"):
         make("colbert", tiny_bert_dir).with_store(rebuilt)  # another architecture
+
+
+def test_tk_store_follows_every_weight(tiny_bert_dir, tmp_path):
+    """TK's documents depend on its mixing weight (a parameter of the model itself, not of a layer) as much as on its
+    embeddings and transformer: changing it makes the store stale."""
+    student = make("tk", tiny_bert_dir)
+    store = student.build_store(DOCS, tmp_path / "store")
+    assert store.get(0).shape[1] == student.model.embedding.weight.shape[1]
+    with torch.no_grad():
+        student.model.mixer.add_(0.1)
+    with pytest.raises(ValueError, match="built by other weights"):
+        student.with_store(store)
+    rebuilt = student.build_store(DOCS, tmp_path / "store", overwrite=True)
+    np.testing.assert_allclose(student.with_store(rebuilt)(candidates())["score"], student(candidates())["score"],
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_joint_layers_and_query_side_do_not_invalidate(tiny_bert_dir, tmp_path):

@@ -216,7 +216,7 @@ class StoredReranker(RecordsTransformer, pt.Transformer):
 
 
 class StoredDocs:
-    """What a student whose document side reads no query adds (mixed into DotEncoder, ColBERT and PreTT):
+    """What a student whose document side reads no query adds (mixed into DotEncoder, ColBERT, PreTT and TK):
     ``build_store``/``with_store``, and the hooks the store uses.
 
     A subclass names the modules and settings its document side depends on (``_doc_side``) and, unless it overrides

@@ -12,6 +12,7 @@ from torch.nn import functional as F  # noqa: N812
 from transformers import AutoModel, AutoTokenizer
 
 from pyterrier_marginkd.models import io
+from pyterrier_marginkd.models.docstore import StoredDocs
 from pyterrier_marginkd.models.first_stage import FirstStageMix
 from pyterrier_marginkd.models.hf import TOKENIZER_FILES, TextTokenizer
 from pyterrier_marginkd.models.two_sided import Tokens, TwoSidedScorer
@@ -52,20 +53,31 @@ class _TKModel(nn.Module):
         context = self.contextualizer(embedded + positions, src_key_padding_mask=~mask)
         return self.mixer * embedded + (1 - self.mixer) * context
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        q_mask, d_mask = batch["query_attention_mask"].bool(), batch["doc_attention_mask"].bool()
-        queries = self.contextualize(batch["query_input_ids"], q_mask)[batch["query_index"]]
-        docs = self.contextualize(batch["doc_input_ids"], d_mask)[batch["doc_index"]]
-        q_mask = q_mask[batch["query_index"]].to(queries.dtype)
-        d_mask = d_mask[batch["doc_index"]].to(docs.dtype)
-        cosine = F.normalize(queries, dim=-1) @ F.normalize(docs, dim=-1).transpose(1, 2)  # [pairs, q, d]
+    def token_vectors(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Unit-length contextualised token vectors ``[batch, length, dim]`` (what a document store keeps)."""
+        return F.normalize(self.contextualize(input_ids, mask), dim=-1)
+
+    def match(self, queries: torch.Tensor, query_mask: torch.Tensor, docs: torch.Tensor,
+              doc_mask: torch.Tensor) -> torch.Tensor:
+        """Scores of pairs from their unit-length token vectors ``[pairs, length, dim]`` and float masks
+        ``[pairs, length]``: cosine match matrix, RBF kernels, per query token the log of each kernel's soft term
+        frequency, summed over the query, then the linear layer."""
+        cosine = queries @ docs.transpose(1, 2)  # [pairs, q, d]
         kernels = torch.exp(-(cosine.unsqueeze(-1) - self.mu) ** 2 / (2 * KERNEL_SIGMA ** 2))
-        soft_tf = (kernels * d_mask[:, None, :, None]).sum(2)  # [pairs, q, kernels]
-        log_tf = torch.log2(soft_tf.clamp(min=1e-10)) * self.kernel_scale * q_mask.unsqueeze(-1)
+        soft_tf = (kernels * doc_mask[:, None, :, None]).sum(2)  # [pairs, q, kernels]
+        log_tf = torch.log2(soft_tf.clamp(min=1e-10)) * self.kernel_scale * query_mask.unsqueeze(-1)
         return self.score(log_tf.sum(1)).squeeze(-1)
 
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        q_mask, d_mask = batch["query_attention_mask"].bool(), batch["doc_attention_mask"].bool()
+        # each distinct query and document contextualised once, then gathered for its pairs
+        queries = self.token_vectors(batch["query_input_ids"], q_mask)[batch["query_index"]]
+        docs = self.token_vectors(batch["doc_input_ids"], d_mask)[batch["doc_index"]]
+        return self.match(queries, q_mask[batch["query_index"]].to(queries.dtype), docs,
+                          d_mask[batch["doc_index"]].to(docs.dtype))
 
-class TK(TwoSidedScorer):
+
+class TK(StoredDocs, TwoSidedScorer):
     """TK re-ranker (Hofstätter et al., ECAI 2020): no BERT — word embeddings, ``num_layers`` small transformer
     layers whose output is mixed with the raw embeddings by a learned weight, a cosine match matrix between query and
     document tokens, RBF kernel pooling (per query term the log of each kernel's soft term frequency, summed over the
@@ -76,6 +88,10 @@ class TK(TwoSidedScorer):
     and queries longer than ``max_query_length`` tokens are truncated. ``first_stage="zscore"`` (or ``"minmax"``)
     mixes in the incoming first-stage score, normalised per query, with two weights trained beside the rest (the
     kernels then learn what the first stage misses).
+
+    A document's contextualised token vectors never see the query, so they can be computed once per document:
+    ``build_store``/``with_store`` keep them (``embedding_dim`` floats per token) and score only the queries and the
+    kernels, as ColBERT's and PreTT's stores do.
     """
 
     ARCHITECTURE = "tk"
@@ -151,3 +167,21 @@ class TK(TwoSidedScorer):
 
     def _doc_sequences(self, texts: Sequence[str]) -> list[Tokens]:
         return self._words(self._tok, texts)
+
+    # --- pre-computed documents (docstore) -------------------------------------------------------------------
+    def _doc_side(self) -> tuple[list, dict[str, Any]]:
+        # the whole model: its mixing weight is a parameter of the model itself, and query and documents share the
+        # embeddings and the transformer, so a store is rebuilt whenever any weight has changed
+        return [self.model], {"max_length": self.max_length}
+
+    def doc_width(self) -> int:
+        return self.model.embedding.weight.shape[1]
+
+    def _stored_rows(self, batch: dict[str, torch.Tensor], side: str) -> list[torch.Tensor]:
+        mask = batch[f"{side}_attention_mask"].bool()
+        vectors = self.model.token_vectors(batch[f"{side}_input_ids"], mask)
+        return [row[:int(n)] for row, n in zip(vectors, mask.sum(1))]
+
+    def _stored_scores(self, queries: torch.Tensor, query_mask: torch.Tensor, docs: torch.Tensor,
+                       doc_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.match(queries, query_mask.to(queries.dtype), docs, doc_mask.to(docs.dtype))

@@ -99,7 +99,7 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     students: each at the smallest of ``student_layers`` (TK: that many of its own layers over the model's token
     embeddings; not given, every architecture, the DotEncoder too, at 2 layers alone), distilled from the same
     teacher on the same data and trained on the labels alone alike (:data:`ARCHITECTURE_RECIPES`), each pair
-    compared in the report; ColBERT and PreTT re-rank from document stores built ahead of the queries, as the
+    compared in the report; ColBERT, PreTT and TK re-rank from document stores built ahead of the queries, as the
     DotEncoder from its stored vectors.
     """
     started = time.time()
