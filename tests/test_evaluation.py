@@ -1,0 +1,49 @@
+"""The fast nDCG@10 of fixed rows equals trec_eval's (through ir_measures), ties and graded labels included."""
+from __future__ import annotations
+
+import ir_measures
+import numpy as np
+import pandas as pd
+import pytest
+from ir_measures import nDCG
+
+from pyterrier_marginkd.data.evaluation import FixedRowsNDCG10
+
+
+def trec_eval_ndcg10(qids, docnos, scores, qrels, queries) -> np.ndarray:
+    values = dict.fromkeys(queries, 0.0)
+    run = pd.DataFrame({"query_id": qids, "doc_id": docnos, "score": scores})
+    judged = pd.DataFrame({"query_id": qrels["qid"], "doc_id": qrels["docno"], "relevance": qrels["label"]})
+    for m in ir_measures.iter_calc([nDCG @ 10], judged, run):
+        values[m.query_id] = m.value
+    return np.array([values[q] for q in queries])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_equals_trec_eval_with_ties_and_grades(seed):
+    rng = np.random.default_rng(seed)
+    rows, qrels = [], []
+    for q in range(30):
+        docs = [f"d{j}" for j in rng.choice(200, size=int(rng.integers(1, 40)), replace=False)]  # "d10" < "d9"
+        rows += [(f"q{q}", d) for d in docs]
+        if q % 7 == 3:
+            continue  # a query with results and no judgements
+        judged = rng.choice(docs + [f"x{q}-{i}" for i in range(5)], size=min(len(docs), 8), replace=False)
+        # graded, some judged non-relevant, some relevant documents never retrieved; q1 none relevant
+        qrels += [(f"q{q}", d, 0 if q == 1 else int(rng.integers(-1, 4))) for d in judged]
+    qrels.append(("q99", "d1", 2))  # a judged query without results
+    qrels = pd.DataFrame(qrels, columns=["qid", "docno", "label"])
+    qids, docnos = [r[0] for r in rows], [r[1] for r in rows]
+    queries = sorted(set(qrels["qid"]))
+    ndcg = FixedRowsNDCG10(qids, docnos, qrels, queries)
+    for scores in (rng.normal(size=len(rows)), rng.integers(0, 3, size=len(rows)).astype(float),
+                   np.zeros(len(rows))):
+        np.testing.assert_allclose(ndcg(scores), trec_eval_ndcg10(qids, docnos, scores, qrels, queries),
+                                   rtol=0, atol=1e-12)
+
+
+def test_rows_of_other_queries_are_ignored():
+    qrels = pd.DataFrame({"qid": ["a"], "docno": ["d2"], "label": [1]})
+    ndcg = FixedRowsNDCG10(["a", "a", "b", "b"], ["d1", "d2", "d2", "d1"], qrels, ["a"])
+    np.testing.assert_allclose(ndcg([1.0, 0.0, 5.0, 9.0]), [1 / np.log2(3)])
+    np.testing.assert_allclose(ndcg([0.0, 1.0, 5.0, 9.0]), [1.0])
