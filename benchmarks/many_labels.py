@@ -16,14 +16,11 @@ import argparse
 import gzip
 import json
 import os
-import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from paragraph_queries import quickstart_report  # (benchmarks/ is on the path when a script runs)
 
 import pyterrier_marginkd as mkd
 
@@ -80,22 +77,12 @@ def main() -> None:
     data = mkd.Collection(args.data)
     work = Path(args.output)
     copy = cloze_copy(data, work / f"{data.name}-cloze", args.queries, args.test, args.words)
-    output = work / f"{data.name}-cloze-quickstart"
-    started = time.time()
-    subprocess.run([sys.executable, "-m", "pyterrier_marginkd.cli", "quickstart", "--data", str(copy), "--output",
-                    str(output), "--fast", *args.extra], check=True)
-    print(f"quickstart --fast on {args.queries} cloze queries: {time.time() - started:.0f} s")
     results = Path(args.results or f"benchmarks/results/quickstart-fast-many-labels-{data.name}")
-    results.mkdir(parents=True, exist_ok=True)
-    for name in ("results.md", "results.csv", "results_vs_labels.csv", "timings.csv"):
-        if (output / "report" / name).exists():
-            shutil.copy(output / "report" / name, results / name)
-    (results / "queries.md").write_text(
-        f"Queries: {args.queries} runs of {args.words} consecutive words, each cut from one of {data.name}'s "
-        f"documents (after its first quarter), that document its one relevant one; {args.test} test queries, "
-        f"{args.queries - args.test} train queries; flags: --fast {' '.join(args.extra)}\n")
-    print(pd.read_csv(results / "timings.csv").to_string(index=False))
-
+    note = (f"Queries: {args.queries} runs of {args.words} consecutive words, each cut from one of {data.name}'s "
+            f"documents (after its first quarter), that document its one relevant one; {args.test} test queries, "
+            f"{args.queries - args.test} train queries; flags: --fast {' '.join(args.extra)}")
+    seconds = quickstart_report(copy, work / f"{data.name}-cloze-quickstart", results, args.extra, note)
+    print(f"quickstart --fast on {args.queries} cloze queries: {seconds:.0f} s")
 
 if __name__ == "__main__":
     main()

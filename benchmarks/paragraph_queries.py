@@ -50,6 +50,23 @@ def paragraph_copy(data: mkd.Collection, folder: Path, words: int, work: Path) -
     return folder
 
 
+def quickstart_report(data: Path, output: Path, results: Path, extra: list[str], queries_note: str) -> float:
+    """Run ``marginkd quickstart --fast`` on the collection folder ``data`` into ``output`` (``extra``: more flags),
+    copy its report's tables and timings to ``results`` beside ``queries.md`` (``queries_note``: how the queries were
+    made) and print the timings; returns the seconds it took."""
+    started = time.time()
+    subprocess.run([sys.executable, "-m", "pyterrier_marginkd.cli", "quickstart", "--data", str(data), "--output",
+                    str(output), "--fast", *extra], check=True)
+    seconds = time.time() - started
+    results.mkdir(parents=True, exist_ok=True)
+    for name in ("results.md", "results.csv", "results_vs_labels.csv", "timings.csv"):
+        if (output / "report" / name).exists():
+            shutil.copy(output / "report" / name, results / name)
+    (results / "queries.md").write_text(queries_note + "\n")
+    print(pd.read_csv(results / "timings.csv").to_string(index=False))
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="../shared/data/cranfield", help="a collection folder")
@@ -65,22 +82,12 @@ def main() -> None:
     lengths = mkd.Collection(copy).topics()["query"].str.split().str.len()
     print(f"{copy}: {len(lengths)} queries, words per query: median {lengths.median():.0f}, "
           f"max {lengths.max()} (the original median {data.topics()['query'].str.split().str.len().median():.0f})")
-    output = work / f"{data.name}-paragraphs-quickstart"
-    started = time.time()
-    subprocess.run([sys.executable, "-m", "pyterrier_marginkd.cli", "quickstart", "--data", str(copy), "--output",
-                    str(output), "--fast", *args.extra], check=True)
-    print(f"quickstart --fast on paragraph queries: {time.time() - started:.0f} s")
     results = Path(args.results or f"benchmarks/results/quickstart-fast-paragraphs-{data.name}")
-    results.mkdir(parents=True, exist_ok=True)
-    for name in ("results.md", "results.csv", "results_vs_labels.csv", "timings.csv"):
-        if (output / "report" / name).exists():
-            shutil.copy(output / "report" / name, results / name)
-    (results / "queries.md").write_text(
-        f"Queries: {data.name}'s, each followed by the first {args.words} words of its BM25 top document; "
-        f"{len(lengths)} queries, median {lengths.median():.0f} words (max {lengths.max()}), "
-        f"the original median {data.topics()['query'].str.split().str.len().median():.0f}.\n")
-    print(pd.read_csv(results / "timings.csv").to_string(index=False))
-
+    note = (f"Queries: {data.name}'s, each followed by the first {args.words} words of its BM25 top document; "
+            f"{len(lengths)} queries, median {lengths.median():.0f} words (max {lengths.max()}), "
+            f"the original median {data.topics()['query'].str.split().str.len().median():.0f}.")
+    seconds = quickstart_report(copy, work / f"{data.name}-paragraphs-quickstart", results, args.extra, note)
+    print(f"quickstart --fast on paragraph queries: {seconds:.0f} s")
 
 if __name__ == "__main__":
     main()
