@@ -47,3 +47,15 @@ def test_rows_of_other_queries_are_ignored():
     ndcg = FixedRowsNDCG10(["a", "a", "b", "b"], ["d1", "d2", "d2", "d1"], qrels, ["a"])
     np.testing.assert_allclose(ndcg([1.0, 0.0, 5.0, 9.0]), [1 / np.log2(3)])
     np.testing.assert_allclose(ndcg([0.0, 1.0, 5.0, 9.0]), [1.0])
+
+
+def test_fractional_labels_count_as_their_whole_part():
+    """Labels reach trec_eval as whole numbers elsewhere in the package (``evaluate_ndcg10``): the same here."""
+    qids, docnos = ["a"] * 3, ["d1", "d2", "d3"]
+    scores = [3.0, 2.0, 1.0]
+    fractional = pd.DataFrame({"qid": "a", "docno": ["d1", "d2", "d3"], "label": [0.5, 2.7, 1.2]})
+    whole = fractional.assign(label=[0, 2, 1])
+    np.testing.assert_allclose(FixedRowsNDCG10(qids, docnos, fractional, ["a"])(scores),
+                               FixedRowsNDCG10(qids, docnos, whole, ["a"])(scores))
+    np.testing.assert_allclose(FixedRowsNDCG10(qids, docnos, whole, ["a"])(scores),
+                               trec_eval_ndcg10(qids, docnos, scores, whole, ["a"]), atol=1e-12)

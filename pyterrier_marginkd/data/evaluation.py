@@ -38,7 +38,8 @@ def per_query_ndcg10(run: pd.DataFrame, qrels: pd.DataFrame) -> pd.Series:
 
 class FixedRowsNDCG10:
     """nDCG@10 per query of many score vectors over the same (qid, docno) rows, as trec_eval computes it (linear
-    gains = labels, negative labels 0; ties broken by docno, the greater first; the ideal ranking from every judged
+    gains = labels as whole numbers, as the other evaluations pass them, negative labels 0; ties broken by docno, the
+    greater first; the ideal ranking from every judged
     document of the query): the rows, gains and ideal DCGs are prepared once, so each score vector costs one sort
     (``Ensemble.fit`` ranks the same candidates under dozens of weightings).
 
@@ -55,14 +56,15 @@ class FixedRowsNDCG10:
         self._codes = codes[self._rows]
         judged = qrels.assign(qid=qrels["qid"].astype(str), docno=qrels["docno"].astype(str))
         judged = judged[judged["qid"].isin(position)]
-        label = dict(zip(zip(judged["qid"], judged["docno"]), np.maximum(judged["label"].to_numpy(float), 0.0)))
+        gains = np.maximum(np.trunc(judged["label"].to_numpy(float)), 0.0)  # (int(label), as evaluate_ndcg10)
+        label = dict(zip(zip(judged["qid"], judged["docno"]), gains))
         self._gains = np.asarray([label.get((q, d), 0.0) for q, d in zip(qids[self._rows], docnos[self._rows])])
         # ties: the greater docno first (trec_eval); lexsort sorts ascending, so by the negated rank of the docno
         self._doc_key = -np.unique(docnos[self._rows], return_inverse=True)[1] if len(self._rows) else np.zeros(0)
         self._discount = 1.0 / np.log2(np.arange(2, 12))
         self._ideal = np.zeros(len(self.queries))
-        for qid, gains in judged.groupby("qid")["label"]:
-            top = np.sort(np.maximum(gains.to_numpy(float), 0.0))[::-1][:10]
+        for qid, rows in judged.assign(gain=gains).groupby("qid")["gain"]:
+            top = np.sort(rows.to_numpy(float))[::-1][:10]
             self._ideal[position[qid]] = float((top * self._discount[:len(top)]).sum())
 
     def __call__(self, scores: Sequence[float]) -> np.ndarray:
