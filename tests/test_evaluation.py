@@ -1,4 +1,5 @@
-"""The fast nDCG@10 of fixed rows equals trec_eval's (through ir_measures), ties and graded labels included."""
+"""The validation measure (FixedRowsNDCG10; per query and mean) equals trec_eval's (through ir_measures), ties and
+graded labels included."""
 from __future__ import annotations
 
 import ir_measures
@@ -7,7 +8,7 @@ import pandas as pd
 import pytest
 from ir_measures import nDCG
 
-from pyterrier_marginkd.data.evaluation import FixedRowsNDCG10
+from pyterrier_marginkd.data.evaluation import FixedRowsNDCG10, evaluate_ndcg10, per_query_ndcg10
 
 
 def trec_eval_ndcg10(qids, docnos, scores, qrels, queries) -> np.ndarray:
@@ -59,3 +60,29 @@ def test_fractional_labels_count_as_their_whole_part():
                                FixedRowsNDCG10(qids, docnos, whole, ["a"])(scores))
     np.testing.assert_allclose(FixedRowsNDCG10(qids, docnos, whole, ["a"])(scores),
                                trec_eval_ndcg10(qids, docnos, scores, whole, ["a"]), atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_per_query_and_mean_equal_trec_eval(seed):
+    """The validation measure, per query and mean, through ``FixedRowsNDCG10``: equal to ir_measures on runs with
+    ties, graded and negative labels, a judged query without a relevant document and a (qid, docno) given twice."""
+    rng = np.random.default_rng(seed)
+    run = pd.DataFrame([(f"q{q}", f"d{j}", float(rng.integers(0, 4)))
+                        for q in range(12) for j in rng.choice(60, size=int(rng.integers(1, 30)), replace=False)],
+                       columns=["qid", "docno", "score"])
+    run = pd.concat([run, run.iloc[:3].assign(score=9.0)], ignore_index=True)  # given twice: the last score counts
+    qrels = pd.DataFrame([(f"q{q}", f"d{j}", 0 if q == 2 else int(rng.integers(-1, 3)))
+                          for q in range(14) if q != 5 for j in rng.choice(60, size=10, replace=False)],
+                         columns=["qid", "docno", "label"])
+    as_ir = {"qid": "query_id", "docno": "doc_id", "label": "relevance"}
+    unretrieved = qrels[qrels["qid"] == "q13"]
+    qrels = qrels[qrels["qid"].isin(set(run["qid"]))]  # (trec_eval would report q12 and q13 too: 0 without results)
+    reference = {m.query_id: m.value for m in ir_measures.iter_calc([nDCG @ 10], qrels.rename(columns=as_ir),
+                                                                    run.rename(columns=as_ir))}
+    values = per_query_ndcg10(run, qrels)
+    assert list(values.index) == sorted(reference) and "q5" not in reference  # the run's judged queries
+    np.testing.assert_allclose(values.to_numpy(), [reference[q] for q in values.index], rtol=0, atol=1e-12)
+    aggregate = ir_measures.calc_aggregate([nDCG @ 10], qrels.rename(columns=as_ir), run.rename(columns=as_ir))
+    assert abs(evaluate_ndcg10(run, qrels) - aggregate[nDCG @ 10]) < 1e-12
+    assert np.isnan(evaluate_ndcg10(run, qrels.iloc[:0]))
+    assert len(unretrieved) and per_query_ndcg10(run, unretrieved).empty  # a judged query without results: no row

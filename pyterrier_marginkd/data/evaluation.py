@@ -1,47 +1,36 @@
-"""The validation measure: nDCG@10 of a run against qrels, as a mean or per query."""
+"""The validation measure: nDCG@10 of a run against qrels, as a mean or per query, as trec_eval computes it (one
+implementation, :class:`FixedRowsNDCG10`, tested against ir_measures)."""
 from __future__ import annotations
 
 from typing import Sequence
 
-import ir_measures
 import numpy as np
 import pandas as pd
-from ir_measures import nDCG
 
 
 def evaluate_ndcg10(run: pd.DataFrame, qrels: pd.DataFrame) -> float:
-    """Mean nDCG@10 of a result frame against qrels (queries of the run only)."""
-    qrels = qrels[qrels["qid"].astype(str).isin(set(run["qid"].astype(str)))]
-    result = ir_measures.calc_aggregate(
-        [nDCG @ 10],
-        pd.DataFrame({"query_id": qrels["qid"].astype(str), "doc_id": qrels["docno"].astype(str),
-                      "relevance": qrels["label"].astype(int)}),
-        pd.DataFrame({"query_id": run["qid"].astype(str), "doc_id": run["docno"].astype(str),
-                      "score": run["score"].astype(float)}))
-    return float(result[nDCG @ 10])
+    """Mean nDCG@10 of a result frame against qrels over its judged queries (NaN when none is judged)."""
+    values = per_query_ndcg10(run, qrels)
+    return float(values.mean()) if len(values) else float("nan")
 
 
 def per_query_ndcg10(run: pd.DataFrame, qrels: pd.DataFrame) -> pd.Series:
-    """nDCG@10 of each judged query of a result frame (index: qid as a string; a judged query without results is 0)."""
-    qrels = qrels[qrels["qid"].astype(str).isin(set(run["qid"].astype(str)))]
+    """nDCG@10 of each judged query of a result frame (index: qid as a string, sorted), as trec_eval computes it
+    (:class:`FixedRowsNDCG10`; a (qid, docno) given twice counts once, with its last score, as trec_eval reads a
+    run)."""
+    run = run.assign(qid=run["qid"].astype(str), docno=run["docno"].astype(str))
+    run = run.drop_duplicates(["qid", "docno"], keep="last")
+    qrels = qrels[qrels["qid"].astype(str).isin(set(run["qid"]))]
     judged = sorted(set(qrels["qid"].astype(str)))
-    values = dict.fromkeys(judged, 0.0)
-    for m in ir_measures.iter_calc(
-            [nDCG @ 10],
-            pd.DataFrame({"query_id": qrels["qid"].astype(str), "doc_id": qrels["docno"].astype(str),
-                          "relevance": qrels["label"].astype(int)}),
-            pd.DataFrame({"query_id": run["qid"].astype(str), "doc_id": run["docno"].astype(str),
-                          "score": run["score"].astype(float)})):
-        values[m.query_id] = float(m.value)
-    return pd.Series(values, dtype=float)
+    values = FixedRowsNDCG10(run["qid"], run["docno"], qrels, judged)(run["score"].astype(float))
+    return pd.Series(values, index=pd.Index(judged, dtype=object), dtype=float)
 
 
 class FixedRowsNDCG10:
     """nDCG@10 per query of many score vectors over the same (qid, docno) rows, as trec_eval computes it (linear
-    gains = labels as whole numbers, as the other evaluations pass them, negative labels 0; ties broken by docno, the
-    greater first; the ideal ranking from every judged
-    document of the query): the rows, gains and ideal DCGs are prepared once, so each score vector costs one sort
-    (``Ensemble.fit`` ranks the same candidates under dozens of weightings).
+    gains = labels as whole numbers, negative labels 0; ties broken by docno, the greater first; the ideal ranking
+    from every judged document of the query): the rows, gains and ideal DCGs are prepared once, so each score vector
+    costs one sort (``Ensemble.fit`` ranks the same candidates under dozens of weightings).
 
     ``queries``: the queries to report, in order; rows of other queries are ignored, and a query without rows or
     relevant documents gets 0."""
@@ -56,7 +45,7 @@ class FixedRowsNDCG10:
         self._codes = codes[self._rows]
         judged = qrels.assign(qid=qrels["qid"].astype(str), docno=qrels["docno"].astype(str))
         judged = judged[judged["qid"].isin(position)]
-        gains = np.maximum(np.trunc(judged["label"].to_numpy(float)), 0.0)  # (int(label), as evaluate_ndcg10)
+        gains = np.maximum(np.trunc(judged["label"].to_numpy(float)), 0.0)  # (trec_eval reads whole numbers)
         label = dict(zip(zip(judged["qid"], judged["docno"]), gains))
         self._gains = np.asarray([label.get((q, d), 0.0) for q, d in zip(qids[self._rows], docnos[self._rows])])
         # ties: the greater docno first (trec_eval); lexsort sorts ascending, so by the negated rank of the docno
