@@ -268,6 +268,59 @@ def test_word_budget_shrinks_batches_of_paragraph_queries_only(cranfield):
         Recipe.preset(True, query_words_per_step=0)
 
 
+def test_pseudo_queries_as_long_as_paragraph_training_queries(cranfield):
+    queries = list(cranfield.topics("train")["query"])  # median 18 words: one-liners
+    paragraphs = [" ".join(["word"] * n) for n in range(30, 71)]  # 30..70 words: median 50, quartiles 40 and 60
+    # the default: titles, first sentences where documents have none, whatever the queries
+    assert FAST.pseudo_query_method is None
+    assert FAST.pseudo_query_plan(True, paragraphs) == ("title", {})
+    assert FAST.pseudo_query_plan(False, queries) == ("first_sentence", {})
+    auto = Recipe.preset(True, pseudo_query_method="auto")  # spans only for paragraph-long queries
+    assert auto.pseudo_query_plan(True, queries) == ("title", {})
+    assert auto.pseudo_query_plan(False, queries) == ("first_sentence", {})
+    assert auto.pseudo_query_plan(True, []) == ("title", {})
+    assert auto.pseudo_query_plan(True, paragraphs) == ("span", {"span_words": (40, 60), "max_words": 60})
+    assert auto.pseudo_query_plan(True, ["a, b; c"] * 3 + paragraphs[:1] * 2)[0] == "title"  # punctuation: no word
+    # a method given is kept; spans given for short queries take their lengths (at least 3 words)
+    assert Recipe.preset(True, pseudo_query_method="first_sentence").pseudo_query_plan(True, paragraphs) == (
+        "first_sentence", {})
+    assert Recipe.preset(True, pseudo_query_method="span").pseudo_query_plan(True, ["a b", "c d"]) == (
+        "span", {"span_words": (3, 3), "max_words": 3})
+    assert Recipe.preset(True, pseudo_query_method="span").pseudo_query_plan(True, []) == ("span", {})
+    with pytest.raises(ValueError, match="pseudo_query_method must be None, 'auto' or one of"):
+        Recipe.preset(True, pseudo_query_method="sentence")
+    pq = mkd.pseudo_queries(cranfield, "span", num=50, seed=0, **auto.pseudo_query_plan(True, paragraphs)[1])
+    lengths = pq["query"].str.split().str.len()
+    assert len(pq) == 50 and lengths.max() <= 60 and lengths.median() >= 40  # (an abstract shorter than 40: all of it)
+
+
+def test_span_pseudo_queries_train_students_in_their_own_folders(cranfield, tiny_bert_dir, tmp_path, capsys):
+    output = tmp_path / "spans"
+    run(cranfield.path, tiny_bert_dir, output, "--quantize", "none", "--pseudo-query-method", "span",
+        "--zero-shot-teacher")
+    printed = capsys.readouterr().out
+    assert "12 pseudo-queries (spans of documents of " in printed and "as long as the middle half" in printed
+    done = json.loads((output / "student-L1-kl-pqspan" / "done.json").read_text())
+    assert done["settings"]["pseudo_queries"] == 12 and not (output / "student-L1-kl").exists()
+    made = done["settings"]["pseudo_query_method"]  # recorded: other span lengths are another student
+    assert made["method"] == "span" and 3 <= made["span_words"][0] <= made["span_words"][1] == made["max_words"]
+    assert (output / "student-L1-labels").is_dir()  # the label-only twin does not read pseudo-queries
+    assert table_rows(output) == systems(tiny_bert_dir.name)  # (the zero-shot teacher)
+
+
+def test_queries_as_the_students_read_them(tiny_bert_dir):
+    from transformers import AutoTokenizer
+
+    from pyterrier_marginkd.quickstart.run import words_read
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    long = " ".join(f"pressure{i} wing" for i in range(40))
+    read = words_read(tokenizer, ["flow over a slender wing", long, ""], 12)
+    assert read[0] == "flow over a slender wing" and read[2] == ""
+    assert long.startswith(read[1]) and len(tokenizer(read[1])["input_ids"]) <= 12 < len(tokenizer(long)["input_ids"])
+    assert words_read(tokenizer, [], 12) == []
+
+
 def test_amp_none_trains_in_bfloat16_where_the_device_has_it(monkeypatch):
     import pyterrier_marginkd.quickstart.recipe as recipe_module
 

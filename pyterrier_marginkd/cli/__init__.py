@@ -179,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "read (documents: --max-length); 0: --max-length" + recipe)
     quick.add_argument("--pseudo-queries", type=int, default=None, help="pseudo-queries for the teacher to label"
                        + recipe)
+    quick.add_argument("--pseudo-query-method", choices=["title", "first_sentence", "span", "auto"], default=None,
+                       help="how pseudo-queries are made from documents (default: titles, first sentences where "
+                            "documents have none); span: runs of words as long as the judged training queries as "
+                            "read; auto: spans only when those queries are paragraphs")
     quick.add_argument("--student-steps", type=int, default=None, help="optimizer steps per student" + recipe)
     quick.add_argument("--student-loss", choices=["kl", "margin-mse"], default=None,
                        help="how every distilled student learns the teacher's scores: KL over each query's "

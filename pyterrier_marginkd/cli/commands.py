@@ -249,7 +249,7 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
                                                          "pseudo_queries", "student_steps", "student_time",
                                                          "student_loss", "label_weight", "teacher_folds",
                                                          "teacher_steps", "teacher_fold_steps", "align_weight",
-                                                         "align_steps", "amp", "kl_temperature")}
+                                                         "align_steps", "amp", "kl_temperature", "pseudo_query_method")}
     if args.zero_shot_teacher:
         overrides["teacher_labels"] = False
     if args.students_start is not None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
 from pyterrier_marginkd import losses
+from pyterrier_marginkd.data.collection import clean_query
 from pyterrier_marginkd.data.frames import pair_keys
+from pyterrier_marginkd.data.pseudo import METHODS as PSEUDO_METHODS
 from pyterrier_marginkd.models.base import resolve_device
 from pyterrier_marginkd.training.steps import native_bf16
 
@@ -18,6 +21,10 @@ DEFAULT_OUTPUT = "runs/quickstart"
 
 #: the fewest training groups a step takes when the query-word budget shrinks batches of long queries
 MIN_WORD_BUDGET_BATCH = 8
+#: judged training queries whose median is longer than this many words are paragraphs: ``pseudo_query_method="auto"``
+#: then makes pseudo-queries of their length (twice the 16 words titles and first sentences are cut to; Cranfield's
+#: median is 18, Vaswani's 11, their paragraph-long copies' about 50 of the 64 tokens read)
+LONG_QUERY_WORDS = 32
 
 #: the students' distillation losses: name -> (report name, loss). "kl": the teacher's distribution over each query's
 #: candidate list (both sides z-scored per query); "margin-mse": its margins, positive minus each negative.
@@ -166,6 +173,12 @@ class Recipe:
     #: on paragraph-long Cranfield and Vaswani queries the runs took 544 s and 711 s instead of 658 s and 891 s with
     #: 128 tokens, nDCG@10 level or better on average (results book, "Paragraph-long queries")
     query_max_length: int | None = None
+    #: how pseudo-queries are made from documents: None (the default), titles (first sentences where documents have
+    #: no title); a name of ``data.pseudo.METHODS``, ``"span"`` taking runs of words as long as the judged training
+    #: queries as the students read them (their interquartile range); ``"auto"``, spans only when those queries are
+    #: paragraphs (median over ``LONG_QUERY_WORDS`` words). Spans on paragraph-long queries lifted Vaswani's students
+    #: and cost Cranfield's, at 1.1-1.2x the time: not the default (results book, "Paragraph-long queries")
+    pseudo_query_method: str | None = None
     #: temperature of the KL distillation loss (``losses.KLDiv``; both score lists are z-scored per query, so below 1
     #: the targets put more of their mass on the teacher's top candidates); the other losses ignore it
     kl_temperature: float = 1.0
@@ -201,6 +214,9 @@ class Recipe:
         if not (isinstance(self.kl_temperature, (int, float)) and not isinstance(self.kl_temperature, bool)
                 and self.kl_temperature > 0):
             raise ValueError(f"kl_temperature must be a number > 0, got {self.kl_temperature!r}")
+        if self.pseudo_query_method not in (None, "auto", *PSEUDO_METHODS):
+            raise ValueError(f"pseudo_query_method must be None, 'auto' or one of {PSEUDO_METHODS}, got "
+                             f"{self.pseudo_query_method!r}")
         if isinstance(self.align_steps, bool) or not isinstance(self.align_steps, int) or self.align_steps < 0:
             raise ValueError(f"align_steps must be a whole number >= 0, got {self.align_steps!r}")
 
@@ -228,6 +244,25 @@ class Recipe:
         mean_words = max(sum(len(q.split()) for q in queries) / len(queries), 1.0)
         fitting = int(self.query_words_per_step // mean_words)
         return max(min(self.batch_size, fitting), min(MIN_WORD_BUDGET_BATCH, self.batch_size))
+
+    def pseudo_query_plan(self, has_titles: bool, train_queries: Sequence[str]) -> tuple[str, dict[str, Any]]:
+        """The pseudo-query method and its keyword arguments for :func:`~pyterrier_marginkd.data.pseudo_queries`
+        (``train_queries``: the judged training queries as the students read them): titles (first sentences when
+        documents have no title) for None, and for ``"auto"`` unless those queries are paragraphs (median over
+        :data:`LONG_QUERY_WORDS` words); spans (given, or for ``"auto"`` on paragraphs) of lengths over the training
+        queries' interquartile range; any other method as given."""
+        words = np.array([len(clean_query(str(q)).split()) for q in train_queries])
+        natural = "title" if has_titles else "first_sentence"
+        method = self.pseudo_query_method or natural
+        if method == "auto":
+            long = len(words) > 0 and float(np.median(words)) > LONG_QUERY_WORDS
+            method = "span" if long else natural
+        if method != "span":
+            return method, {}
+        if len(words) == 0:  # an explicit "span" without judged queries: the function's own lengths
+            return method, {}
+        low, high = (max(int(w), 3) for w in np.percentile(words, [25, 75]))
+        return method, {"span_words": (low, high), "max_words": high}
 
     def loss_for(self, architecture: str = "DotEncoder") -> str:
         """The distillation loss (a name of STUDENT_LOSSES) of ``architecture``'s distilled students: the recipe's

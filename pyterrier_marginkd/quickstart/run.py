@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import pandas as pd
 import pyterrier as pt
 import torch
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoTokenizer
 
 from pyterrier_marginkd import losses
 from pyterrier_marginkd.data.collection import Collection
@@ -224,10 +224,20 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
                         "the member for all the fitting queries not trained: the label-aware fusion was not chosen)"))
 
     # --- students --------------------------------------------------------------------------------------------
-    method = "title" if collection.has_titles() else "first_sentence"
+    natural = "title" if collection.has_titles() else "first_sentence"
+    # the judged queries as long as the students read them (a span longer than that would only cost words of budget)
+    read = words_read(AutoTokenizer.from_pretrained(model), fit_topics["query"],
+                      recipe.query_length or recipe.max_length)
+    method, shape = recipe.pseudo_query_plan(collection.has_titles(), read)
+    # students of other pseudo-queries than the collection's titles or first sentences train in folders of their own,
+    # the pseudo-queries' making recorded in their settings
+    pq_folder = "" if method == natural else f"-pq{method.replace('_', '')}"
+    pq_made = None if method == natural else {"method": method, **shape}
     with clock("pseudo-queries and their candidates"):
-        pq = pseudo_queries(collection, method, num=recipe.pseudo_queries, seed=seed)
-        log(verbose, f"{len(pq)} pseudo-queries ({method}s of documents) for the teacher to label")
+        pq = pseudo_queries(collection, method, num=recipe.pseudo_queries, seed=seed, **shape)
+        log(verbose, f"{len(pq)} pseudo-queries ({method}s of documents"
+                     + (f" of {shape['span_words'][0]}-{shape['span_words'][1]} words, as long as the middle half of "
+                        "the judged training queries" if "span_words" in shape else "") + ") for the teacher to label")
         train_res = pd.concat([fit_res, candidates(pq[["qid", "query"]])], ignore_index=True)
     distilled = {}
     teacher_id = describe(fused)
@@ -241,7 +251,7 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
     # one folder per student, loss and kind of teacher: runs of other recipes in the same output never collide
     loss_folder = (recipe.loss_folder("DotEncoder")
                    + ("-labelteacher" if fused is not zero_shot else "")
-                   + ("-fromtuned" if students_start != model else ""))
+                   + ("-fromtuned" if students_start != model else "") + pq_folder)
     align_texts = None
     if recipe.align_steps:
         # a first stage of alignment: the texts queries look like, no candidates or teacher scores needed
@@ -258,7 +268,7 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
                 output / f"student-L{num_layers}-{loss_folder}", name,
                 lambda n=num_layers: student(n, students_start), fused, loss, (train_res, fit_qrels),
                 layers=kept[num_layers], teacher_id=teacher_id, align_texts=align_texts, unjudged="teacher",
-                cache_dir=output / "teacher_cache",
+                cache_dir=output / "teacher_cache", pseudo=pq_made,
                 start=None if students_start == model else str(students_start))
     baseline_layers = layers[0]
     twins: dict[str, tuple[str, pt.Transformer]] = {}  # per architecture: its label-only student's row and model
@@ -273,7 +283,7 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
         # each architecture's own distillation loss unless the recipe sets one for all
         joint_label, joint_loss = recipe.student_objective(alignment=False, architecture=architecture)
         joint_folder = (recipe.loss_folder(architecture, alignment=False)
-                        + ("-labelteacher" if fused is not zero_shot else ""))
+                        + ("-labelteacher" if fused is not zero_shot else "") + pq_folder)
         own = ARCHITECTURE_RECIPES[architecture]
         tokens = min(own.max_length or recipe.max_length, recipe.max_length)
         made = functools.partial(architecture_student, architecture, model, baseline_layers, kept[baseline_layers],
@@ -284,7 +294,7 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
             distilled[name] = trainer(output / f"student-{architecture}-L{baseline_layers}-{joint_folder}", name, made,
                                       fused, joint_loss, (train_res, fit_qrels), layers=kept[baseline_layers],
                                       teacher_id=teacher_id, unjudged="teacher", cache_dir=output / "teacher_cache",
-                                      architecture=own)
+                                      architecture=own, pseudo=pq_made)
         twin = row(architecture, baseline_layers, "labels only")
         with clock(twin):
             twins[architecture] = twin, trainer(
@@ -375,6 +385,16 @@ def _fold_models(trainer: Trainer, output: Path, depth: int, make: Callable[[], 
                                losses.RankNet(), (rows, fit_qrels[fit_qrels["qid"].astype(str).isin(keep)]),
                                layers=layers, steps=trainer.recipe.teacher_fold_steps))
     return CrossFitted(members, fold_of)
+
+
+def words_read(tokenizer, queries: Sequence[str], max_tokens: int) -> list[str]:
+    """Each query cut to the words whose tokens fit in ``max_tokens`` (special tokens included), as an encoder
+    truncating at ``max_tokens`` reads it (a word cut inside counts)."""
+    queries = [str(q) for q in queries]
+    if not queries:
+        return []
+    offsets = tokenizer(queries, truncation=True, max_length=max_tokens, return_offsets_mapping=True)["offset_mapping"]
+    return [q[:max((end for _, end in spans), default=0)] for q, spans in zip(queries, offsets)]
 
 
 def slug(name: str) -> str:

@@ -134,10 +134,12 @@ class Trainer:
     def __call__(self, folder: Path, label: str, make_student, teacher: pt.Transformer | None,
                  loss: losses.RankingLoss, fit_args: tuple, *, layers: list[int], teacher_id: str | None = None,
                  steps: int | None = None, align_texts: list[str] | None = None, start: str | None = None,
-                 architecture: ArchitectureRecipe | None = None, **extra: Any) -> NeuralScorer:
+                 architecture: ArchitectureRecipe | None = None, pseudo: dict | None = None,
+                 **extra: Any) -> NeuralScorer:
         """Train (or load) the student ``label`` in ``folder``; with ``align_texts``, ``recipe.align_steps`` steps of
         alignment on them come first. ``architecture``: the groups, negatives and learning rates of a student
-        architecture other than the DotEncoder (its ``make_student`` builds it)."""
+        architecture other than the DotEncoder (its ``make_student`` builds it). ``pseudo``: how its pseudo-queries
+        were made, when not from titles or first sentences (recorded in its settings)."""
         r = self.recipe
         # the recipe's student budget, unless given (the teacher's member: a step budget alone, never time-boxed)
         budget, max_time = (r.student_steps, r.student_time) if steps is None else (steps, None)
@@ -166,6 +168,8 @@ class Trainer:
                                         if k != "student_loss"}
         if align_texts:
             settings.update(align_steps=r.align_steps, align_texts=digest(list(align_texts)))
+        if pseudo is not None:  # (recorded only when set: folders of titles or first sentences stay reusable)
+            settings["pseudo_query_method"] = pseudo
         self.folders[label] = folder
 
         def fit(output_dir: Path) -> Distiller:
