@@ -138,6 +138,28 @@ def test_saved_and_loaded_student_reads_its_store(tiny_bert_dir, tmp_path):
         int8.with_store(store)
 
 
+@pytest.mark.parametrize("name", ["colbert", "pretts", "tk"])
+def test_half_precision_store_scores_within_a_thousandth(name, tiny_bert_dir, tmp_path):
+    student = make(name, tiny_bert_dir)
+    full = student.build_store(DOCS, tmp_path / "f32")
+    half = student.build_store(DOCS, tmp_path / "f16", dtype="float16")
+    assert (full.dtype, half.dtype, DocumentStore(tmp_path / "f16").dtype) == ("float32", "float16", "float16")
+    assert half.vectors.dtype == np.float16 and half.get(0).dtype == np.float32
+    assert (tmp_path / "f16" / "vectors.f16").stat().st_size * 2 == (tmp_path / "f32" / "vectors.f32").stat().st_size
+    np.testing.assert_allclose(half.get(3), full.get(3), rtol=1e-3, atol=1e-3)
+    inp = candidates()
+    expected = student.with_store(full)(inp)["score"]
+    got = student.with_store(half)(inp)["score"]
+    assert not np.array_equal(got, expected)  # the rows did change, by their rounding only
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3 * float(np.abs(expected).max()))
+    with pytest.raises(ValueError, match="keeps its rows as float16, not float32: use it as it is, or rebuild"):
+        student.build_store(DOCS, tmp_path / "f16")
+    assert student.build_store(DOCS, tmp_path / "f16", dtype="float32", overwrite=True).dtype == "float32"
+    with pytest.raises(ValueError, match=r"dtype must be one of \['float16', 'float32'\], got 'int8'"):
+        student.build_store(DOCS, tmp_path / "int8", dtype="int8")
+    assert not (tmp_path / "int8").exists()
+
+
 def test_second_build_reuses_the_store(tiny_bert_dir, tmp_path):
     student = make("colbert", tiny_bert_dir)
     student.build_store(DOCS, tmp_path / "store")
