@@ -103,8 +103,9 @@ class TeacherScores:
         todo = [g for g in groups if g.teacher is None]
         if not todo:
             return
+        # object columns: pandas' pyarrow-backed strings cannot hold a text with a lone surrogate (a valid Python str)
         pairs = pd.DataFrame([(g.qid, g.query, d, t) for g in todo for d, t in zip(g.docnos, g.texts)],
-                             columns=["qid", "query", "docno", self.text_field])
+                             columns=["qid", "query", "docno", self.text_field], dtype=object)
         scores = self.scores(pairs)
         for g in todo:
             g.teacher = [scores[g.qid, d] for d in g.docnos]
