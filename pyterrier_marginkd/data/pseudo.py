@@ -14,6 +14,11 @@ METHODS = ("title", "first_sentence", "span")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
+def natural_method(has_titles: bool) -> str:
+    """The pseudo-query method a collection offers by itself: its documents' titles, else their first sentences."""
+    return "title" if has_titles else "first_sentence"
+
+
 def _docs(docs: Iterable[dict] | str | Collection) -> Iterable[dict]:
     if isinstance(docs, Collection):
         return docs.docs_iter()

@@ -12,6 +12,7 @@ from pyterrier_marginkd import losses
 from pyterrier_marginkd.data.collection import clean_query
 from pyterrier_marginkd.data.frames import pair_keys
 from pyterrier_marginkd.data.pseudo import METHODS as PSEUDO_METHODS
+from pyterrier_marginkd.data.pseudo import natural_method
 from pyterrier_marginkd.models.base import resolve_device
 from pyterrier_marginkd.training.steps import native_bf16
 
@@ -252,7 +253,7 @@ class Recipe:
         :data:`LONG_QUERY_WORDS` words); spans (given, or for ``"auto"`` on paragraphs) of lengths over the training
         queries' interquartile range; any other method as given."""
         words = np.array([len(clean_query(str(q)).split()) for q in train_queries])
-        natural = "title" if has_titles else "first_sentence"
+        natural = natural_method(has_titles)
         method = self.pseudo_query_method or natural
         if method == "auto":
             long = len(words) > 0 and float(np.median(words)) > LONG_QUERY_WORDS

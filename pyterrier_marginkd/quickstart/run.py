@@ -17,7 +17,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from pyterrier_marginkd import losses
 from pyterrier_marginkd.data.collection import Collection
-from pyterrier_marginkd.data.pseudo import pseudo_queries
+from pyterrier_marginkd.data.pseudo import natural_method, pseudo_queries
 from pyterrier_marginkd.models.base import NeuralScorer
 from pyterrier_marginkd.models.colbert import ColBERT
 from pyterrier_marginkd.models.cross_encoder import CrossEncoder
@@ -224,7 +224,7 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
                         "the member for all the fitting queries not trained: the label-aware fusion was not chosen)"))
 
     # --- students --------------------------------------------------------------------------------------------
-    natural = "title" if collection.has_titles() else "first_sentence"
+    natural = natural_method(collection.has_titles())
     # the judged queries as long as the students read them (a span longer than that would only cost words of budget)
     read = words_read(AutoTokenizer.from_pretrained(model), fit_topics["query"],
                       recipe.query_length or recipe.max_length)
