@@ -15,14 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from doc_store import folder_size  # (benchmarks/ is on the path when a script runs)
 from scipy import stats
 
 import pyterrier_marginkd as mkd
 from pyterrier_marginkd.data.evaluation import per_query_ndcg10
-
-
-def folder_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def top10_overlap(a: pd.DataFrame, b: pd.DataFrame) -> float:

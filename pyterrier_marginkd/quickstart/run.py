@@ -225,10 +225,12 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
 
     # --- students --------------------------------------------------------------------------------------------
     natural = natural_method(collection.has_titles())
-    # the judged queries as long as the students read them (a span longer than that would only cost words of budget)
-    read = words_read(AutoTokenizer.from_pretrained(model), fit_topics["query"],
-                      recipe.query_length or recipe.max_length)
-    method, shape = recipe.pseudo_query_plan(collection.has_titles(), read)
+    # spans take the lengths of the judged queries as the students read them (longer would only cost words of
+    # budget); titles and first sentences need no tokenising
+    queries = fit_topics["query"]
+    if recipe.pseudo_query_method in ("span", "auto"):
+        queries = words_read(AutoTokenizer.from_pretrained(model), queries, recipe.query_length or recipe.max_length)
+    method, shape = recipe.pseudo_query_plan(collection.has_titles(), queries)
     # students of other pseudo-queries than the collection's titles or first sentences train in folders of their own,
     # the pseudo-queries' making recorded in their settings
     pq_folder = "" if method == natural else f"-pq{method.replace('_', '')}"
