@@ -224,13 +224,14 @@ def quickstart(data: str | os.PathLike = DEFAULT_DATA, output: str | os.PathLike
                         "the member for all the fitting queries not trained: the label-aware fusion was not chosen)"))
 
     # --- students --------------------------------------------------------------------------------------------
-    natural = natural_method(collection.has_titles())
+    has_titles = collection.has_titles()  # opens the documents to read the first one: once
+    natural = natural_method(has_titles)
     # spans take the lengths of the judged queries as the students read them (longer would only cost words of
     # budget); titles and first sentences need no tokenising
     queries = fit_topics["query"]
     if recipe.pseudo_query_method in ("span", "auto"):
         queries = words_read(AutoTokenizer.from_pretrained(model), queries, recipe.query_length or recipe.max_length)
-    method, shape = recipe.pseudo_query_plan(collection.has_titles(), queries)
+    method, shape = recipe.pseudo_query_plan(has_titles, queries)
     # students of other pseudo-queries than the collection's titles or first sentences train in folders of their own,
     # the pseudo-queries' making recorded in their settings
     pq_folder = "" if method == natural else f"-pq{method.replace('_', '')}"
